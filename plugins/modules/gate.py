@@ -1,0 +1,92 @@
+#!/usr/bin/python
+"""Judge a run: every candidate against its baseline, then the report."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: gate
+short_description: Decide whether each candidate may ship, and write the report
+description:
+  - Compares every candidate variant of a run with its baseline under a policy (metric,
+    rates, statistic, direction, tolerance), deciding from per-request and per-sample data
+    (bootstrap confidence intervals, paired comparisons); a check that lacks data is
+    inconclusive, never a silent pass.
+  - Writes C(gate.json) and C(junit.xml) into the run directory, then C(report.html) with its
+    plots, B(before) it fails; the failure message names every failed check with its numbers.
+version_added: "0.1.0"
+author: ModelGate
+options:
+  run_path:
+    description: The run directory.
+    type: path
+    required: true
+  policy:
+    description: A policy YAML file; empty = the built-in defaults.
+    type: path
+  baseline:
+    description: A stored baseline (run directory or raw GuideLLM report) instead of the run's own.
+    type: path
+  fail_on_regression:
+    description: Fail the task when the verdict is not a pass.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: none
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Gate the run
+  modelgate.pipeline.gate:
+    run_path: /srv/modelgate/runs/20261130T101010Z-ab12
+"""
+
+RETURN = r"""
+passed:
+  description: The verdict.
+  type: bool
+  returned: always
+report:
+  description: Path of report.html.
+  type: str
+  returned: always
+summary:
+  description: A short Markdown summary for CI logs.
+  type: str
+  returned: always
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.modelgate.pipeline.plugins.module_utils.modelgate_module import run
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "run_path": {"type": "path", "required": True},
+            "policy": {"type": "path"},
+            "baseline": {"type": "path"},
+            "fail_on_regression": {"type": "bool", "default": True},
+        },
+    )
+
+    def action() -> dict:
+        from pathlib import Path
+
+        from modelgate.measure import judge_run
+
+        p = module.params
+        outcome = judge_run(Path(p["run_path"]), policy=p["policy"] or None,
+                            baseline=p["baseline"] or None)
+        if p["fail_on_regression"] and not outcome["passed"]:
+            module.fail_json(msg=outcome["message"], **{k: v for k, v in outcome.items()
+                                                        if k != "message"})
+        return {"changed": True, **outcome}
+
+    run(module, action)
+
+
+if __name__ == "__main__":
+    main()

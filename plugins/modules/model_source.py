@@ -1,0 +1,122 @@
+#!/usr/bin/python
+"""Resolve the run's source model: generated, a local directory, or a hub id."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: model_source
+short_description: Make a run's source model available and digest it
+description:
+  - C(generated) builds the tiny Nemotron-H hybrid model (random weights from a fixed seed and a
+    tokenizer trained on local text) once, content-addressed, in the store.
+  - C(local) digests an existing checkpoint directory.
+  - C(hub) downloads a hub id where the network allows.
+version_added: "0.1.0"
+author: ModelGate
+options:
+  source:
+    description: Where the model comes from.
+    type: str
+    choices: [generated, local, hub]
+    default: generated
+  name:
+    description: The model's display name.
+    type: str
+    default: ""
+  path:
+    description: The checkpoint directory, for C(source=local).
+    type: path
+  hub_id:
+    description: The hub id, for C(source=hub).
+    type: str
+    default: ""
+  revision:
+    description: The hub revision.
+    type: str
+    default: ""
+  store_dir:
+    description: The content-addressed store (generated and downloaded models live here).
+    type: path
+    required: true
+  python:
+    description: A Python with torch and transformers (the quantize virtualenv's).
+    type: str
+    default: ""
+  hf_token:
+    description: A hub token, for gated models.
+    type: str
+    default: ""
+    no_log: true
+attributes:
+  check_mode:
+    support: partial
+    details: A model that must be generated or downloaded is reported as a change, not made.
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: The tiny generated model
+  modelgate.pipeline.model_source:
+    source: generated
+    store_dir: /srv/modelgate/store
+    python: /srv/modelgate/venvs/quantize/bin/python
+"""
+
+RETURN = r"""
+path:
+  description: The model directory.
+  type: str
+  returned: success
+digest:
+  description: The model's content digest (sha256 over every file).
+  type: str
+  returned: success
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.modelgate.pipeline.plugins.module_utils.modelgate_module import run
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "source": {"type": "str", "choices": ["generated", "local", "hub"],
+                       "default": "generated"},
+            "name": {"type": "str", "default": ""},
+            "path": {"type": "path"},
+            "hub_id": {"type": "str", "default": ""},
+            "revision": {"type": "str", "default": ""},
+            "store_dir": {"type": "path", "required": True},
+            "python": {"type": "str", "default": ""},
+            "hf_token": {"type": "str", "default": "", "no_log": True},
+        },
+        required_if=[("source", "local", ["path"]), ("source", "hub", ["hub_id"])],
+        supports_check_mode=True,
+    )
+
+    def action() -> dict:
+        from pathlib import Path
+
+        from modelgate.model_source import TinyHybridSpec, resolve_model
+
+        p = module.params
+        if p["hf_token"]:
+            os.environ["HF_TOKEN"] = p["hf_token"]
+        if module.check_mode and p["source"] == "generated":
+            dest = Path(p["store_dir"]) / "models" / f"generated-{TinyHybridSpec().key()}"
+            if not (dest / "modelgate-generated.json").is_file():
+                return {"changed": True, "path": str(dest), "digest": ""}
+        model = resolve_model(
+            p["source"], store_dir=Path(p["store_dir"]), name=p["name"], path=p["path"] or "",
+            hub_id=p["hub_id"], revision=p["revision"], generator_python=p["python"],
+        )
+        return model.to_dict()
+
+    run(module, action)
+
+
+if __name__ == "__main__":
+    main()

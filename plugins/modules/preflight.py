@@ -1,0 +1,118 @@
+#!/usr/bin/python
+"""Check a quantization recipe against the model's geometry and the serving kernels."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: preflight
+short_description: Check a quantization recipe before any weight is loaded
+description:
+  - Reads the model geometry (config.json and safetensors headers) and checks every layer the
+    recipe quantizes against the serving backend's kernel constraints (group size divides the
+    input size; vLLM CPU needs output sizes that are a multiple of 32; vLLM CUDA's mixed-input
+    W4A16 kernels have their own).
+  - Fails, naming every offending layer with a fix, when the recipe cannot work.
+version_added: "0.1.0"
+author: ModelGate
+options:
+  model:
+    description: The model directory or its config.json.
+    type: path
+    required: true
+  recipe:
+    description: A preset (w4a16, fp8-dynamic, w8a8-int8, none) or a recipe YAML file.
+    type: str
+    required: true
+  group_size:
+    description: Group size for group-quantized recipes.
+    type: int
+  ignore:
+    description: Layer patterns kept in full precision (replaces the default list).
+    type: list
+    elements: str
+  backend:
+    description: The kernels that will serve the checkpoint.
+    type: str
+    choices: [vllm-cuda, vllm-cpu]
+  tensor_parallel_size:
+    description: Tensor parallelism the checkpoint will be served with.
+    type: int
+    default: 1
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Check W4A16 group 64 on Hopper
+  modelgate.pipeline.preflight:
+    model: /models/nemotron-nano-9b-v2
+    recipe: w4a16
+    group_size: 64
+    backend: vllm-cuda
+"""
+
+RETURN = r"""
+ok:
+  description: Whether the recipe can work.
+  type: bool
+  returned: always
+findings:
+  description: Each offending layer, the problem and the fix.
+  type: list
+  elements: dict
+  returned: always
+summary:
+  description: One line.
+  type: str
+  returned: always
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.modelgate.pipeline.plugins.module_utils.modelgate_module import run
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "model": {"type": "path", "required": True},
+            "recipe": {"type": "str", "required": True},
+            "group_size": {"type": "int"},
+            "ignore": {"type": "list", "elements": "str"},
+            "backend": {"type": "str", "choices": ["vllm-cuda", "vllm-cpu"]},
+            "tensor_parallel_size": {"type": "int", "default": 1},
+        },
+        supports_check_mode=True,
+    )
+
+    def action() -> dict:
+        from pathlib import Path
+
+        from modelgate.geometry import ModelGeometry
+        from modelgate.preflight import run_preflight
+        from modelgate.recipes import build_recipe
+
+        p = module.params
+        path = Path(p["model"])
+        geometry = ModelGeometry.from_model_dir(path.parent if path.is_file() else path)
+        recipe = build_recipe(p["recipe"], group_size=p["group_size"], ignore=p["ignore"])
+        report = run_preflight(geometry, recipe, p["backend"], p["tensor_parallel_size"])
+        result = {"changed": False, **report.to_dict()}
+        if not report.ok:
+            lines = [f"{f['layer']}: {f['problem']}. Fix: {f['fix']}"
+                     for f in result["findings"][:12]]
+            more = len(result["findings"]) - len(lines)
+            module.fail_json(
+                msg=f"{report.summary}\n" + "\n".join(lines)
+                + (f"\n... and {more} more" if more > 0 else ""),
+                **{k: v for k, v in result.items() if k != "changed"},
+            )
+        return result
+
+    run(module, action)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""``python -m modelgate`` runs the CLI."""
+
+import sys
+
+from modelgate.cli import main
+
+sys.exit(main())

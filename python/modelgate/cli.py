@@ -1,0 +1,62 @@
+"""The ``modelgate`` command line: every command prints JSON, so Ansible and CI can read it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from modelgate.errors import ModelGateError
+
+# Each module registers its own sub-commands through ``register_cli(subparsers)``;
+# imported lazily so a tool virtualenv needs only the dependencies of what it runs.
+COMMAND_MODULES = (
+    "modelgate.model_source",
+    "modelgate.preflight",
+    "modelgate.quantize",
+    "modelgate.modelcar",
+    "modelgate.serving",
+    "modelgate.loadtest",
+    "modelgate.accuracy",
+    "modelgate.fidelity",
+    "modelgate.gate",
+    "modelgate.report",
+)
+
+
+def emit(data: Any) -> None:
+    """Print ``data`` as indented JSON on stdout."""
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
+    """Build the argument parser from every command module that imports here."""
+    parser = argparse.ArgumentParser(prog="modelgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:  # a module whose optional dependency is absent here
+            if exc.name and exc.name.startswith("modelgate"):
+                raise
+            continue
+        module.register_cli(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, modules: Sequence[str] = COMMAND_MODULES) -> int:
+    """Run one command; exit 2 with a JSON error on bad input."""
+    args = build_parser(modules).parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ModelGateError as exc:
+        emit(exc.to_dict())
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

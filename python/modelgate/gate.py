@@ -1,0 +1,1337 @@
+"""The gate: compare each candidate variant with its baseline and decide pass / fail / inconclusive.
+
+Inputs (the run directory ``runs/<run_id>/``, one folder per variant)
+----------------------------------------------------------------------
+``manifest.json``
+    ``{"run_id": str, "variants": [{"name": str, "recipe": ..., "baseline": bool}, ...], ...}``;
+    exactly one variant has ``"baseline": true``.
+``<variant>/guidellm/results.json`` (and ``results-r2.json``, ``results-r3.json``, ... for repeated
+rounds; ``results.json`` is round 1). Normalized load results::
+
+    {"variant": str,
+     "rates": [{"rate": float, "profile": "constant", "duration_s": float,
+                "requests": {"successful": int, "errored": int, "incomplete": int},
+                "metrics": {"request_latency_s" | "ttft_ms" | "itl_ms" | "tpot_ms":
+                               {"mean", "p50", "p90", "p95", "p99"}},
+                "throughput": {"requests_per_s": float, "output_tokens_per_s": float},
+                "samples": {"request_latency_s": [float, ...], "ttft_ms": [...],
+                            "itl_ms": [...], "tpot_ms": [...]}}]}
+
+    ``samples`` hold one value per successful request. A raw GuideLLM 0.8 JSON report (it has
+    ``benchmarks``) is accepted too and normalized by ``modelgate.loadtest``.
+``<variant>/accuracy/results.json``::
+
+    {"tasks": {"<task>": {"metric": "acc" | "exact_match", "score": float, "n": int,
+                          "samples": {"<doc_id>": 0.0 | 1.0}}}}
+``<variant>/fidelity.json`` (candidates only)::
+
+    {"baseline": "bf16", "prompts": int, "tokens": int, "flip_rate": float, "kl_mean": float,
+     "per_prompt": [{"flip_rate": float, "kl_mean": float, "tokens": int (optional)}]}
+
+``--baseline`` / ``--candidate`` may each be a variant folder, a ``guidellm`` folder, or one JSON
+file of any of the kinds above (normalized or raw load results, accuracy, fidelity).
+
+Statistics
+----------
+* Latency metrics (request_latency_s, ttft_ms, itl_ms, tpot_ms): the statistic (p50/p90/p95/p99/
+  mean) is computed on the pooled per-request samples of every round; the 95% confidence interval
+  of the candidate/baseline ratio comes from a bootstrap. With several rounds per variant the
+  bootstrap is hierarchical (resample rounds, then requests within each round), so run-to-run
+  spread widens the interval as it should; when both variants have the same round ids (measured
+  interleaved: A1 B1 A2 B2 ...) the rounds are resampled *paired*, cancelling slow drift.
+  Decision for ``lower_is_better`` with tolerance t: FAIL when the CI's low end is above 1+t
+  (the regression is proven), PASS when its high end is at most 1+t, INCONCLUSIVE otherwise.
+* error_rate = errored / (successful + errored) per rate (incomplete requests, cut off by the
+  end of the run, are not errors). Newcombe's hybrid-score CI of the difference candidate -
+  baseline: FAIL when its low end exceeds the absolute slack, PASS when the observed increase is
+  within the slack (zero errors against zero errors must pass at any n), INCONCLUSIVE otherwise.
+* throughput (``throughput`` = output tokens/s, or ``throughput:requests_per_s``): one number per
+  round, so a CI needs 2+ rounds per variant (bootstrap over rounds); with one round the check is
+  inconclusive and reports the point ratio.
+* accuracy:<task> (or ``accuracy:*`` for every task): paired comparison on the doc ids both
+  variants scored. Recovery = candidate mean / baseline mean; paired bootstrap CI; FAIL when the
+  CI's high end is below the minimum recovery, PASS when its low end is at or above it. The exact
+  sign test on discordant pairs is reported alongside. A baseline score below
+  ``min_baseline_score`` (a random-weights model) leaves recovery undefined: INCONCLUSIVE.
+* fidelity.flip_rate / fidelity.kl_mean: absolute limits on the candidate's numbers, with a
+  bootstrap CI over prompts (token-weighted when ``per_prompt[].tokens`` is given).
+* Missing data, too few samples or rounds: INCONCLUSIVE with the reason, never a silent pass.
+  Policy ``inconclusive: fail`` makes an inconclusive check fail the verdict.
+* The bootstrap seed is fixed per policy and per check, so a verdict is reproducible.
+
+Statistical power (measured with ``tests/unit/test_gate.py``'s generator: lognormal latencies
+with sigma 0.3 (tails typical of LLM serving), median ratio test, tolerance 10%, 2000 resamples,
+one round per variant; fractions out of 40 seeds):
+
+    n per side   true ratio 1.00 (A/A)        true ratio 1.25 (regression)
+    40           pass 5%   inconclusive 95%   fail 88%  inconclusive 12%
+    100          pass 62%  inconclusive 38%   fail 100%
+    200          pass 95%  inconclusive 5%    fail 100%
+    false FAIL in A/A: 0 of 120 at every n above.
+
+So with fewer than about 100 requests per rate a 10% latency tolerance cannot be proven either
+way and the gate says "inconclusive" rather than guessing; a 25% regression is already caught at
+n=40. p95/p99 need several times more samples than p50 for the same power. A single round per
+variant only measures within-run noise: on a noisy shared host (run-to-run medians differing by
+up to 1.38x, see DESIGN.md field notes) set ``min_rounds: 2`` or more and measure interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import xml.etree.ElementTree as ET
+import zlib
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from modelgate.errors import ModelGateError
+
+if TYPE_CHECKING:  # numpy is imported lazily: modelgate must import in every virtualenv
+    import numpy as np
+
+LATENCY_METRICS = ("request_latency_s", "ttft_ms", "itl_ms", "tpot_ms")
+THROUGHPUT_FIELDS = ("output_tokens_per_s", "requests_per_s")
+FIDELITY_METRICS = ("fidelity.flip_rate", "fidelity.kl_mean")
+STATISTICS = ("p50", "p90", "p95", "p99", "mean")
+DIRECTIONS = ("lower_is_better", "higher_is_better")
+STATUSES = ("pass", "fail", "inconclusive")
+_QUANTILES = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
+_ACCURACY_RE = re.compile(r"^accuracy:(\*|[A-Za-z0-9_.\-]+)$")
+_ROUND_FILE_RE = re.compile(r"^results(?:-r(\d+))?\.json$")
+_CHECK_KEYS = {
+    "name", "metric", "rates", "statistic", "direction", "tolerance", "min_samples", "description",
+}
+_POLICY_KEYS = {"checks", "inconclusive", "min_rounds", "min_baseline_score", "bootstrap"}
+_UNITS = {"request_latency_s": "s", "ttft_ms": "ms", "itl_ms": "ms", "tpot_ms": "ms"}
+
+
+# --------------------------------------------------------------------------------------------
+# Policy
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One policy check: a metric, how to summarise it, which way is better, and the limit."""
+
+    name: str
+    metric: str
+    statistic: str | None
+    rates: str | tuple[float, ...]
+    direction: str
+    tolerance: float
+    min_samples: int
+
+    @property
+    def kind(self) -> str:
+        """Family of the metric: latency, error_rate, throughput, accuracy or fidelity."""
+        if self.metric in LATENCY_METRICS:
+            return "latency"
+        if self.metric.startswith("throughput"):
+            return "throughput"
+        if self.metric.startswith("accuracy:"):
+            return "accuracy"
+        if self.metric.startswith("fidelity."):
+            return "fidelity"
+        return "error_rate"
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """Bootstrap parameters; the fixed seed makes every verdict reproducible."""
+
+    resamples: int = 2000
+    confidence: float = 0.95
+    seed: int = 20261130
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """A parsed, validated gate policy."""
+
+    checks: tuple[GateCheck, ...]
+    inconclusive: str = "warn"
+    min_rounds: int = 1
+    min_baseline_score: float = 0.02
+    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
+    source: str = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, recorded in gate.json."""
+        data = asdict(self)
+        data["checks"] = [
+            {**asdict(c), "rates": c.rates if isinstance(c.rates, str) else list(c.rates)}
+            for c in self.checks
+        ]
+        return data
+
+
+def default_policy_path() -> Path:
+    """Path of the packaged default policy YAML."""
+    return Path(str(resources.files("modelgate") / "data" / "gate_policy_default.yaml"))
+
+
+def load_policy(policy: GatePolicy | dict[str, Any] | str | Path | None = None) -> GatePolicy:
+    """Return a validated policy from a GatePolicy, a dict, a YAML file path, or None (default)."""
+    if isinstance(policy, GatePolicy):
+        return policy
+    if policy is None:
+        policy = default_policy_path()
+    if isinstance(policy, dict):
+        return parse_policy(policy, source="<dict>")
+    path = Path(policy)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelGateError(
+            f"cannot read gate policy {path}: {exc.strerror}",
+            field="policy",
+            fix="pass an existing YAML file, or omit it to use the default policy",
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise ModelGateError(
+            f"gate policy {path} is not valid YAML: {exc}", field="policy", fix="fix the YAML"
+        ) from exc
+    return parse_policy(data, source=str(path))
+
+
+def _metric_known(metric: str) -> bool:
+    return (
+        metric in LATENCY_METRICS
+        or metric in FIDELITY_METRICS
+        or metric in ("error_rate", "throughput")
+        or metric in {f"throughput:{f}" for f in THROUGHPUT_FIELDS}
+        or bool(_ACCURACY_RE.match(metric))
+    )
+
+
+def _natural_direction(metric: str) -> str | None:
+    """The only sensible direction for metrics whose tolerance is not a relative ratio."""
+    if metric.startswith("accuracy:"):
+        return "higher_is_better"
+    if metric == "error_rate" or metric.startswith("fidelity."):
+        return "lower_is_better"
+    if metric.startswith("throughput"):
+        return "higher_is_better"
+    return None
+
+
+def _parse_check(raw: Any, index: int, source: str) -> GateCheck:
+    where = f"checks[{index}]"
+    fix = f"see {default_policy_path()} for the accepted fields"
+    if not isinstance(raw, dict):
+        raise ModelGateError(f"{source}: {where} must be a mapping", field=where, fix=fix)
+    unknown = sorted(set(raw) - _CHECK_KEYS)
+    if unknown:
+        raise ModelGateError(
+            f"{source}: unknown field {unknown[0]!r} in {where}", field=f"{where}.{unknown[0]}",
+            fix=f"accepted fields: {', '.join(sorted(_CHECK_KEYS))}",
+        )
+    metric = raw.get("metric")
+    if not isinstance(metric, str) or not _metric_known(metric):
+        raise ModelGateError(
+            f"{source}: unknown metric {metric!r} in {where}", field=f"{where}.metric",
+            fix="use one of " + ", ".join(
+                [*LATENCY_METRICS, "error_rate", "throughput", "throughput:requests_per_s",
+                 "accuracy:<task>", "accuracy:*", *FIDELITY_METRICS]
+            ),
+        )
+    name = str(raw.get("name") or metric)
+    natural = _natural_direction(metric)
+    direction = raw.get("direction", natural or "lower_is_better")
+    if direction not in DIRECTIONS or (
+        natural and direction != natural and not metric.startswith("throughput")
+    ):
+        allowed = [natural] if natural and not metric.startswith("throughput") else DIRECTIONS
+        raise ModelGateError(
+            f"{source}: direction {direction!r} is not valid for {metric} in {where}",
+            field=f"{where}.direction", fix=f"use {' or '.join(allowed)}",
+        )
+    statistic: str | None = None
+    if metric in LATENCY_METRICS:
+        statistic = raw.get("statistic", "p50")
+        if statistic not in STATISTICS:
+            raise ModelGateError(
+                f"{source}: unknown statistic {statistic!r} in {where}",
+                field=f"{where}.statistic", fix=f"use one of {', '.join(STATISTICS)}",
+            )
+    elif metric.startswith("throughput"):
+        statistic = "mean"
+    tolerance = raw.get("tolerance")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
+        raise ModelGateError(
+            f"{source}: tolerance must be a non-negative number in {where}",
+            field=f"{where}.tolerance",
+            fix="e.g. 0.10 (latency: 10% worse at most), 0.99 (accuracy: minimum recovery)",
+        )
+    if metric.startswith("accuracy:") and not 0 < tolerance <= 1.5:
+        raise ModelGateError(
+            f"{source}: accuracy tolerance is a minimum recovery such as 0.99, got {tolerance}",
+            field=f"{where}.tolerance", fix="use a recovery between 0 and 1.5, e.g. 0.99",
+        )
+    rates_raw = raw.get("rates", "all")
+    rates: str | tuple[float, ...]
+    if rates_raw == "all":
+        rates = "all"
+    elif isinstance(rates_raw, list) and rates_raw and all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) for r in rates_raw
+    ):
+        rates = tuple(float(r) for r in rates_raw)
+    else:
+        raise ModelGateError(
+            f"{source}: rates must be 'all' or a list of numbers in {where}",
+            field=f"{where}.rates", fix="e.g. rates: all, or rates: [1.0, 3.0]",
+        )
+    min_samples = raw.get("min_samples", 1)
+    if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
+        raise ModelGateError(
+            f"{source}: min_samples must be a positive integer in {where}",
+            field=f"{where}.min_samples", fix="e.g. min_samples: 20",
+        )
+    return GateCheck(
+        name=name, metric=metric, statistic=statistic, rates=rates, direction=direction,
+        tolerance=float(tolerance), min_samples=min_samples,
+    )
+
+
+def parse_policy(data: Any, source: str = "<policy>") -> GatePolicy:
+    """Validate a policy mapping; a wrong field raises ModelGateError naming it."""
+    if not isinstance(data, dict):
+        raise ModelGateError(f"{source}: a gate policy must be a mapping", field="policy")
+    unknown = sorted(set(data) - _POLICY_KEYS)
+    if unknown:
+        raise ModelGateError(
+            f"{source}: unknown policy field {unknown[0]!r}", field=unknown[0],
+            fix=f"accepted fields: {', '.join(sorted(_POLICY_KEYS))}",
+        )
+    raw_checks = data.get("checks")
+    if not isinstance(raw_checks, list) or not raw_checks:
+        raise ModelGateError(f"{source}: checks must be a non-empty list", field="checks")
+    checks = tuple(_parse_check(c, i, source) for i, c in enumerate(raw_checks))
+    inconclusive = data.get("inconclusive", "warn")
+    if inconclusive not in ("warn", "fail"):
+        raise ModelGateError(
+            f"{source}: inconclusive must be warn or fail, got {inconclusive!r}",
+            field="inconclusive", fix="use inconclusive: warn (default) or inconclusive: fail",
+        )
+    min_rounds = data.get("min_rounds", 1)
+    if isinstance(min_rounds, bool) or not isinstance(min_rounds, int) or min_rounds < 1:
+        raise ModelGateError(f"{source}: min_rounds must be >= 1", field="min_rounds")
+    mbs = data.get("min_baseline_score", 0.02)
+    if isinstance(mbs, bool) or not isinstance(mbs, (int, float)) or mbs < 0:
+        raise ModelGateError(
+            f"{source}: min_baseline_score must be a number >= 0", field="min_baseline_score"
+        )
+    boot_raw = data.get("bootstrap") or {}
+    if not isinstance(boot_raw, dict) or set(boot_raw) - {"resamples", "confidence", "seed"}:
+        raise ModelGateError(
+            f"{source}: bootstrap accepts resamples, confidence and seed", field="bootstrap"
+        )
+    boot = BootstrapSettings(
+        resamples=int(boot_raw.get("resamples", 2000)),
+        confidence=float(boot_raw.get("confidence", 0.95)),
+        seed=int(boot_raw.get("seed", 20261130)),
+    )
+    if boot.resamples < 200 or not 0.5 < boot.confidence < 1:
+        raise ModelGateError(
+            f"{source}: bootstrap needs resamples >= 200 and 0.5 < confidence < 1",
+            field="bootstrap", fix="e.g. resamples: 2000, confidence: 0.95",
+        )
+    return GatePolicy(
+        checks=checks, inconclusive=inconclusive, min_rounds=min_rounds,
+        min_baseline_score=float(mbs), bootstrap=boot, source=source,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Results on disk
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadRound:
+    """One load-test round of one variant: normalized rate entries keyed by rate."""
+
+    round_id: str
+    path: str
+    rates: dict[float, dict[str, Any]]
+
+
+@dataclass
+class VariantResults:
+    """Everything measured for one variant (any part may be absent)."""
+
+    name: str
+    source: str
+    rounds: list[LoadRound] = field(default_factory=list)
+    accuracy: dict[str, Any] | None = None
+    fidelity: dict[str, Any] | None = None
+
+    @property
+    def rates(self) -> list[float]:
+        """Every rate measured in any round, ascending."""
+        return sorted({r for rnd in self.rounds for r in rnd.rates})
+
+
+def _rate_key(rate: Any) -> float:
+    # Rates travel through JSON and YAML; round so 2.0 and 2.0000000001 match.
+    return round(float(rate), 6)
+
+
+def _read_json(path: Path, role: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelGateError(
+            f"cannot read {role} file {path}: {exc.strerror}", field=role,
+            fix="check the path and its permissions",
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise ModelGateError(
+            f"{role} file {path} is not valid JSON: {exc}", field=role,
+            fix="re-run the stage that wrote it",
+        ) from exc
+
+
+def _load_round(data: Any, path: Path, round_id: str, role: str, variant: str) -> LoadRound:
+    if isinstance(data, dict) and "benchmarks" in data and "rates" not in data:
+        try:
+            from modelgate.loadtest import normalize_guidellm_report
+        except ImportError as exc:
+            raise ModelGateError(
+                f"{path} is a raw GuideLLM report and modelgate.loadtest is unavailable",
+                field=role, fix="pass the normalized results.json instead",
+            ) from exc
+        data = normalize_guidellm_report(data, variant)
+    if not isinstance(data, dict) or not isinstance(data.get("rates"), list):
+        raise ModelGateError(
+            f"{role} load results {path} have no 'rates' list", field=f"{role}: {path}",
+            fix="pass a normalized guidellm/results.json or a raw GuideLLM JSON report",
+        )
+    rates: dict[float, dict[str, Any]] = {}
+    for i, entry in enumerate(data["rates"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("rate"), (int, float)):
+            raise ModelGateError(
+                f"{role} load results {path}: rates[{i}] has no numeric 'rate'",
+                field=f"{role}: {path}: rates[{i}].rate", fix="re-run the load test stage",
+            )
+        rates[_rate_key(entry["rate"])] = entry
+    return LoadRound(round_id=round_id, path=str(path), rates=rates)
+
+
+def _round_files(folder: Path) -> list[tuple[str, Path]]:
+    found = []
+    for p in folder.iterdir():
+        m = _ROUND_FILE_RE.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1) or 1), p))
+    return [(f"r{n}", p) for n, p in sorted(found)]
+
+
+def _classify_file(data: Any) -> str:
+    if isinstance(data, dict):
+        if "rates" in data or "benchmarks" in data:
+            return "load"
+        if "tasks" in data:
+            return "accuracy"
+        if "flip_rate" in data or "per_prompt" in data:
+            return "fidelity"
+    return "unknown"
+
+
+def load_variant(path: str | Path, *, role: str = "candidate", name: str | None = None,
+                 allow_missing: bool = False) -> VariantResults:
+    """Load a variant from its folder, its ``guidellm`` folder, or one results JSON file.
+
+    ``allow_missing`` returns an empty VariantResults for a missing folder (a run whose stage
+    failed); otherwise a missing or unreadable input raises ModelGateError naming ``role``.
+    """
+    p = Path(path)
+    if not p.exists():
+        if allow_missing:
+            return VariantResults(name=name or p.name, source=str(p))
+        raise ModelGateError(
+            f"{role} results not found: {p}", field=role,
+            fix="pass a variant folder of a run, its guidellm folder, or a results JSON file",
+        )
+    if p.is_file():
+        data = _read_json(p, role)
+        kind = _classify_file(data)
+        vname = name or (data.get("variant") if isinstance(data, dict) else None) or (
+            p.parent.parent.name if p.parent.name in ("guidellm", "accuracy") else p.stem
+        )
+        result = VariantResults(name=str(vname), source=str(p))
+        if kind == "load":
+            result.rounds.append(_load_round(data, p, "r1", role, result.name))
+        elif kind == "accuracy":
+            result.accuracy = data
+        elif kind == "fidelity":
+            result.fidelity = data
+        else:
+            raise ModelGateError(
+                f"{role} file {p} is not load, accuracy or fidelity results", field=role,
+                fix="pass results.json (load or accuracy), a GuideLLM report, or fidelity.json",
+            )
+        return result
+    vname = name or p.name
+    result = VariantResults(name=vname, source=str(p))
+    guidellm_dir = p / "guidellm" if (p / "guidellm").is_dir() else p
+    for round_id, f in _round_files(guidellm_dir):
+        result.rounds.append(_load_round(_read_json(f, role), f, round_id, role, vname))
+    if guidellm_dir is p and result.rounds and p.name == "guidellm":
+        result.name = name or p.parent.name
+    acc = p / "accuracy" / "results.json"
+    if acc.is_file():
+        result.accuracy = _read_json(acc, role)
+    fid = p / "fidelity.json"
+    if fid.is_file():
+        result.fidelity = _read_json(fid, role)
+    if not (result.rounds or result.accuracy or result.fidelity) and not allow_missing:
+        raise ModelGateError(
+            f"{role} folder {p} holds no results (guidellm/results*.json, accuracy/results.json"
+            " or fidelity.json)", field=role, fix="point at a variant folder of a finished run",
+        )
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics (numpy, imported lazily)
+# --------------------------------------------------------------------------------------------
+
+
+def _np() -> Any:
+    import numpy
+
+    return numpy
+
+
+def _rng(policy: GatePolicy, key: str) -> np.random.Generator:
+    # One stream per check and rate: a result does not depend on the order of the checks.
+    return _np().random.default_rng([policy.bootstrap.seed, zlib.crc32(key.encode())])
+
+
+def _stat_rows(vals: np.ndarray, total: np.ndarray, stat: str) -> np.ndarray:
+    """Statistic of each row of ``vals`` whose first ``total[row]`` sorted values are real.
+
+    Padding is +inf, so after sorting the real values come first; quantiles use numpy's
+    default linear interpolation on each row's own count.
+    """
+    np = _np()
+    if stat == "mean":
+        return np.where(np.isfinite(vals), vals, 0.0).sum(axis=1) / total
+    q = _QUANTILES[stat]
+    s = np.sort(vals, axis=1)
+    pos = q * (total - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, total - 1)
+    rows = np.arange(s.shape[0])
+    low = s[rows, lo]
+    # frac is 0 where hi == lo, so inf - inf cannot arise.
+    return low + (pos - lo) * np.where(hi > lo, s[rows, hi] - low, 0.0)
+
+
+def _point_stat(values: np.ndarray, stat: str) -> float:
+    np = _np()
+    return float(_stat_rows(values[None, :], np.array([len(values)]), stat)[0])
+
+
+def _resample_stat(rounds: list[np.ndarray], stat: str, rng: np.random.Generator,
+                   resamples: int, choice: np.ndarray | None = None) -> np.ndarray:
+    """Bootstrap replicates of ``stat`` over pooled rounds (hierarchical when 2+ rounds)."""
+    np = _np()
+    k = len(rounds)
+    sizes = np.array([len(r) for r in rounds], dtype=np.int64)
+    nmax = int(sizes.max())
+    padded = np.full((k, nmax), np.inf)
+    for i, r in enumerate(rounds):
+        padded[i, : len(r)] = r
+    if choice is None:
+        choice = (np.zeros((resamples, 1), dtype=np.int64) if k == 1
+                  else rng.integers(0, k, size=(resamples, k)))
+    out = np.empty(resamples)
+    chunk = max(1, 4_000_000 // (choice.shape[1] * nmax))  # bound memory to ~100 MB
+    for start in range(0, resamples, chunk):
+        ch = choice[start:start + chunk]
+        nsel = sizes[ch]
+        u = rng.random((ch.shape[0], ch.shape[1], nmax))
+        idx = np.minimum((u * nsel[..., None]).astype(np.int64), nmax - 1)
+        vals = padded[ch[..., None], idx]
+        valid = np.arange(nmax)[None, None, :] < nsel[..., None]
+        vals = np.where(valid, vals, np.inf).reshape(ch.shape[0], -1)
+        out[start:start + ch.shape[0]] = _stat_rows(vals, nsel.sum(axis=1), stat)
+    return out
+
+
+def _ci(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    np = _np()
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.nanquantile(values, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def _wilson(k: int, n: int, z: float) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _z(confidence: float) -> float:
+    # Inverse normal CDF by bisection on erf: avoids a scipy dependency.
+    target = 1 - (1 - confidence) / 2
+    lo, hi = 0.0, 10.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def sign_test_p(n_plus: int, n_minus: int) -> float:
+    """Exact two-sided sign-test p-value for ``n_plus`` vs ``n_minus`` discordant pairs."""
+    n = n_plus + n_minus
+    if n == 0:
+        return 1.0
+    k = min(n_plus, n_minus)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+# --------------------------------------------------------------------------------------------
+# Results of the gate
+# --------------------------------------------------------------------------------------------
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check at one rate (or task) for one candidate."""
+
+    name: str
+    metric: str
+    rate: float | None
+    statistic: str | None
+    status: str
+    baseline: float | None = None
+    candidate: float | None = None
+    ratio: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    tolerance: float | None = None
+    reason: str = ""
+    limit: float | None = None
+    kind: str = "ratio"  # ratio | recovery | difference | absolute
+    n_baseline: int | None = None
+    n_candidate: int | None = None
+    confidence: float = 0.95
+
+    @property
+    def label(self) -> str:
+        """Short human name: metric, statistic and rate."""
+        parts = [self.metric]
+        if self.statistic and self.kind == "ratio":
+            parts.append(self.statistic)
+        if self.rate is not None:
+            parts.append(f"@ {float(self.rate)} rps")
+        return " ".join(parts)
+
+    def describe(self, variant: str) -> str:
+        """One line with the numbers, e.g. for the failure message of the play."""
+        pct = f"{round(self.confidence * 100)}% CI"
+        head = f"{variant}: {self.label}"
+        have_ci = self.ci_low is not None and self.ci_high is not None
+        if self.kind == "ratio" and self.ratio is not None and have_ci and self.limit is not None:
+            return (f"{head} is {self.ratio:.2f}x baseline ({pct} {self.ci_low:.2f}-"
+                    f"{self.ci_high:.2f}), limit {self.limit:.2f}x")
+        if self.kind == "recovery" and self.ratio is not None and have_ci:
+            return (f"{head} recovery is {self.ratio:.3f} ({pct} {self.ci_low:.3f}-"
+                    f"{self.ci_high:.3f}), minimum {self.limit:.3f} (baseline {self.baseline:.3f},"
+                    f" candidate {self.candidate:.3f}, {self.n_candidate} paired samples)")
+        if self.kind == "difference" and self.ratio is not None and have_ci:
+            return (f"{head} is {self.candidate:.3f} vs baseline {self.baseline:.3f} "
+                    f"(difference {self.ratio:+.3f}, {pct} {self.ci_low:+.3f} to "
+                    f"{self.ci_high:+.3f}), limit {self.limit:+.3f}")
+        if self.kind == "absolute" and self.candidate is not None and have_ci:
+            return (f"{head} is {self.candidate:.4f} ({pct} {self.ci_low:.4f}-"
+                    f"{self.ci_high:.4f}), limit {self.limit:.4f}")
+        return f"{head}: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data; non-finite numbers become null so the JSON stays standard."""
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, float):
+                data[key] = _finite(value)
+        data["label"] = self.label
+        return data
+
+
+@dataclass
+class GateVerdict:
+    """Every check of one candidate against its baseline, and the verdict."""
+
+    baseline: str
+    candidate: str
+    checks: list[CheckResult]
+    inconclusive_policy: str = "warn"
+    notes: list[str] = field(default_factory=list)
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Number of checks per status."""
+        return {s: sum(1 for c in self.checks if c.status == s) for s in STATUSES}
+
+    @property
+    def status(self) -> str:
+        """fail if any check failed, else inconclusive if any was, else pass."""
+        counts = self.counts
+        if counts["fail"]:
+            return "fail"
+        return "inconclusive" if counts["inconclusive"] else "pass"
+
+    @property
+    def passed(self) -> bool:
+        """True unless a check failed (or was inconclusive under ``inconclusive: fail``)."""
+        counts = self.counts
+        return not counts["fail"] and not (
+            self.inconclusive_policy == "fail" and counts["inconclusive"]
+        )
+
+    def blocking(self) -> list[CheckResult]:
+        """The checks that make the verdict fail."""
+        bad = {"fail", "inconclusive"} if self.inconclusive_policy == "fail" else {"fail"}
+        return [c for c in self.checks if c.status in bad]
+
+    def failure_message(self) -> str:
+        """One line per blocking check, naming it with its numbers (empty when passed)."""
+        return "\n".join(c.describe(self.candidate) for c in self.blocking())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form written to gate.json."""
+        return {
+            "baseline": self.baseline,
+            "candidate": self.candidate,
+            "passed": self.passed,
+            "status": self.status,
+            "counts": self.counts,
+            "message": self.failure_message(),
+            "notes": self.notes,
+            "checks": [c.to_dict() for c in self.checks],
+            "policy": self.policy,
+        }
+
+    def write_gate_json(self, path: str | Path) -> Path:
+        """Write this verdict as JSON; returns the path."""
+        return _write_json(path, self.to_dict())
+
+    def write_junit(self, path: str | Path) -> Path:
+        """Write JUnit XML: one testcase per check; fail -> failure, inconclusive -> skipped."""
+        return _write_junit(path, [self], self.inconclusive_policy)
+
+
+@dataclass
+class RunVerdict:
+    """Every candidate of a run against the run's baseline variant."""
+
+    run_id: str
+    baseline: str
+    verdicts: list[GateVerdict]
+    notes: list[str] = field(default_factory=list)
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """True when every candidate passed."""
+        return all(v.passed for v in self.verdicts)
+
+    @property
+    def status(self) -> str:
+        """Worst status over the candidates."""
+        statuses = {v.status for v in self.verdicts}
+        for s in ("fail", "inconclusive"):
+            if s in statuses:
+                return s
+        return "pass"
+
+    @property
+    def message(self) -> str:
+        """The failure message of the play, naming each failed check with its numbers."""
+        lines = [line for v in self.verdicts for line in v.failure_message().splitlines()]
+        if not lines:
+            counts = sum(v.counts["inconclusive"] for v in self.verdicts)
+            extra = f" ({counts} inconclusive checks, see gate.json)" if counts else ""
+            return f"gate passed for run {self.run_id}{extra}"
+        return f"gate failed for run {self.run_id}: {len(lines)} check(s)\n" + "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form written to gate.json."""
+        return {
+            "run_id": self.run_id,
+            "baseline": self.baseline,
+            "passed": self.passed,
+            "status": self.status,
+            "message": self.message,
+            "notes": self.notes,
+            "verdicts": [{k: v for k, v in vd.to_dict().items() if k != "policy"}
+                         for vd in self.verdicts],
+            "policy": self.policy,
+        }
+
+    def write_gate_json(self, path: str | Path) -> Path:
+        """Write the run verdict as JSON; returns the path."""
+        return _write_json(path, self.to_dict())
+
+    def write_junit(self, path: str | Path) -> Path:
+        """Write JUnit XML with one testsuite per candidate and one testcase per check."""
+        policy = self.policy.get("inconclusive", "warn") if self.policy else "warn"
+        return _write_junit(path, self.verdicts, policy)
+
+
+def _write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out
+
+
+def _write_junit(path: str | Path, verdicts: list[GateVerdict], inconclusive_policy: str) -> Path:
+    root = ET.Element("testsuites", name="modelgate.gate")
+    totals = {"tests": 0, "failures": 0, "skipped": 0}
+    for v in verdicts:
+        suite = ET.SubElement(root, "testsuite", name=f"{v.candidate} vs {v.baseline}")
+        counts = {"tests": 0, "failures": 0, "skipped": 0}
+        for c in v.checks:
+            case = ET.SubElement(
+                suite, "testcase", classname=f"modelgate.gate.{v.candidate}",
+                name=f"{c.name}: {c.label}",
+            )
+            counts["tests"] += 1
+            text = c.describe(v.candidate)
+            if c.status == "fail" or (c.status == "inconclusive" and inconclusive_policy == "fail"):
+                counts["failures"] += 1
+                failure = ET.SubElement(case, "failure", message=text, type=c.status)
+                failure.text = c.reason
+            elif c.status == "inconclusive":
+                counts["skipped"] += 1
+                ET.SubElement(case, "skipped", message=f"inconclusive: {c.reason}")
+            ET.SubElement(case, "system-out").text = json.dumps(c.to_dict(), sort_keys=True)
+        for key, value in counts.items():
+            suite.set(key, str(value))
+            totals[key] += value
+        suite.set("errors", "0")
+    for key, value in totals.items():
+        root.set(key, str(value))
+    root.set("errors", "0")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(root).write(out, encoding="utf-8", xml_declaration=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------
+
+
+def _decide(lo: float, hi: float, limit: float, upper: bool) -> str:
+    """upper: values must stay <= limit; otherwise they must stay >= limit."""
+    if upper:
+        return "fail" if lo > limit else "pass" if hi <= limit else "inconclusive"
+    return "fail" if hi < limit else "pass" if lo >= limit else "inconclusive"
+
+
+def _target_rates(check: GateCheck, base: VariantResults, cand: VariantResults) -> list[float]:
+    if check.rates == "all":
+        return sorted(set(base.rates) | set(cand.rates))
+    return [_rate_key(r) for r in check.rates]
+
+
+def _samples_at(variant: VariantResults, rate: float, metric: str,
+                ) -> tuple[list[tuple[str, np.ndarray]], list[dict[str, Any]]]:
+    """Per-round finite samples of ``metric`` at ``rate``, and the rate entries themselves."""
+    np = _np()
+    rounds, entries = [], []
+    for rnd in variant.rounds:
+        entry = rnd.rates.get(rate)
+        if entry is None:
+            continue
+        entries.append(entry)
+        raw = (entry.get("samples") or {}).get(metric)
+        if raw:
+            arr = np.asarray([x for x in raw if isinstance(x, (int, float))], dtype=float)
+            arr = arr[np.isfinite(arr)]
+            if arr.size:
+                rounds.append((rnd.round_id, arr))
+    return rounds, entries
+
+
+def _summary_value(entries: list[dict[str, Any]], metric: str, stat: str) -> float | None:
+    vals = [((e.get("metrics") or {}).get(metric) or {}).get(stat) for e in entries]
+    vals = [float(v) for v in vals if isinstance(v, (int, float))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _ratio_limit(check: GateCheck) -> tuple[float, bool]:
+    if check.direction == "lower_is_better":
+        return 1.0 + check.tolerance, True
+    return max(0.0, 1.0 - check.tolerance), False
+
+
+def _latency_check(check: GateCheck, base: VariantResults, cand: VariantResults, rate: float,
+                   policy: GatePolicy) -> CheckResult:
+    np = _np()
+    stat = check.statistic or "p50"
+    limit, upper = _ratio_limit(check)
+    result = CheckResult(
+        name=check.name, metric=check.metric, rate=rate, statistic=stat, status="inconclusive",
+        tolerance=check.tolerance, limit=limit, kind="ratio",
+        confidence=policy.bootstrap.confidence,
+    )
+    b_rounds, b_entries = _samples_at(base, rate, check.metric)
+    c_rounds, c_entries = _samples_at(cand, rate, check.metric)
+    for who, entries in (("baseline", b_entries), ("candidate", c_entries)):
+        if not entries:
+            result.reason = f"no load-test results at {float(rate)} rps for the {who}"
+            return result
+    result.n_baseline = sum(len(a) for _, a in b_rounds)
+    result.n_candidate = sum(len(a) for _, a in c_rounds)
+    if not b_rounds or not c_rounds:
+        b_sum = _summary_value(b_entries, check.metric, stat)
+        c_sum = _summary_value(c_entries, check.metric, stat)
+        result.baseline, result.candidate = b_sum, c_sum
+        point = ""
+        if b_sum and c_sum is not None:
+            result.ratio = c_sum / b_sum
+            point = f"; summary ratio {result.ratio:.2f}x (no confidence interval)"
+        who = "baseline" if not b_rounds else "candidate"
+        result.reason = f"no per-request {check.metric} samples for the {who}{point}"
+        return result
+    b_pool = np.concatenate([a for _, a in b_rounds])
+    c_pool = np.concatenate([a for _, a in c_rounds])
+    result.baseline = _point_stat(b_pool, stat)
+    result.candidate = _point_stat(c_pool, stat)
+    if result.baseline > 0:
+        result.ratio = result.candidate / result.baseline
+    n_min = min(result.n_baseline, result.n_candidate)
+    k_min = min(len(b_rounds), len(c_rounds))
+    if n_min < check.min_samples:
+        result.reason = (f"too few samples: baseline {result.n_baseline}, candidate "
+                         f"{result.n_candidate}, need {check.min_samples} each")
+        return result
+    if k_min < policy.min_rounds:
+        result.reason = (f"too few rounds: baseline {len(b_rounds)}, candidate {len(c_rounds)},"
+                         f" policy min_rounds {policy.min_rounds}")
+        return result
+    if result.baseline <= 0:
+        result.reason = f"baseline {stat} is {result.baseline}: ratio undefined"
+        return result
+    rng = _rng(policy, f"{check.name}|{check.metric}|{stat}|{rate}")
+    n_boot = policy.bootstrap.resamples
+    b_ids = [rid for rid, _ in b_rounds]
+    paired = len(b_rounds) > 1 and b_ids == [rid for rid, _ in c_rounds]
+    choice = rng.integers(0, len(b_rounds), size=(n_boot, len(b_rounds))) if paired else None
+    b_star = _resample_stat([a for _, a in b_rounds], stat, rng, n_boot, choice)
+    c_star = _resample_stat([a for _, a in c_rounds], stat, rng, n_boot, choice)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(b_star > 0, c_star / b_star, np.inf)
+    result.ci_low, result.ci_high = _ci(ratios, policy.bootstrap.confidence)
+    result.status = _decide(result.ci_low, result.ci_high, limit, upper)
+    design = (f"{len(b_rounds)} paired rounds" if paired else
+              f"rounds {len(b_rounds)}/{len(c_rounds)}")
+    unit = _UNITS.get(check.metric, "")
+    verb = {"pass": "within", "fail": "beyond", "inconclusive": "straddles"}[result.status]
+    result.reason = (
+        f"{stat} {result.candidate:.4g} {unit} vs {result.baseline:.4g} {unit}: ratio "
+        f"{result.ratio:.3f}, CI {result.ci_low:.3f}-{result.ci_high:.3f} {verb} limit "
+        f"{limit:.2f}x (n {result.n_baseline}/{result.n_candidate}, {design})"
+    )
+    return result
+
+
+def _error_rate_check(check: GateCheck, base: VariantResults, cand: VariantResults, rate: float,
+                      policy: GatePolicy) -> CheckResult:
+    result = CheckResult(
+        name=check.name, metric=check.metric, rate=rate, statistic=None, status="inconclusive",
+        tolerance=check.tolerance, limit=check.tolerance, kind="difference",
+        confidence=policy.bootstrap.confidence,
+    )
+    counts = []
+    for who, variant in (("baseline", base), ("candidate", cand)):
+        _, entries = _samples_at(variant, rate, "request_latency_s")
+        if not entries:
+            result.reason = f"no load-test results at {float(rate)} rps for the {who}"
+            return result
+        errored = sum(int((e.get("requests") or {}).get("errored", 0)) for e in entries)
+        total = errored + sum(int((e.get("requests") or {}).get("successful", 0))
+                              for e in entries)
+        counts.append((errored, total))
+    (kb, nb), (kc, nc) = counts
+    result.n_baseline, result.n_candidate = nb, nc
+    if min(nb, nc) < check.min_samples:
+        result.reason = (f"too few requests: baseline {nb}, candidate {nc}, need "
+                         f"{check.min_samples} each")
+        return result
+    pb, pc = kb / nb, kc / nc
+    result.baseline, result.candidate, result.ratio = pb, pc, pc - pb
+    z = _z(policy.bootstrap.confidence)
+    lb, ub = _wilson(kb, nb, z)
+    lc, uc = _wilson(kc, nc, z)
+    # Newcombe's hybrid score interval for a difference of two proportions.
+    result.ci_low = (pc - pb) - math.sqrt((pc - lc) ** 2 + (ub - pb) ** 2)
+    result.ci_high = (pc - pb) + math.sqrt((uc - pc) ** 2 + (pb - lb) ** 2)
+    if result.ci_low > check.tolerance:
+        result.status = "fail"
+    elif pc - pb <= check.tolerance:
+        result.status = "pass"
+    else:
+        result.status = "inconclusive"
+    result.reason = (f"errors {kc}/{nc} vs baseline {kb}/{nb}: difference {pc - pb:+.4f}, CI "
+                     f"{result.ci_low:+.4f} to {result.ci_high:+.4f}, slack {check.tolerance}")
+    return result
+
+
+def _throughput_check(check: GateCheck, base: VariantResults, cand: VariantResults, rate: float,
+                      policy: GatePolicy) -> CheckResult:
+    np = _np()
+    fld = check.metric.split(":", 1)[1] if ":" in check.metric else "output_tokens_per_s"
+    limit, upper = _ratio_limit(check)
+    result = CheckResult(
+        name=check.name, metric=check.metric, rate=rate, statistic="mean",
+        status="inconclusive", tolerance=check.tolerance, limit=limit, kind="ratio",
+        confidence=policy.bootstrap.confidence,
+    )
+    per_side = []
+    for who, variant in (("baseline", base), ("candidate", cand)):
+        vals = []
+        for rnd in variant.rounds:
+            e = rnd.rates.get(rate)
+            v = ((e or {}).get("throughput") or {}).get(fld)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                vals.append((rnd.round_id, float(v)))
+        if not vals:
+            result.reason = f"no {fld} at {float(rate)} rps for the {who}"
+            return result
+        per_side.append(vals)
+    b_vals, c_vals = per_side
+    result.n_baseline, result.n_candidate = len(b_vals), len(c_vals)
+    result.baseline = sum(v for _, v in b_vals) / len(b_vals)
+    result.candidate = sum(v for _, v in c_vals) / len(c_vals)
+    if result.baseline <= 0:
+        result.reason = "baseline throughput is 0: ratio undefined"
+        return result
+    result.ratio = result.candidate / result.baseline
+    if min(len(b_vals), len(c_vals)) < max(2, policy.min_rounds):
+        result.reason = (f"throughput is one number per round; {len(b_vals)}/{len(c_vals)} rounds"
+                         f" give no confidence interval (point ratio {result.ratio:.3f})")
+        return result
+    rng = _rng(policy, f"{check.name}|{check.metric}|{rate}")
+    b_arr = np.array([[v for _, v in b_vals]])
+    c_arr = np.array([[v for _, v in c_vals]])
+    n_boot = policy.bootstrap.resamples
+    paired = [r for r, _ in b_vals] == [r for r, _ in c_vals]
+    bi = rng.integers(0, b_arr.shape[1], size=(n_boot, b_arr.shape[1]))
+    ci_idx = bi if paired else rng.integers(0, c_arr.shape[1], size=(n_boot, c_arr.shape[1]))
+    ratios = c_arr[0][ci_idx].mean(axis=1) / b_arr[0][bi].mean(axis=1)
+    result.ci_low, result.ci_high = _ci(ratios, policy.bootstrap.confidence)
+    result.status = _decide(result.ci_low, result.ci_high, limit, upper)
+    result.reason = (f"{fld} {result.candidate:.4g} vs {result.baseline:.4g}: ratio "
+                     f"{result.ratio:.3f}, CI {result.ci_low:.3f}-{result.ci_high:.3f}, limit "
+                     f"{limit:.2f}x over {len(b_vals)}/{len(c_vals)} rounds")
+    return result
+
+
+def _tasks(acc: dict[str, Any] | None) -> dict[str, Any]:
+    tasks = (acc or {}).get("tasks")
+    return tasks if isinstance(tasks, dict) else {}
+
+
+def _accuracy_check(check: GateCheck, base: VariantResults, cand: VariantResults, task: str,
+                    policy: GatePolicy) -> CheckResult:
+    np = _np()
+    result = CheckResult(
+        name=check.name, metric=f"accuracy:{task}", rate=None, statistic=None,
+        status="inconclusive", tolerance=check.tolerance, limit=check.tolerance,
+        kind="recovery", confidence=policy.bootstrap.confidence,
+    )
+    entries = []
+    for who, variant in (("baseline", base), ("candidate", cand)):
+        entry = _tasks(variant.accuracy).get(task)
+        if not isinstance(entry, dict):
+            result.reason = f"no accuracy results for task {task!r} for the {who}"
+            return result
+        entries.append(entry)
+    b_entry, c_entry = entries
+    b_samples = b_entry.get("samples") or {}
+    c_samples = c_entry.get("samples") or {}
+    common = sorted(set(b_samples) & set(c_samples))
+    if not common:
+        b_score, c_score = b_entry.get("score"), c_entry.get("score")
+        if isinstance(b_score, (int, float)) and isinstance(c_score, (int, float)):
+            result.baseline, result.candidate = float(b_score), float(c_score)
+            if b_score > 0:
+                result.ratio = c_score / b_score
+        result.reason = ("no per-sample results on common doc ids: paired comparison impossible"
+                         + (f" (point recovery {result.ratio:.3f})" if result.ratio else ""))
+        return result
+    b = np.array([float(b_samples[d]) for d in common])
+    c = np.array([float(c_samples[d]) for d in common])
+    n = len(common)
+    result.n_baseline = result.n_candidate = n
+    result.baseline, result.candidate = float(b.mean()), float(c.mean())
+    if result.baseline < max(policy.min_baseline_score, 1e-12):
+        result.reason = (f"baseline score {result.baseline:.4f} is below min_baseline_score "
+                         f"{policy.min_baseline_score}: recovery undefined (e.g. random weights)")
+        return result
+    result.ratio = result.candidate / result.baseline
+    base_only = int(((b > c)).sum())
+    cand_only = int(((c > b)).sum())
+    p_sign = sign_test_p(cand_only, base_only)
+    detail = (f"discordant pairs: {base_only} baseline-only, {cand_only} candidate-only "
+              f"(exact sign test p={p_sign:.3g})")
+    if n < check.min_samples:
+        result.reason = f"too few paired samples: {n}, need {check.min_samples}; {detail}"
+        return result
+    rng = _rng(policy, f"{check.name}|accuracy:{task}")
+    n_boot = policy.bootstrap.resamples
+    ratios = np.empty(n_boot)
+    chunk = max(1, 4_000_000 // n)
+    for start in range(0, n_boot, chunk):
+        m = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(m, n))
+        bm, cm = b[idx].mean(axis=1), c[idx].mean(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios[start:start + m] = np.where(bm > 0, cm / bm, np.inf)
+    result.ci_low, result.ci_high = _ci(ratios, policy.bootstrap.confidence)
+    result.status = _decide(result.ci_low, result.ci_high, check.tolerance, upper=False)
+    result.reason = (f"score {result.candidate:.4f} vs {result.baseline:.4f} on {n} common docs:"
+                     f" recovery {result.ratio:.4f}, CI {result.ci_low:.4f}-"
+                     f"{result.ci_high:.4f}, minimum {check.tolerance}; {detail}")
+    return result
+
+
+def _fidelity_check(check: GateCheck, cand: VariantResults, policy: GatePolicy) -> CheckResult:
+    np = _np()
+    key = check.metric.split(".", 1)[1]
+    result = CheckResult(
+        name=check.name, metric=check.metric, rate=None, statistic=None, status="inconclusive",
+        tolerance=check.tolerance, limit=check.tolerance, kind="absolute",
+        confidence=policy.bootstrap.confidence,
+    )
+    fid = cand.fidelity
+    if not isinstance(fid, dict):
+        result.reason = "no fidelity.json for the candidate"
+        return result
+    per_prompt = [p for p in fid.get("per_prompt") or []
+                  if isinstance(p, dict) and isinstance(p.get(key), (int, float))
+                  and math.isfinite(p[key])]
+    top = fid.get(key)
+    if per_prompt:
+        vals = np.array([float(p[key]) for p in per_prompt])
+        weights = np.array([float(p.get("tokens") or 0) for p in per_prompt])
+        if not (weights > 0).all():
+            weights = np.ones_like(vals)
+        point = float(top) if isinstance(top, (int, float)) else float(
+            (vals * weights).sum() / weights.sum())
+    else:
+        point = float(top) if isinstance(top, (int, float)) else None
+    result.candidate = point
+    result.n_candidate = len(per_prompt)
+    if point is None:
+        result.reason = f"fidelity.json has no {key}"
+        return result
+    if len(per_prompt) < check.min_samples:
+        result.reason = (f"{key} {point:.4f} (limit {check.tolerance}) from {len(per_prompt)} "
+                         f"per-prompt values, need {check.min_samples} for a confidence interval")
+        return result
+    rng = _rng(policy, f"{check.name}|{check.metric}")
+    idx = rng.integers(0, len(vals), size=(policy.bootstrap.resamples, len(vals)))
+    means = (vals[idx] * weights[idx]).sum(axis=1) / weights[idx].sum(axis=1)
+    result.ci_low, result.ci_high = _ci(means, policy.bootstrap.confidence)
+    result.status = _decide(result.ci_low, result.ci_high, check.tolerance, upper=True)
+    result.reason = (f"{key} {point:.4f}, CI {result.ci_low:.4f}-{result.ci_high:.4f} over "
+                     f"{len(vals)} prompts, limit {check.tolerance}")
+    return result
+
+
+def _run_check(check: GateCheck, base: VariantResults, cand: VariantResults,
+               policy: GatePolicy) -> list[CheckResult]:
+    kind = check.kind
+    if kind == "fidelity":
+        return [_fidelity_check(check, cand, policy)]
+    if kind == "accuracy":
+        wanted = check.metric.split(":", 1)[1]
+        if wanted == "*":
+            tasks = sorted(set(_tasks(base.accuracy)) | set(_tasks(cand.accuracy)))
+            if not tasks:
+                who = [w for w, v in (("baseline", base), ("candidate", cand))
+                       if not _tasks(v.accuracy)]
+                return [CheckResult(
+                    name=check.name, metric=check.metric, rate=None, statistic=None,
+                    status="inconclusive", tolerance=check.tolerance, limit=check.tolerance,
+                    kind="recovery", reason=f"no accuracy results for the {' and '.join(who)}",
+                    confidence=policy.bootstrap.confidence,
+                )]
+        else:
+            tasks = [wanted]
+        return [_accuracy_check(check, base, cand, t, policy) for t in tasks]
+    rates = _target_rates(check, base, cand)
+    if not rates:
+        return [CheckResult(
+            name=check.name, metric=check.metric, rate=None, statistic=check.statistic,
+            status="inconclusive", tolerance=check.tolerance, kind="ratio",
+            reason="no load-test results for either variant",
+            confidence=policy.bootstrap.confidence,
+        )]
+    fn = {"latency": _latency_check, "error_rate": _error_rate_check,
+          "throughput": _throughput_check}[kind]
+    return [fn(check, base, cand, rate, policy) for rate in rates]
+
+
+def evaluate_variants(base: VariantResults, cand: VariantResults,
+                      policy: GatePolicy | dict[str, Any] | str | Path | None = None,
+                      ) -> GateVerdict:
+    """Run every policy check of ``cand`` against ``base`` (already loaded)."""
+    pol = load_policy(policy)
+    checks = [r for check in pol.checks for r in _run_check(check, base, cand, pol)]
+    notes = []
+    n_rounds = (len(base.rounds), len(cand.rounds))
+    if n_rounds[0] and n_rounds[1] and min(n_rounds) < 2:
+        notes.append(
+            f"{n_rounds[0]}/{n_rounds[1]} load-test round(s) (baseline/candidate): latency "
+            "confidence intervals cover within-run noise only; measure 2+ interleaved rounds "
+            "per variant on a shared or noisy host"
+        )
+    return GateVerdict(
+        baseline=base.name, candidate=cand.name, checks=checks,
+        inconclusive_policy=pol.inconclusive, notes=notes, policy=pol.to_dict(),
+    )
+
+
+def evaluate(baseline: str | Path, candidate: str | Path,
+             policy: GatePolicy | dict[str, Any] | str | Path | None = None) -> GateVerdict:
+    """Compare a candidate with a baseline, each a variant folder, guidellm folder or JSON file."""
+    pol = load_policy(policy)
+    base = load_variant(baseline, role="baseline")
+    cand = load_variant(candidate, role="candidate")
+    return evaluate_variants(base, cand, pol)
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """Read and check ``manifest.json`` of a run directory."""
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        raise ModelGateError(
+            f"run directory {run_dir} has no manifest.json", field="run_dir",
+            fix="point at runs/<run_id>/ of a run that the pipeline created",
+        )
+    data = _read_json(path, "manifest")
+    variants = data.get("variants") if isinstance(data, dict) else None
+    if not isinstance(variants, list) or not all(
+        isinstance(v, dict) and isinstance(v.get("name"), str) for v in variants
+    ):
+        raise ModelGateError(
+            f"{path}: 'variants' must be a list of objects with a 'name'",
+            field="manifest.variants", fix="re-run the pipeline's provision stage",
+        )
+    return data
+
+
+def evaluate_run(run_dir: str | Path,
+                 policy: GatePolicy | dict[str, Any] | str | Path | None = None) -> RunVerdict:
+    """Gate every candidate of a run against the variant marked ``baseline`` in manifest.json."""
+    pol = load_policy(policy)
+    root = Path(run_dir)
+    manifest = read_manifest(root)
+    variants = manifest["variants"]
+    baselines = [v["name"] for v in variants if v.get("baseline")]
+    if len(baselines) != 1:
+        raise ModelGateError(
+            f"{root / 'manifest.json'} marks {len(baselines)} variants as baseline, need one",
+            field="manifest.variants[].baseline", fix="set baseline: true on exactly one variant",
+        )
+    base = load_variant(root / baselines[0], role="baseline", name=baselines[0],
+                        allow_missing=True)
+    notes = []
+    if not (base.rounds or base.accuracy):
+        notes.append(f"baseline {baselines[0]} has no results: every check is inconclusive")
+    verdicts = []
+    for v in variants:
+        if v.get("baseline"):
+            continue
+        cand = load_variant(root / v["name"], role="candidate", name=v["name"],
+                            allow_missing=True)
+        verdicts.append(evaluate_variants(base, cand, pol))
+    if not verdicts:
+        notes.append("the run has no candidate variants: nothing to gate")
+    return RunVerdict(
+        run_id=str(manifest.get("run_id") or root.name), baseline=baselines[0],
+        verdicts=verdicts, notes=notes, policy=pol.to_dict(),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def _cli_gate(args: argparse.Namespace) -> int:
+    from modelgate.cli import emit
+
+    verdict: GateVerdict | RunVerdict
+    if args.run_dir:
+        if args.baseline or args.candidate:
+            raise ModelGateError(
+                "--run-dir cannot be combined with --baseline/--candidate", field="run_dir",
+                fix="use either --run-dir DIR or --baseline PATH --candidate PATH",
+            )
+        verdict = evaluate_run(args.run_dir, args.policy)
+        out = args.out or Path(args.run_dir) / "gate.json"
+        junit = args.junit or Path(args.run_dir) / "junit.xml"
+    else:
+        if not (args.baseline and args.candidate):
+            raise ModelGateError(
+                "gate needs --run-dir, or both --baseline and --candidate",
+                field="baseline" if not args.baseline else "candidate",
+                fix="e.g. modelgate gate --baseline runs/r1/bf16 --candidate runs/r1/w4a16",
+            )
+        verdict = evaluate(args.baseline, args.candidate, args.policy)
+        out, junit = args.out, args.junit
+    # gate.json and junit.xml are written before the exit code can fail anything.
+    if out:
+        verdict.write_gate_json(out)
+    if junit:
+        verdict.write_junit(junit)
+    emit(verdict.to_dict())
+    return 0 if verdict.passed else 1
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``modelgate gate``."""
+    parser = subparsers.add_parser(
+        "gate", help="compare candidates with their baseline; exit 1 on a regression",
+        description="Exit 0: passed; 1: a regression (or inconclusive under "
+                    "'inconclusive: fail'); 2: bad input.",
+    )
+    parser.add_argument("--baseline", help="baseline variant folder or results JSON")
+    parser.add_argument("--candidate", help="candidate variant folder or results JSON")
+    parser.add_argument("--run-dir", help="a run directory: every candidate vs its baseline")
+    parser.add_argument("--policy", help="gate policy YAML (default: the packaged policy)")
+    parser.add_argument("--junit", help="write JUnit XML here (run-dir default: junit.xml)")
+    parser.add_argument("--out", help="write gate.json here (run-dir default: gate.json)")
+    parser.set_defaults(func=_cli_gate)

@@ -1,0 +1,466 @@
+"""Load tests with GuideLLM 0.8: build the command, run it, normalize its report.
+
+GuideLLM 0.8 replaced ``guidellm benchmark --rate-type ...`` with ``guidellm run`` whose
+options take ``kind=...,key=value`` strings (lists by index: ``rate[0]=1,rate[1]=2``).
+The raw report is kept beside a normalized ``results.json`` that the gate reads: per rate,
+request counts, percentiles, throughput and the per-request samples the gate's noise-aware
+comparisons need.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from modelgate.errors import ModelGateError, ToolError
+from modelgate.process import log_tail
+
+# GuideLLM metric names -> the names in our normalized results (and their unit scale).
+# request_latency is in seconds; the others are in milliseconds already.
+METRIC_MAP: dict[str, str] = {
+    "request_latency": "request_latency_s",
+    "time_to_first_token_ms": "ttft_ms",
+    "inter_token_latency_ms": "itl_ms",
+    "time_per_output_token_ms": "tpot_ms",
+}
+PERCENTILES = ("p50", "p90", "p95", "p99")
+
+
+@dataclass(frozen=True)
+class LoadProfile:
+    """One GuideLLM load sweep: constant-rate benchmarks over synthetic text."""
+
+    name: str
+    rates: tuple[float, ...]
+    max_seconds: float
+    prompt_tokens: int
+    prompt_tokens_stdev: int
+    prompt_tokens_min: int
+    prompt_tokens_max: int
+    output_tokens: int
+    output_tokens_stdev: int
+    output_tokens_min: int
+    output_tokens_max: int
+    samples: int
+    max_requests: int | None = None
+    # Stop a rate early when GuideLLM detects over-saturation (queue growing without bound);
+    # "all" also skips the higher rates, which would only saturate harder.
+    over_saturation: bool = True
+    over_saturation_scope: str = "all"
+    max_error_rate: float | None = 0.5
+    # Plain completions: the prompt token counts are then exactly what the profile says
+    # (a chat template would add its own tokens).
+    request_format: str = "/v1/completions"
+    seed: int = 42
+    # Any further `guidellm run` arguments, appended verbatim (e.g. "--metrics",
+    # "kind=generative,sample_size=200").
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (for manifests and JSON output)."""
+        d = asdict(self)
+        d["rates"] = list(self.rates)
+        d["extra_args"] = list(self.extra_args)
+        return d
+
+
+PRESETS: dict[str, LoadProfile] = {
+    # The seed workflow: constant 1..9 RPS, 512 +/- 51 prompt and 256 +/- 26 output tokens.
+    "seed": LoadProfile(
+        name="seed",
+        rates=tuple(float(r) for r in range(1, 10)),
+        max_seconds=900.0,
+        prompt_tokens=512,
+        prompt_tokens_stdev=51,
+        prompt_tokens_min=410,
+        prompt_tokens_max=614,
+        output_tokens=256,
+        output_tokens_stdev=26,
+        output_tokens_min=205,
+        output_tokens_max=307,
+        samples=1000,
+    ),
+    # CI on a tiny CPU model: two short rates, small prompts; well under a minute per rate.
+    "ci": LoadProfile(
+        name="ci",
+        rates=(1.0, 2.0),
+        max_seconds=20.0,
+        prompt_tokens=64,
+        prompt_tokens_stdev=8,
+        prompt_tokens_min=48,
+        prompt_tokens_max=80,
+        output_tokens=32,
+        output_tokens_stdev=4,
+        output_tokens_min=24,
+        output_tokens_max=40,
+        samples=200,
+        over_saturation=False,
+    ),
+}
+
+
+def get_profile(name: str, **overrides: Any) -> LoadProfile:
+    """Return preset ``name``, with any field overridden (``rates``, ``max_seconds``, ...)."""
+    if name not in PRESETS:
+        raise ModelGateError(
+            f"unknown load profile {name!r}",
+            field="profile",
+            fix=f"use one of: {', '.join(sorted(PRESETS))}",
+        )
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    if "rates" in clean:
+        clean["rates"] = tuple(float(r) for r in clean["rates"])
+    if "extra_args" in clean:
+        clean["extra_args"] = tuple(clean["extra_args"])
+    return replace(PRESETS[name], **clean)
+
+
+def _kv(kind: str, **items: Any) -> str:
+    """Render GuideLLM's ``kind=...,key=value`` argument string (lists by index)."""
+    parts = [f"kind={kind}"]
+    for key, value in items.items():
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            parts.extend(f"{key}[{i}]={_scalar(v)}" for i, v in enumerate(value))
+        else:
+            parts.append(f"{key}={_scalar(value)}")
+    return ",".join(parts)
+
+
+def _scalar(value: Any) -> str:
+    """One value as GuideLLM parses it (YAML scalars); commas would split the string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value)) if abs(value) < 1e15 else repr(value)
+    text = str(value)
+    if "," in text:
+        raise ModelGateError(
+            f"GuideLLM argument value {text!r} contains a comma",
+            fix="use a path or name without commas",
+        )
+    return text
+
+
+def guidellm_command(
+    profile: LoadProfile,
+    target: str,
+    model_name: str,
+    processor_path: str,
+    output_path: str,
+    guidellm_bin: str = "guidellm",
+) -> list[str]:
+    """Return the ``guidellm run`` argv for ``profile`` against an OpenAI-style ``target``.
+
+    ``target`` is the server's base URL (with or without ``/v1``); ``processor_path`` is the
+    served checkpoint's directory, whose tokenizer GuideLLM uses to size synthetic prompts.
+    """
+    if not profile.rates:
+        raise ModelGateError("load profile has no rates", field="rates", fix="give >= 1 rate")
+    base = target.rstrip("/")
+    if base.endswith("/v1"):
+        base = base[: -len("/v1")]
+    argv = [
+        guidellm_bin,
+        "run",
+        "--backend",
+        _kv(
+            "openai_http",
+            target=base,
+            model=model_name,
+            request_format=profile.request_format,
+        ),
+        "--profile",
+        _kv("constant", rate=list(profile.rates)),
+        "--data",
+        _kv(
+            "synthetic_text",
+            prompt_tokens=profile.prompt_tokens,
+            prompt_tokens_stdev=profile.prompt_tokens_stdev,
+            prompt_tokens_min=profile.prompt_tokens_min,
+            prompt_tokens_max=profile.prompt_tokens_max,
+            output_tokens=profile.output_tokens,
+            output_tokens_stdev=profile.output_tokens_stdev,
+            output_tokens_min=profile.output_tokens_min,
+            output_tokens_max=profile.output_tokens_max,
+        ),
+        "--data-loader",
+        _kv("pytorch", samples=profile.samples),
+        "--tokenizer",
+        _kv("huggingface_auto", model=processor_path),
+        "--seed",
+        _kv("static", value=profile.seed),
+        "--constraint",
+        _kv("max_duration", seconds=profile.max_seconds),
+    ]
+    if profile.max_requests:
+        argv += ["--constraint", _kv("max_requests", count=profile.max_requests)]
+    if profile.over_saturation:
+        argv += [
+            "--constraint",
+            _kv("over_saturation", stopping_scope=profile.over_saturation_scope),
+        ]
+    if profile.max_error_rate is not None:
+        argv += ["--constraint", _kv("max_error_rate", rate=profile.max_error_rate)]
+    argv += [
+        "--output",
+        _kv("json", path=output_path),
+        # The live (rich) progress display is unreadable in a log; keep the plain updates.
+        "--disable-console-interactive",
+    ]
+    argv += list(profile.extra_args)
+    return argv
+
+
+# ---------------------------------------------------------------------------------------
+# Normalizing the report
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _stats(dist: dict[str, Any] | None) -> dict[str, float | None]:
+    """mean + percentiles from one GuideLLM distribution summary."""
+    dist = dist or {}
+    pct = dist.get("percentiles") or {}
+    out: dict[str, float | None] = {"mean": _num(dist.get("mean"))}
+    for p in PERCENTILES:
+        out[p] = _num(pct.get(p))
+    return out
+
+
+def _request_sample(req: dict[str, Any], metric: str) -> float | None:
+    """One request's value of ``metric`` (a GuideLLM request-stats property), if known."""
+    value = req.get(metric)
+    if value is None and metric == "request_latency":
+        info = req.get("info") or {}
+        timings = info.get("timings") or {}
+        start, end = timings.get("request_start"), timings.get("request_end")
+        if isinstance(start, int | float) and isinstance(end, int | float):
+            value = end - start
+    return _num(value)
+
+
+def normalize_guidellm_report(raw: dict[str, Any], variant: str) -> dict[str, Any]:
+    """Turn a GuideLLM 0.8 JSON report into ModelGate's per-rate results (pure).
+
+    Percentiles come from the report's successful-request distributions; the per-request
+    samples (successful requests only) are kept so the gate can compute its own
+    confidence intervals and paired comparisons. Note: GuideLLM weights its ITL/TPOT
+    distributions by output tokens, while a sample is one request's own mean ITL/TPOT,
+    so the samples' mean differs slightly from ``metrics.itl_ms.mean``.
+    """
+    benchmarks = raw.get("benchmarks")
+    if not isinstance(benchmarks, list):
+        raise ModelGateError(
+            "not a GuideLLM report: no 'benchmarks' list",
+            field="report",
+            fix="pass the JSON file GuideLLM wrote with --output kind=json",
+        )
+    rates: list[dict[str, Any]] = []
+    for bench in benchmarks:
+        config = bench.get("config") or {}
+        strategy = config.get("strategy") or {}
+        metrics = bench.get("metrics") or {}
+        totals = metrics.get("request_totals") or {}
+        duration = _num(bench.get("duration"))
+        if duration is None:
+            start, end = _num(bench.get("start_time")), _num(bench.get("end_time"))
+            duration = (end - start) if start is not None and end is not None else None
+        normalized: dict[str, Any] = {
+            "rate": _num(strategy.get("rate")),
+            "profile": "constant" if strategy.get("type_") == "constant" else
+            str(strategy.get("type_", "unknown")),
+            "duration_s": duration,
+            "requests": {
+                "successful": int(totals.get("successful") or 0),
+                "errored": int(totals.get("errored") or 0),
+                "incomplete": int(totals.get("incomplete") or 0),
+            },
+            "metrics": {},
+            "throughput": {
+                "requests_per_s": _num(
+                    ((metrics.get("requests_per_second") or {}).get("successful") or {})
+                    .get("mean")
+                ),
+                "output_tokens_per_s": _num(
+                    ((metrics.get("output_tokens_per_second") or {}).get("successful") or {})
+                    .get("mean")
+                ),
+            },
+            "samples": {},
+        }
+        successful = ((bench.get("requests") or {}).get("successful")) or []
+        for src, dst in METRIC_MAP.items():
+            normalized["metrics"][dst] = _stats((metrics.get(src) or {}).get("successful"))
+            samples = [_request_sample(r, src) for r in successful]
+            normalized["samples"][dst] = [s for s in samples if s is not None]
+        rates.append(normalized)
+    rates.sort(key=lambda r: (r["rate"] is None, r["rate"] or 0.0))
+    return {"variant": variant, "rates": rates}
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+
+
+def resolve_guidellm(guidellm_bin: str | None) -> str:
+    """Find the guidellm executable: the given path, else ``guidellm`` on PATH."""
+    candidate = guidellm_bin or shutil.which("guidellm")
+    if not candidate or not (Path(candidate).is_file() and os.access(candidate, os.X_OK)):
+        raise ModelGateError(
+            f"guidellm executable not found ({guidellm_bin or 'guidellm on PATH'})",
+            field="guidellm",
+            fix="install guidellm==0.8.1 in the bench virtualenv and pass its bin/guidellm",
+        )
+    return candidate
+
+
+def _pin(cpu_affinity: list[int] | None) -> Any:
+    """preexec_fn that pins the child to ``cpu_affinity`` (field notes: less tail noise)."""
+    if not cpu_affinity:
+        return None
+    cpus = set(cpu_affinity)
+
+    def _apply() -> None:
+        os.sched_setaffinity(0, cpus)
+
+    return _apply
+
+
+def run_load(
+    profile: LoadProfile,
+    target: str,
+    model_name: str,
+    processor: str,
+    out_dir: str | Path,
+    guidellm_bin: str | None = None,
+    cpu_affinity: list[int] | None = None,
+    variant: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run one GuideLLM sweep; keep ``report.json`` and write normalized ``results.json``.
+
+    ``out_dir`` is ``<variant>/guidellm``. ``cpu_affinity`` pins the GuideLLM client to
+    those cores (on a small host: the core vLLM leaves free). Progress lines go to stderr.
+    Returns a summary with the paths and wall time.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report_path = out / "report.json"
+    log_path = out / "guidellm.log"
+    argv = guidellm_command(
+        profile, target, model_name, processor, str(report_path), resolve_guidellm(guidellm_bin)
+    )
+    (out / "command.json").write_text(
+        json.dumps({"argv": argv, "profile": profile.to_dict(), "cpu_affinity": cpu_affinity},
+                   indent=2)
+    )
+    report_path.unlink(missing_ok=True)
+    started = time.monotonic()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            # The affinity is set in the child before exec, so GuideLLM's worker
+            # processes inherit it.
+            env=env, preexec_fn=_pin(cpu_affinity),
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            if progress and line.strip():
+                elapsed = time.monotonic() - started
+                print(f"[guidellm {elapsed:6.0f}s] {line.rstrip()}", file=sys.stderr, flush=True)
+        rc = proc.wait()
+    wall = time.monotonic() - started
+    if rc != 0 or not report_path.exists():
+        raise ToolError(
+            f"guidellm exited with {rc} after {wall:.0f}s:\n{log_tail(log_path, 40)}",
+            fix=f"see the full log: {log_path}",
+        )
+    raw = json.loads(report_path.read_text())
+    results = normalize_guidellm_report(raw, variant or out.parent.name)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return {
+        "variant": results["variant"],
+        "profile": profile.name,
+        "report": str(report_path),
+        "results": str(out / "results.json"),
+        "log": str(log_path),
+        "wall_s": round(wall, 1),
+        "rates": [
+            {
+                "rate": r["rate"],
+                "requests": r["requests"],
+                "request_latency_p50_s": r["metrics"]["request_latency_s"]["p50"],
+                "ttft_p50_ms": r["metrics"]["ttft_ms"]["p50"],
+            }
+            for r in results["rates"]
+        ],
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# CLI
+
+
+def _cmd_loadtest(args: Any) -> int:
+    from modelgate.cli import emit
+
+    profile = get_profile(
+        args.profile,
+        rates=args.rates,
+        max_seconds=args.max_seconds,
+        extra_args=args.guidellm_arg or None,
+    )
+    affinity = [int(c) for c in args.cpu_affinity.split(",")] if args.cpu_affinity else None
+    out_dir = Path(args.out) / args.variant / "guidellm"
+    emit(run_load(profile, args.target, args.model, args.processor, out_dir,
+                  guidellm_bin=args.guidellm, cpu_affinity=affinity, variant=args.variant))
+    return 0
+
+
+def _cmd_normalize(args: Any) -> int:
+    from modelgate.cli import emit
+
+    raw = json.loads(Path(args.report).read_text())
+    results = normalize_guidellm_report(raw, args.variant)
+    if args.write:
+        Path(args.write).write_text(json.dumps(results, indent=2))
+    emit(results if not args.write else {"results": args.write, "rates": len(results["rates"])})
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``loadtest`` and ``loadtest-normalize``."""
+    p = subparsers.add_parser("loadtest", help="run a GuideLLM load sweep against a server")
+    p.add_argument("--target", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--model", required=True, help="served model name")
+    p.add_argument("--processor", required=True, help="checkpoint directory (its tokenizer)")
+    p.add_argument("--profile", default="ci", choices=sorted(PRESETS))
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--variant", required=True, help="variant name (results go to OUT/VARIANT)")
+    p.add_argument("--guidellm", default=None, help="path to the guidellm executable")
+    p.add_argument("--rates", type=float, nargs="+", default=None, help="override the rates")
+    p.add_argument("--max-seconds", type=float, default=None, help="override seconds per rate")
+    p.add_argument("--cpu-affinity", default=None, help="pin GuideLLM to cores, e.g. '1'")
+    p.add_argument("--guidellm-arg", action="append", default=[],
+                   help="extra argument passed to `guidellm run` verbatim (repeatable)")
+    p.set_defaults(func=_cmd_loadtest)
+
+    n = subparsers.add_parser("loadtest-normalize", help="normalize a raw GuideLLM report")
+    n.add_argument("--report", required=True)
+    n.add_argument("--variant", required=True)
+    n.add_argument("--write", default=None, help="write results.json here")
+    n.set_defaults(func=_cmd_normalize)

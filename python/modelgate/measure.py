@@ -1,0 +1,116 @@
+"""The validate stage's two steps: measure one served variant, then judge the whole run.
+
+Measuring writes into the run directory (DESIGN's layout); judging reads only the run
+directory, so a run can be judged again, with another policy, long after its servers are gone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from modelgate.errors import ModelGateError
+
+
+def measure_variant(
+    *,
+    run_path: Path,
+    variant: str,
+    baseline: str,
+    base_url: str,
+    served_name: str,
+    processor: str,
+    bench_bin_dir: Path,
+    load_profile: str = "ci",
+    load_overrides: dict[str, Any] | None = None,
+    accuracy_tasks: list[str] | None = None,
+    accuracy_limit: float | None = None,
+    fidelity: bool = True,
+    round_no: int = 1,
+    cpu_affinity: list[int] | None = None,
+) -> dict[str, Any]:
+    """Run the load sweep (and, in round 1, accuracy and logprobs) for one served variant.
+
+    A candidate's logprobs score the baseline's exact token sequences, so the baseline must be
+    measured first; its ``fidelity.json`` is written here.
+    """
+    from modelgate import accuracy, fidelity as fid, loadtest
+
+    vdir = run_path / variant
+    vdir.mkdir(parents=True, exist_ok=True)
+    profile = loadtest.get_profile(load_profile, **(load_overrides or {}))
+    guidellm_dir = vdir / "guidellm"
+    # Round 1 writes guidellm/results.json; round N writes guidellm/rN/ and its results are
+    # moved beside the first as results-rN.json, the name the gate pools rounds by.
+    out_dir = guidellm_dir if round_no == 1 else guidellm_dir / f"r{round_no}"
+    load = loadtest.run_load(
+        profile, base_url, served_name, processor, out_dir,
+        guidellm_bin=str(bench_bin_dir / "guidellm"), cpu_affinity=cpu_affinity,
+        variant=variant,
+    )
+    if round_no > 1:
+        for name in ("results", "report"):
+            src = out_dir / f"{name}.json"
+            if src.exists():
+                src.replace(guidellm_dir / f"{name}-r{round_no}.json")
+        return {"variant": variant, "round": round_no, "load": load}
+    result: dict[str, Any] = {"variant": variant, "round": round_no, "load": load}
+    if accuracy_tasks:
+        result["accuracy"] = accuracy.run_accuracy(
+            list(accuracy_tasks), base_url, served_name, processor, vdir / "accuracy",
+            lm_eval_bin=str(bench_bin_dir / "lm_eval"), limit=accuracy_limit,
+        )
+    if fidelity:
+        reference = None
+        if baseline and baseline != variant:
+            ref_path = run_path / baseline / "logprobs.json"
+            if not ref_path.exists():
+                raise ModelGateError(
+                    f"the baseline {baseline!r} has no logprobs.json in {run_path}",
+                    field="modelgate_variants",
+                    fix="measure the baseline variant before its candidates",
+                )
+            reference = json.loads(ref_path.read_text())
+        prompts = fid.load_prompts()
+        logprobs = fid.collect_logprobs(base_url, served_name, prompts, reference=reference)
+        (vdir / "logprobs.json").write_text(json.dumps(logprobs))
+        if reference is not None:
+            comparison = fid.compare(reference, logprobs, baseline_name=baseline)
+            (vdir / "fidelity.json").write_text(json.dumps(comparison, indent=2))
+            result["fidelity"] = {k: comparison[k] for k in ("flip_rate", "kl_mean", "prompts")}
+    return result
+
+
+def judge_run(run_path: Path, policy: str | None = None,
+              baseline: str | None = None) -> dict[str, Any]:
+    """Gate every candidate of the run, write gate.json + junit.xml, then the report.
+
+    Artifacts are written before the caller fails anything, so a failing gate still leaves the
+    whole record behind.
+    """
+    from modelgate import gate, report
+
+    if baseline:
+        manifest = gate.read_manifest(run_path)
+        verdicts = [gate.evaluate(baseline, run_path / v["name"], policy)
+                    for v in manifest["variants"] if not v.get("baseline")]
+        verdict: Any = gate.RunVerdict(run_id=run_path.name, baseline=str(baseline),
+                                       verdicts=verdicts,
+                                       notes=[f"stored baseline: {baseline}"],
+                                       policy=gate.load_policy(policy).to_dict())
+    else:
+        verdict = gate.evaluate_run(run_path, policy)
+    verdict.write_gate_json(run_path / "gate.json")
+    verdict.write_junit(run_path / "junit.xml")
+    rendered = report.render_report(run_path)
+    summary = report.markdown_summary(run_path)
+    return {
+        "passed": verdict.passed,
+        "status": verdict.status,
+        "message": verdict.message,
+        "gate": str(run_path / "gate.json"),
+        "junit": str(run_path / "junit.xml"),
+        "report": str(rendered),
+        "summary": summary,
+    }

@@ -1,0 +1,360 @@
+"""Model sources: where a run's source checkpoint comes from.
+
+Three kinds plug into one interface, :func:`resolve_model`, which returns a :class:`SourceModel`
+(a local directory and its content digest):
+
+- ``generated``: a tiny Nemotron-H hybrid (Mamba-2 + attention + MLP blocks) with random weights
+  from a fixed seed and a byte-level BPE tokenizer trained on local text. Deterministic, offline,
+  and shaped so that vLLM CPU's W4A16 kernel accepts every quantized layer (field notes: output
+  sizes a multiple of 32; input sizes divisible by the group size).
+- ``local``: an existing checkpoint directory.
+- ``hub``: a Hugging Face hub id, downloaded where the network allows.
+
+Generation needs torch, transformers and tokenizers, so it runs in the quantize virtualenv
+(``python -m modelgate.model_source generate``); resolving and digesting needs nothing but the
+standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelgate.digest import file_digests, sha256_json, tree_digest
+from modelgate.errors import ModelGateError
+from modelgate.process import run_tool
+
+SOURCE_KINDS = ("generated", "local", "hub")
+GENERATOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TinyHybridSpec:
+    """Geometry of the generated model. Every default keeps W4A16 (group 32/64/128) valid on
+    vLLM CPU: Mamba in_proj out = 2*512 + 2*2*32 + 32 = 1184 = 37*32."""
+
+    seed: int = 1234
+    hidden_size: int = 256
+    hybrid_override_pattern: str = "M-M*M-"
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 64
+    intermediate_size: int = 768
+    mamba_num_heads: int = 32
+    mamba_head_dim: int = 16
+    n_groups: int = 2
+    ssm_state_size: int = 32
+    conv_kernel: int = 4
+    vocab_size: int = 4096
+    max_position_embeddings: int = 4096
+    # A wider init than the usual 0.02 gives peaked next-token distributions, so fidelity
+    # metrics (flip rate, KL) measure quantization error rather than argmax ties.
+    initializer_range: float = 0.1
+
+    def key(self) -> str:
+        """Content address of the generated model: its spec and the generator's version."""
+        return sha256_json({"spec": asdict(self), "generator": GENERATOR_VERSION})[:16]
+
+
+@dataclass
+class SourceModel:
+    """A resolved source checkpoint."""
+
+    kind: str
+    name: str
+    path: str
+    digest: str
+    revision: str = ""
+    changed: bool = False
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (without the per-file digests, which can be long)."""
+        d = asdict(self)
+        d.pop("files")
+        return d
+
+
+# --- local text: the tokenizer's training corpus and the default calibration set ---------------
+
+_SUBJECTS = ("The engineer", "A model", "The server", "Every request", "The gate", "Our cluster",
+             "The registry", "A checkpoint", "The report", "This pipeline")
+_VERBS = ("measures", "compresses", "serves", "validates", "deploys", "rejects", "records",
+          "compares", "packages", "schedules")
+_OBJECTS = ("the latency of each request", "a quantized checkpoint", "the baseline variant",
+            "every layer of the network", "tokens at a constant rate", "the accuracy of answers",
+            "an image with its provenance", "the memory of the accelerator",
+            "the state of each sequence", "a verdict with its numbers")
+_CLAUSES = ("before any expensive work starts", "when the tolerance is exceeded",
+            "after the warm-up requests", "while the load stays constant",
+            "so that nothing is lost on failure", "as the policy demands",
+            "under identical serving flags", "without a network connection")
+
+
+def corpus_lines(n: int = 4000, seed: int = 7) -> list[str]:
+    """Return ``n`` deterministic lines of English-like text and simple arithmetic."""
+    import random
+
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        if i % 3 == 2:
+            a, b = rng.randint(2, 99), rng.randint(2, 99)
+            lines.append(f"Question: what is {a} plus {b}? Answer: {a + b}.")
+        else:
+            lines.append(
+                f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} "
+                f"{rng.choice(_CLAUSES)}."
+            )
+    return lines
+
+
+def write_corpus(path: Path, n: int = 4000, seed: int = 7) -> Path:
+    """Write the deterministic corpus as JSONL (``{"text": ...}`` per line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for line in corpus_lines(n, seed):
+            f.write(json.dumps({"text": line}) + "\n")
+    return path
+
+
+# --- generation (runs in a virtualenv with torch + transformers + tokenizers) -----------------
+
+_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def _train_tokenizer(out_dir: Path, spec: TinyHybridSpec) -> int:
+    """Train a byte-level BPE tokenizer on the local corpus; return its vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus_lines(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=spec.max_position_embeddings,
+    )
+    fast.chat_template = _CHAT_TEMPLATE
+    fast.save_pretrained(str(out_dir))
+    return tok.get_vocab_size()
+
+
+def generate_tiny_hybrid(out_dir: Path, spec: TinyHybridSpec) -> None:
+    """Build the tiny Nemotron-H model and its tokenizer into ``out_dir`` (BF16 safetensors)."""
+    import torch
+    from transformers import NemotronHConfig, NemotronHForCausalLM
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = _train_tokenizer(out_dir, spec)
+    vocab = -(-vocab // 64) * 64  # pad the embedding to a multiple of 64, as real models do
+    torch.manual_seed(spec.seed)
+    config = NemotronHConfig(
+        vocab_size=vocab,
+        hidden_size=spec.hidden_size,
+        hybrid_override_pattern=spec.hybrid_override_pattern,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        head_dim=spec.head_dim,
+        intermediate_size=spec.intermediate_size,
+        mamba_num_heads=spec.mamba_num_heads,
+        mamba_head_dim=spec.mamba_head_dim,
+        n_groups=spec.n_groups,
+        ssm_state_size=spec.ssm_state_size,
+        conv_kernel=spec.conv_kernel,
+        max_position_embeddings=spec.max_position_embeddings,
+        initializer_range=spec.initializer_range,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        use_mamba_kernels=False,
+        torch_dtype="bfloat16",
+    )
+    model = NemotronHForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    # vLLM reads the block layout from hybrid_override_pattern; write it explicitly.
+    cfg_path = out_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["hybrid_override_pattern"] = spec.hybrid_override_pattern
+    cfg["num_hidden_layers"] = len(spec.hybrid_override_pattern)
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (out_dir / "modelgate-generated.json").write_text(
+        json.dumps({"generator": GENERATOR_VERSION, "spec": asdict(spec)}, indent=2,
+                   sort_keys=True) + "\n"
+    )
+
+
+# --- resolution (standard library only) -------------------------------------------------------
+
+
+def _digest_model(path: Path) -> tuple[str, dict[str, str]]:
+    files = file_digests(path)
+    return tree_digest(path, files), files
+
+
+def _finish(kind: str, name: str, path: Path, changed: bool, revision: str = "") -> SourceModel:
+    if not (path / "config.json").is_file():
+        raise ModelGateError(
+            f"{path} holds no config.json, so it is not a model checkpoint",
+            field="modelgate_model.path",
+            fix="point it at a directory saved with save_pretrained (config.json + *.safetensors)",
+        )
+    digest, files = _digest_model(path)
+    return SourceModel(kind=kind, name=name, path=str(path), digest=digest, revision=revision,
+                       changed=changed, files=files)
+
+
+def resolve_model(
+    kind: str,
+    *,
+    store_dir: Path,
+    name: str = "",
+    path: str = "",
+    hub_id: str = "",
+    revision: str = "",
+    generator_python: str = "",
+    spec: TinyHybridSpec | None = None,
+) -> SourceModel:
+    """Make the source model available locally and return it with its digest.
+
+    ``generated`` models live in ``store_dir/models/generated-<key>`` and are built once
+    (atomically: a temporary directory renamed when complete).
+    """
+    if kind not in SOURCE_KINDS:
+        raise ModelGateError(
+            f"unknown model source kind {kind!r}",
+            field="modelgate_model.source",
+            fix=f"use one of: {', '.join(SOURCE_KINDS)}",
+        )
+    if kind == "local":
+        p = Path(path).expanduser()
+        if not p.is_dir():
+            raise ModelGateError(
+                f"model directory {p} does not exist",
+                field="modelgate_model.path",
+                fix="set it to an existing checkpoint directory, or use source: generated",
+            )
+        return _finish("local", name or p.name, p.resolve(), changed=False, revision=revision)
+    if kind == "generated":
+        spec = spec or TinyHybridSpec()
+        dest = store_dir / "models" / f"generated-{spec.key()}"
+        if (dest / "modelgate-generated.json").is_file():
+            return _finish("generated", name or dest.name, dest, changed=False)
+        if not generator_python:
+            raise ModelGateError(
+                "generating the model needs a Python with torch and transformers",
+                field="generator_python",
+                fix="pass the quantize virtualenv's python",
+            )
+        tmp = dest.with_name(f".tmp-{dest.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        run_tool(
+            [generator_python, "-m", "modelgate.model_source", "generate", "--out", str(tmp),
+             "--spec-json", json.dumps(asdict(spec))],
+            log=store_dir / "models" / f"{dest.name}.log",
+        )
+        tmp.rename(dest)
+        return _finish("generated", name or dest.name, dest, changed=True)
+    # hub
+    if not hub_id:
+        raise ModelGateError("a hub source needs an id", field="modelgate_model.hub_id",
+                             fix="set e.g. nvidia/NVIDIA-Nemotron-Nano-9B-v2")
+    dest = store_dir / "models" / "hub" / hub_id.replace("/", "--") / (revision or "main")
+    if (dest / "config.json").is_file():
+        return _finish("hub", name or hub_id, dest, changed=False, revision=revision)
+    if not generator_python:
+        raise ModelGateError("downloading from the hub needs a Python with huggingface_hub",
+                             field="generator_python", fix="pass the quantize virtualenv's python")
+    run_tool(
+        [generator_python, "-c",
+         "import sys; from huggingface_hub import snapshot_download as d; "
+         "d(sys.argv[1], revision=sys.argv[2] or None, local_dir=sys.argv[3])",
+         hub_id, revision, str(dest)],
+        log=store_dir / "models" / "hub-download.log",
+    )
+    return _finish("hub", name or hub_id, dest, changed=True, revision=revision)
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from modelgate.cli import emit
+
+    spec = TinyHybridSpec(**json.loads(args.spec_json)) if args.spec_json else TinyHybridSpec()
+    t0 = time.monotonic()
+    generate_tiny_hybrid(Path(args.out), spec)
+    emit({"path": args.out, "seconds": round(time.monotonic() - t0, 2)})
+    return 0
+
+
+def _cmd_resolve(args: argparse.Namespace) -> int:
+    from modelgate.cli import emit
+
+    model = resolve_model(
+        args.source, store_dir=Path(args.store), name=args.name, path=args.path,
+        hub_id=args.hub_id, revision=args.revision, generator_python=args.python,
+    )
+    emit(model.to_dict())
+    return 0
+
+
+def _cmd_corpus(args: argparse.Namespace) -> int:
+    from modelgate.cli import emit
+
+    emit({"path": str(write_corpus(Path(args.out), args.lines))})
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    """Add ``model generate|resolve|corpus``."""
+    p = sub.add_parser("model", help="resolve or generate the source model")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    g = msub.add_parser("generate", help="build the tiny hybrid model (needs torch)")
+    g.add_argument("--out", required=True)
+    g.add_argument("--spec-json", default="")
+    g.set_defaults(func=_cmd_generate)
+    r = msub.add_parser("resolve", help="make a source model available and digest it")
+    r.add_argument("--source", choices=SOURCE_KINDS, default="generated")
+    r.add_argument("--store", required=True)
+    r.add_argument("--name", default="")
+    r.add_argument("--path", default="")
+    r.add_argument("--hub-id", default="")
+    r.add_argument("--revision", default="")
+    r.add_argument("--python", default="", help="python with torch+transformers")
+    r.set_defaults(func=_cmd_resolve)
+    c = msub.add_parser("corpus", help="write the local text corpus (JSONL)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--lines", type=int, default=4000)
+    c.set_defaults(func=_cmd_corpus)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from modelgate.cli import main
+
+    sys.exit(main(["model", *sys.argv[1:]], modules=("modelgate.model_source",)))

@@ -1,0 +1,981 @@
+"""Modelcar images: a checkpoint under ``/models`` in an OCI image whose base has ``sh``.
+
+KServe (``storageUri: oci://...``) and RHAIIS (``podman --mount type=image,...``) consume a
+model as such an image. We write the image ourselves as an OCI image layout, reproducibly:
+one uncompressed layer per large file (weight shard), the small files together in one layer,
+sorted entries, fixed mtimes, owner 0:0, world-readable modes (the serving container runs as
+UID 1001 / GID 0). The same checkpoint, base and labels always give the same manifest digest,
+so a re-push uploads nothing and a changed shard re-uploads only its own layer. ``skopeo``
+moves images between the layout and registries (``--preserve-digests``), with retries and
+credentials kept out of every argv, log and error message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+from modelgate.digest import sha256_file, sha256_json, tree_digest
+from modelgate.errors import ModelGateError, ToolError
+
+MODELS_DIR = "models"
+SHARD_THRESHOLD = 16 * 1024 * 1024
+# 1970-01-01: reproducible by default; pass the provenance's own time to label real builds.
+EPOCH_CREATED = "1970-01-01T00:00:00Z"
+
+MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MT_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_CONFIG = "application/vnd.oci.image.config.v1+json"
+MT_LAYER = "application/vnd.oci.image.layer.v1.tar"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+
+LABEL_PREFIX = "io.modelgate"
+BUILD_STATE = "modelgate-build.json"
+EXTRACT_MARKER = ".modelcar.json"
+
+_CHUNK = 4 << 20
+_BLOCK = 512
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class ModelcarLayer:
+    """One layer we added: its blob, and the checkpoint files (relative paths) it holds."""
+
+    digest: str
+    size: int
+    files: list[str]
+    file_digests: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ModelcarImage:
+    """A built modelcar in an OCI image layout."""
+
+    layout: str
+    manifest_digest: str
+    config_digest: str
+    checkpoint_digest: str
+    tag: str
+    layers: list[ModelcarLayer]
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    base_manifest_digest: str
+    changed: bool = True
+
+    def to_dict(self) -> dict:
+        """Plain-data form (for JSON and Ansible)."""
+        return asdict(self)
+
+
+@dataclass
+class PushResult:
+    """What a push did: ``changed`` False when the tag already pointed at this manifest."""
+
+    changed: bool
+    digest: str
+    ref: str
+    uploaded_layers: int = 0
+    uploaded_bytes: int = 0
+    skipped_layers: int = 0
+    attempts: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain-data form (for JSON and Ansible)."""
+        return asdict(self)
+
+
+@dataclass
+class VerifyResult:
+    """Each checkpoint file compared with the file the pushed image carries under /models."""
+
+    ok: bool
+    ref: str
+    manifest_digest: str
+    files_checked: int
+    mismatched: list[str]
+    missing: list[str]
+    unexpected: list[str]
+
+    def to_dict(self) -> dict:
+        """Plain-data form (for JSON and Ansible)."""
+        return asdict(self)
+
+
+@dataclass
+class Provenance:
+    """Where a checkpoint came from; becomes the image's labels and manifest annotations."""
+
+    title: str = ""
+    source: str = ""  # a URL (the model's repository) for org.opencontainers.image.source
+    revision: str = ""
+    version: str = ""
+    created: str = EPOCH_CREATED
+    source_model: str = ""
+    source_revision: str = ""
+    recipe_hash: str = ""
+    calibration_digest: str = ""
+    checkpoint_digest: str = ""
+    tool_versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Provenance:
+        """Build from a provenance.json mapping; unknown keys are ignored."""
+        known = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in data.items() if k in known and v is not None}
+        if "tool_versions" in kwargs:
+            kwargs["tool_versions"] = {str(k): str(v)
+                                       for k, v in dict(kwargs["tool_versions"]).items()}
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+def provenance_labels(prov: Provenance) -> dict[str, str]:
+    """OCI standard labels plus ModelGate's provenance keys (empty values left out)."""
+    labels = {
+        "org.opencontainers.image.created": prov.created,
+        "org.opencontainers.image.title": prov.title,
+        "org.opencontainers.image.source": prov.source,
+        "org.opencontainers.image.revision": prov.revision,
+        "org.opencontainers.image.version": prov.version,
+        f"{LABEL_PREFIX}.source.model": prov.source_model,
+        f"{LABEL_PREFIX}.source.revision": prov.source_revision,
+        f"{LABEL_PREFIX}.recipe.sha256": prov.recipe_hash,
+        f"{LABEL_PREFIX}.calibration.digest": prov.calibration_digest,
+        f"{LABEL_PREFIX}.checkpoint.digest": prov.checkpoint_digest,
+    }
+    for tool, version in sorted(prov.tool_versions.items()):
+        labels[f"{LABEL_PREFIX}.tool.{tool}"] = version
+    return {k: v for k, v in labels.items() if v}
+
+
+def image_tag(checkpoint_digest: str) -> str:
+    """The image tag for a checkpoint: ``sha256-<hex>`` of its tree digest (DESIGN.md)."""
+    hexpart = checkpoint_digest.removeprefix("sha256:")
+    if not re.fullmatch(r"[0-9a-f]{64}", hexpart):
+        raise ModelGateError(
+            f"{checkpoint_digest!r} is not a sha256 digest", field="checkpoint_digest",
+            fix="pass the checkpoint's tree digest (sha256:<64 hex>)",
+        )
+    return f"sha256-{hexpart}"
+
+
+# --------------------------------------------------------------------------- OCI layout
+
+
+def _canonical(data: object) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _blob_path(layout: Path, digest: str) -> Path:
+    algo, _, hexpart = digest.partition(":")
+    return layout / "blobs" / algo / hexpart
+
+
+def _write_blob(layout: Path, data: bytes) -> tuple[str, int]:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = _blob_path(layout, digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return digest, len(data)
+
+
+def _init_layout(layout: Path) -> None:
+    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+
+
+def _write_index(layout: Path, manifest_digest: str, manifest_size: int) -> None:
+    index = {
+        "schemaVersion": 2,
+        "mediaType": MT_INDEX,
+        "manifests": [{"mediaType": MT_MANIFEST, "digest": manifest_digest,
+                       "size": manifest_size}],
+    }
+    tmp = layout / "index.json.tmp"
+    tmp.write_bytes(_canonical(index))
+    tmp.replace(layout / "index.json")
+
+
+def read_layout_manifest(layout: Path) -> tuple[str, dict]:
+    """Return (digest, manifest) of the one linux/amd64 image in an OCI layout."""
+    index_path = Path(layout) / "index.json"
+    if not index_path.exists():
+        raise ModelGateError(f"{layout} is not an OCI image layout (no index.json)",
+                             field="layout", fix="build or pull the image into it first")
+    entries = json.loads(index_path.read_text()).get("manifests", [])
+    while True:
+        if not entries:
+            raise ModelGateError(f"{layout} holds no image", field="layout")
+        if len(entries) > 1:
+            matching = [e for e in entries if (e.get("platform") or {}).get("architecture")
+                        in (None, "amd64") and (e.get("platform") or {}).get("os")
+                        in (None, "linux")]
+            if len(matching) != 1:
+                raise ModelGateError(f"{layout} holds several images; expected one",
+                                     field="layout",
+                                     fix="copy a single image (one platform) into the layout")
+            entries = matching
+        entry = entries[0]
+        data = json.loads(_blob_path(Path(layout), entry["digest"]).read_bytes())
+        if entry.get("mediaType") in (MT_INDEX, DOCKER_LIST) or "manifests" in data:
+            entries = data.get("manifests", [])
+            continue
+        return entry["digest"], data
+
+
+# --------------------------------------------------------------------------- tar writing
+
+
+def _tarinfo(name: str, *, size: int = 0, is_dir: bool = False, mode: int | None = None,
+             mtime: int = 0, linkname: str | None = None) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mtime = mtime
+    if linkname is not None:
+        info.type = tarfile.SYMTYPE
+        info.linkname = linkname
+        info.mode = 0o777
+    elif is_dir:
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755 if mode is None else mode
+    else:
+        info.type = tarfile.REGTYPE
+        info.size = size
+        info.mode = 0o644 if mode is None else mode
+    return info
+
+
+class _LayerWriter:
+    """Streams a tar layer into the layout's blob store, hashing as it writes."""
+
+    def __init__(self, layout: Path) -> None:
+        blobs = layout / "blobs" / "sha256"
+        blobs.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=blobs, prefix=".layer-")
+        self._tmp = Path(tmp)
+        self._f = os.fdopen(fd, "wb")
+        self._h = hashlib.sha256()
+        self._size = 0
+        self._dirs: set[str] = set()
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._h.update(data)
+        self._f.write(data)
+        self._size += len(data)
+
+    def add_dir(self, name: str, mtime: int) -> None:
+        if name not in self._dirs:
+            self._dirs.add(name)
+            self._write(_tarinfo(name + "/", is_dir=True, mtime=mtime).tobuf(
+                tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+
+    def add_parents(self, name: str, mtime: int) -> None:
+        parts = PurePosixPath(name).parts[:-1]
+        for i in range(1, len(parts) + 1):
+            self.add_dir("/".join(parts[:i]), mtime)
+
+    def add_symlink(self, name: str, target: str, mtime: int) -> None:
+        self.add_parents(name, mtime)
+        self._write(_tarinfo(name, linkname=target, mtime=mtime).tobuf(
+            tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+
+    def add_file(self, name: str, src: Path, mtime: int, mode: int = 0o644) -> str:
+        """Add ``src`` as ``name``; return the sha256 of its content."""
+        self.add_parents(name, mtime)
+        size = src.stat().st_size
+        self._write(_tarinfo(name, size=size, mode=mode, mtime=mtime).tobuf(
+            tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+        content = hashlib.sha256()
+        written = 0
+        with src.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                content.update(chunk)
+                self._write(chunk)
+                written += len(chunk)
+        if written != size:
+            raise ModelGateError(f"{src} changed size while it was being packed", field=str(src),
+                                 fix="do not modify the checkpoint during the build")
+        if size % _BLOCK:
+            self._write(b"\0" * (_BLOCK - size % _BLOCK))
+        return content.hexdigest()
+
+    def finish(self) -> tuple[str, int]:
+        self._write(b"\0" * (2 * _BLOCK))  # end-of-archive marker
+        self._f.close()
+        digest = "sha256:" + self._h.hexdigest()
+        self._tmp.replace(_blob_path(self._tmp.parent.parent.parent, digest))
+        return digest, self._size
+
+    def abort(self) -> None:
+        self._f.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- base images
+
+
+def build_busybox_base(layout_dir: Path, busybox: Path = Path("/bin/busybox"),
+                       created: str = EPOCH_CREATED) -> str:
+    """Write a one-layer base image (static busybox + applet links) into ``layout_dir``.
+
+    Reproducible (same busybox binary -> same digest) and offline: the embedded default base.
+    Production bases (e.g. UBI micro) come from :func:`pull_base`. Returns the manifest digest.
+    """
+    busybox = Path(busybox)
+    if not busybox.is_file():
+        raise ModelGateError(f"{busybox} does not exist", field="busybox",
+                             fix="install the Debian package busybox-static")
+    ldd = subprocess.run(["file", "-b", str(busybox)], capture_output=True, text=True,
+                         check=False).stdout if shutil.which("file") else ""
+    if "dynamically linked" in ldd:
+        raise ModelGateError(f"{busybox} is dynamically linked", field="busybox",
+                             fix="install busybox-static, whose /bin/busybox is static")
+    applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    layout = Path(layout_dir)
+    _init_layout(layout)
+    mtime = _epoch(created)
+    writer = _LayerWriter(layout)
+    try:
+        for d in ("bin", "etc", "models", "tmp"):
+            writer.add_dir(d, mtime)
+        writer.add_file("bin/busybox", busybox, mtime, mode=0o755)
+        for applet in sorted(set(applets) - {"busybox"}):
+            writer.add_symlink(f"bin/{applet}", "busybox", mtime)
+        with tempfile.TemporaryDirectory() as tmp:
+            # UID 1001 / GID 0: the user the serving images run as
+            files = {
+                "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n"
+                              "default:x:1001:0:default:/tmp:/bin/sh\n",
+                "etc/group": "root:x:0:\n",
+            }
+            for name, text in files.items():
+                p = Path(tmp) / name.replace("/", "_")
+                p.write_text(text)
+                writer.add_file(name, p, mtime)
+        layer_digest, layer_size = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    config = {
+        "created": created,
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "history": [{"created": created, "created_by": f"modelgate busybox base ({busybox})"}],
+    }
+    config_digest, config_size = _write_blob(layout, _canonical(config))
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MT_MANIFEST,
+        "config": {"mediaType": MT_CONFIG, "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": MT_LAYER, "digest": layer_digest, "size": layer_size}],
+    }
+    manifest_digest, manifest_size = _write_blob(layout, _canonical(manifest))
+    _write_index(layout, manifest_digest, manifest_size)
+    return manifest_digest
+
+
+def pull_base(ref: str, layout_dir: Path, *, tls_verify: bool = True,
+              username: str | None = None, password: str | None = None) -> str:
+    """Copy a base image (e.g. UBI micro, pinned by digest) into an OCI layout; return its digest.
+
+    Skipped when the layout already holds an image pulled from the same reference.
+    """
+    layout = Path(layout_dir)
+    marker = layout / "modelgate-source.json"
+    if marker.exists() and json.loads(marker.read_text()).get("ref") == ref and "@" in ref:
+        return read_layout_manifest(layout)[0]
+    if layout.exists():
+        shutil.rmtree(layout)
+    layout.parent.mkdir(parents=True, exist_ok=True)
+    with _Credentials(ref, username, password) as creds:
+        # --override-*: global options; pick linux/amd64 out of a multi-arch index
+        _skopeo_retry(["--override-os", "linux", "--override-arch", "amd64", "copy",
+                       *creds.args, _tls("src-tls-verify", tls_verify),
+                       f"docker://{ref}", f"oci:{layout}"], creds.secrets, retries=3)
+    digest = read_layout_manifest(layout)[0]
+    marker.write_text(json.dumps({"ref": ref, "digest": digest}))
+    return digest
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _epoch(created: str) -> int:
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
+    except ValueError as exc:
+        raise ModelGateError(f"created={created!r} is not an ISO 8601 time", field="created",
+                             fix="use e.g. 2026-11-30T00:00:00Z") from exc
+
+
+def _checkpoint_files(checkpoint: Path) -> list[tuple[str, Path]]:
+    """(relative POSIX path, source path) of every file, sorted; symlinks are dereferenced."""
+    if not checkpoint.is_dir():
+        raise ModelGateError(f"checkpoint {checkpoint} is not a directory", field="checkpoint",
+                             fix="pass the directory the quantize stage wrote")
+    out = []
+    for p in sorted(checkpoint.rglob("*")):
+        if p.is_dir():
+            continue
+        if not p.is_file():
+            raise ModelGateError(f"{p} is neither a file nor a directory (dangling link?)",
+                                 field="checkpoint", fix="remove it from the checkpoint")
+        out.append((p.relative_to(checkpoint).as_posix(), p))
+    if not out:
+        raise ModelGateError(f"checkpoint {checkpoint} is empty", field="checkpoint")
+    return out
+
+
+def plan_layers(files: Sequence[tuple[str, int]], threshold: int = SHARD_THRESHOLD
+                ) -> list[list[str]]:
+    """Group files (path, size) into layers: one per file >= ``threshold``, the rest together.
+
+    The small-files layer comes first; shards follow in path order. Pure: unit-testable.
+    """
+    small = sorted(p for p, size in files if size < threshold)
+    large = sorted(p for p, size in files if size >= threshold)
+    return ([small] if small else []) + [[p] for p in large]
+
+
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
+
+
+def build_modelcar(checkpoint_dir: Path, base_layout: Path, out_layout: Path,
+                   labels: Mapping[str, str] | None = None,
+                   annotations: Mapping[str, str] | None = None, *,
+                   created: str | None = None, threshold: int = SHARD_THRESHOLD,
+                   force: bool = False) -> ModelcarImage:
+    """Build the modelcar of ``checkpoint_dir`` on the image in ``base_layout`` into ``out_layout``.
+
+    Reproducible: the manifest digest depends only on the files' paths and bytes, the base
+    image, the labels/annotations and ``created`` (default: the label
+    ``org.opencontainers.image.created``, else 1970-01-01). A layer whose files have not changed
+    since the last build into the same layout (same size, mtime, inode) is reused without
+    rewriting; ``force`` rewrites all. ``changed`` is False when the manifest digest is the one
+    the layout already held.
+    """
+    checkpoint = Path(checkpoint_dir).resolve()
+    base_layout, out = Path(base_layout), Path(out_layout)
+    labels = dict(labels or {})
+    annotations = dict(annotations or {})
+    created = created or labels.get("org.opencontainers.image.created") or EPOCH_CREATED
+    mtime = _epoch(created)
+    base_digest, base_manifest = read_layout_manifest(base_layout)
+    base_config = json.loads(_blob_path(base_layout, base_manifest["config"]["digest"])
+                             .read_bytes())
+    files = _checkpoint_files(checkpoint)
+    sources = dict(files)
+    plan = plan_layers([(rel, src.stat().st_size) for rel, src in files], threshold)
+
+    previous_digest = None
+    state: dict = {}
+    if (out / "index.json").exists():
+        with contextlib.suppress(ModelGateError, OSError, ValueError, KeyError):
+            previous_digest = read_layout_manifest(out)[0]
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads((out / BUILD_STATE).read_text())
+    _init_layout(out)
+    cache: dict = {} if force else state.get("layers", {})
+
+    layers: list[ModelcarLayer] = []
+    new_cache: dict = {}
+    for group in plan:
+        key = sha256_json([mtime, [(rel, _stat_key(sources[rel])) for rel in group]])
+        hit = cache.get(key)
+        if hit and _blob_path(out, hit["digest"]).exists():
+            layer = ModelcarLayer(hit["digest"], hit["size"], group, hit["file_digests"])
+        else:
+            writer = _LayerWriter(out)
+            try:
+                fdig = {rel: writer.add_file(f"{MODELS_DIR}/{rel}", sources[rel], mtime)
+                        for rel in group}
+                digest, size = writer.finish()
+            except BaseException:
+                writer.abort()
+                raise
+            layer = ModelcarLayer(digest, size, group, fdig)
+        new_cache[key] = {"digest": layer.digest, "size": layer.size,
+                          "file_digests": layer.file_digests}
+        layers.append(layer)
+
+    all_digests = {rel: d for layer in layers for rel, d in layer.file_digests.items()}
+    checkpoint_digest = tree_digest(checkpoint, all_digests)
+    labels.setdefault(f"{LABEL_PREFIX}.checkpoint.digest", checkpoint_digest)
+    labels.setdefault("org.opencontainers.image.created", created)
+    for k, v in labels.items():  # the manifest carries the same keys for registries' UIs
+        annotations.setdefault(k, v)
+
+    # base blobs: hard links (same file system) so the layout is self-contained and cheap
+    for desc in base_manifest["layers"]:
+        dst = _blob_path(out, desc["digest"])
+        if not dst.exists():
+            src = _blob_path(base_layout, desc["digest"])
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+
+    config = dict(base_config)
+    image_config = dict(config.get("config") or {})
+    image_config["Labels"] = {**(image_config.get("Labels") or {}), **labels}
+    config["config"] = image_config
+    config["created"] = created
+    config["rootfs"] = {"type": "layers",
+                        "diff_ids": list(base_config["rootfs"]["diff_ids"])
+                        + [layer.digest for layer in layers]}
+    config["history"] = list(base_config.get("history") or []) + [
+        {"created": created, "created_by": "modelgate modelcar: /models/"
+         + (layer.files[0] if len(layer.files) == 1 and layer.size >= threshold
+            else f"{{{len(layer.files)} small files}}")}
+        for layer in layers
+    ]
+    config_digest, config_size = _write_blob(out, _canonical(config))
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MT_MANIFEST,
+        "config": {"mediaType": MT_CONFIG, "digest": config_digest, "size": config_size},
+        "layers": list(base_manifest["layers"]) + [
+            {"mediaType": MT_LAYER, "digest": layer.digest, "size": layer.size,
+             "annotations": {"org.opencontainers.image.title": (
+                 f"{MODELS_DIR}/{layer.files[0]}" if len(layer.files) == 1
+                 else f"{MODELS_DIR}/ ({len(layer.files)} files)")}}
+            for layer in layers
+        ],
+        "annotations": annotations,
+    }
+    manifest_digest, manifest_size = _write_blob(out, _canonical(manifest))
+    _write_index(out, manifest_digest, manifest_size)
+    _prune_blobs(out, {manifest_digest, config_digest,
+                       *(d["digest"] for d in manifest["layers"])})
+    (out / BUILD_STATE).write_text(json.dumps({"layers": new_cache}, indent=1, sort_keys=True))
+    return ModelcarImage(
+        layout=str(out), manifest_digest=manifest_digest, config_digest=config_digest,
+        checkpoint_digest=checkpoint_digest, tag=image_tag(checkpoint_digest), layers=layers,
+        labels=labels, annotations=annotations, base_manifest_digest=base_digest,
+        changed=manifest_digest != previous_digest,
+    )
+
+
+def _prune_blobs(layout: Path, keep: set[str]) -> None:
+    """Remove blobs of earlier builds, so the layout holds one image and its disk use stays flat."""
+    blobs = layout / "blobs" / "sha256"
+    for p in blobs.iterdir():
+        if p.is_file() and f"sha256:{p.name}" not in keep:
+            p.unlink()
+
+
+# --------------------------------------------------------------------------- skopeo
+
+
+class _Credentials:
+    """A private auth file for skopeo (0600 in a 0700 temp dir), removed on exit."""
+
+    def __init__(self, ref: str, username: str | None, password: str | None) -> None:
+        self.registry = ref.split("/", 1)[0]
+        self.username, self.password = username, password
+        self.args: list[str] = []
+        self.secrets: list[str] = []
+        self._dir: str | None = None
+
+    def __enter__(self) -> _Credentials:
+        if self.username is None and self.password is None:
+            return self
+        if not self.username or not self.password:
+            raise ModelGateError("registry credentials need both a username and a password",
+                                 field="username/password", fix="set both, or neither")
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        self.secrets = [self.password, token]
+        self._dir = tempfile.mkdtemp(prefix="modelgate-auth-")
+        path = Path(self._dir) / "auth.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"auths": {self.registry: {"auth": token}}}, f)
+        self.args = ["--authfile", str(path)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _redact(text: str, secrets: Iterable[str]) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    return text
+
+
+_AUTH_MARKERS = ("unauthorized", "authentication required", "401", "invalid username/password",
+                 "denied")
+_NOT_FOUND_MARKERS = ("manifest unknown", "name unknown", "not found", "404")
+_TRANSIENT_MARKERS = ("connection refused", "connection reset", "timeout", "i/o timeout", "eof",
+                      "502", "503", "504", "too many requests", "429", "temporary failure",
+                      "tls handshake", "broken pipe", "no such host")
+
+
+class RegistryAuthError(ModelGateError):
+    """The registry refused our credentials (HTTP 401/403)."""
+
+
+class RegistryNotFound(ToolError):
+    """The reference does not exist in the registry (yet)."""
+
+
+class TransientRegistryError(ToolError):
+    """A failure worth retrying: connection refused/reset, timeouts, 429, 5xx."""
+
+
+def _skopeo(args: Sequence[str], secrets: Sequence[str], timeout: float | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """Run skopeo once; on failure raise a classified error whose text is redacted.
+
+    Errors are raised ``from None`` so no traceback chain carries unredacted output.
+    """
+    if shutil.which("skopeo") is None:
+        raise ModelGateError("skopeo is not installed", field="skopeo",
+                             fix="install the skopeo package (Debian/RHEL: skopeo)")
+    proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, check=False,
+                          timeout=timeout)
+    if proc.returncode == 0:
+        return proc
+    # with --debug the output is long: the fatal line is the error, the rest context
+    fatal = [ln for ln in (proc.stderr or "").splitlines() if "level=fatal" in ln]
+    output = _redact("\n".join(fatal) if fatal else
+                     (proc.stderr or "")[-3000:] + (proc.stdout or "")[-1000:], secrets)
+    low = output.lower()
+    verb = next((a for a in args if not a.startswith("-")), "")
+    what = f"skopeo {verb} failed (exit {proc.returncode}):\n{output.strip()}"
+    if any(m in low for m in _AUTH_MARKERS) and "manifest unknown" not in low:
+        raise RegistryAuthError(
+            "the registry refused the request: unauthorized (HTTP 401/403). " + what,
+            field="username/password",
+            fix="check the registry credentials (and that the account may push to this "
+                "repository)")
+    if any(m in low for m in _NOT_FOUND_MARKERS):
+        raise RegistryNotFound(what)
+    if any(m in low for m in _TRANSIENT_MARKERS):
+        raise TransientRegistryError(what, fix="retry later; check the registry's health")
+    raise ToolError(what)
+
+
+def _skopeo_retry(args: Sequence[str], secrets: Sequence[str], *, retries: int,
+                  backoff: float = 2.0) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run skopeo, retrying transient failures with exponential backoff; return (proc, attempts)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return _skopeo(args, secrets), attempt
+        except TransientRegistryError:
+            if attempt > retries:
+                raise
+        time.sleep(backoff * 2 ** (attempt - 1))
+
+
+def _tls(flag: str, tls_verify: bool) -> str:
+    return f"--{flag}={'true' if tls_verify else 'false'}"
+
+
+def remote_digest(ref: str, *, tls_verify: bool = True, username: str | None = None,
+                  password: str | None = None, retries: int = 3) -> str | None:
+    """The manifest digest ``ref`` resolves to in its registry, or None when it does not exist."""
+    with _Credentials(ref, username, password) as creds:
+        try:
+            proc, _ = _skopeo_retry(["inspect", "--raw", *creds.args, _tls("tls-verify",
+                                     tls_verify), f"docker://{ref}"], creds.secrets,
+                                    retries=retries)
+        except RegistryNotFound:
+            return None
+    return "sha256:" + hashlib.sha256(proc.stdout.encode()).hexdigest()
+
+
+_SKIPPED_BLOB = re.compile(r"Skipping blob (sha256:[0-9a-f]{64}) \(already present\)")
+
+
+def push_modelcar(layout: Path, ref: str, *, username: str | None = None,
+                  password: str | None = None, tls_verify: bool = True,
+                  retries: int = 3) -> PushResult:
+    """Push the image in ``layout`` to ``ref`` (``host/repo:tag``), idempotently.
+
+    Nothing is sent when the tag already resolves to the layout's manifest digest. Layers the
+    registry already has are skipped by skopeo, so a changed shard re-uploads only its layer.
+    Transient errors are retried with backoff; a 401 raises :class:`RegistryAuthError`.
+    """
+    digest, manifest = read_layout_manifest(Path(layout))
+    if remote_digest(ref, tls_verify=tls_verify, username=username, password=password,
+                     retries=retries) == digest:
+        return PushResult(changed=False, digest=digest, ref=ref, attempts=1,
+                          skipped_layers=len(manifest["layers"]))
+    with _Credentials(ref, username, password) as creds:
+        proc, attempts = _skopeo_retry(
+            # --debug: the only output that says which blobs the registry already had
+            ["--debug", "copy", "--preserve-digests", *creds.args,
+             _tls("dest-tls-verify", tls_verify),
+             f"oci:{Path(layout).resolve()}", f"docker://{ref}"],
+            creds.secrets, retries=retries)
+    present = set(_SKIPPED_BLOB.findall(proc.stderr or ""))
+    sent = [d for d in manifest["layers"] if d["digest"] not in present]
+    return PushResult(changed=True, digest=digest, ref=ref, uploaded_layers=len(sent),
+                      uploaded_bytes=sum(d["size"] for d in sent),
+                      skipped_layers=len(manifest["layers"]) - len(sent), attempts=attempts)
+
+
+# --------------------------------------------------------------------------- pull back
+
+
+def _pull_layout(ref: str, layout: Path, *, tls_verify: bool, username: str | None,
+                 password: str | None, retries: int = 3) -> str:
+    with _Credentials(ref, username, password) as creds:
+        _skopeo_retry(["copy", "--preserve-digests", *creds.args,
+                       _tls("src-tls-verify", tls_verify), f"docker://{ref}", f"oci:{layout}"],
+                      creds.secrets, retries=retries)
+    return read_layout_manifest(layout)[0]
+
+
+def _model_members(layout: Path, manifest: dict) -> Iterable[tuple[tarfile.TarFile,
+                                                                   tarfile.TarInfo, str]]:
+    """Yield (tar, member, path under /models) for every entry under models/ in every layer."""
+    for desc in manifest["layers"]:
+        with tarfile.open(_blob_path(layout, desc["digest"]), "r:*") as tar:
+            for member in tar:
+                name = member.name.lstrip("/").removeprefix("./")
+                if name == MODELS_DIR or not name.startswith(MODELS_DIR + "/"):
+                    continue
+                yield tar, member, name[len(MODELS_DIR) + 1:].rstrip("/")
+
+
+def verify_pushed(ref: str, checkpoint_dir: Path, *, tls_verify: bool = True,
+                  username: str | None = None, password: str | None = None) -> VerifyResult:
+    """Pull ``ref`` back and compare the sha256 of each file under /models with the checkpoint."""
+    from modelgate.digest import file_digests
+
+    checkpoint = Path(checkpoint_dir)
+    expected = file_digests(checkpoint)
+    for rel, src in _checkpoint_files(checkpoint):  # symlinked files count as files too
+        if rel not in expected:
+            expected[rel] = sha256_file(src)
+    found: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="modelgate-verify-") as tmp:
+        layout = Path(tmp) / "oci"
+        digest = _pull_layout(ref, layout, tls_verify=tls_verify, username=username,
+                              password=password)
+        _, manifest = read_layout_manifest(layout)
+        for tar, member, rel in _model_members(layout, manifest):
+            if not member.isfile():
+                continue
+            h = hashlib.sha256()
+            f = tar.extractfile(member)
+            assert f is not None
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+            found[rel] = h.hexdigest()
+    mismatched = sorted(r for r in expected if r in found and found[r] != expected[r])
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    return VerifyResult(ok=not (mismatched or missing or unexpected), ref=ref,
+                        manifest_digest=digest, files_checked=len(found), mismatched=mismatched,
+                        missing=missing, unexpected=unexpected)
+
+
+def extracted_digest(dest_dir: Path) -> str | None:
+    """The manifest digest that ``dest_dir`` was extracted from, or None."""
+    marker = Path(dest_dir) / EXTRACT_MARKER
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return str(json.loads(marker.read_text())["digest"])
+    return None
+
+
+def _safe_member(member: tarfile.TarInfo, rel: str) -> bool:
+    parts = PurePosixPath(rel).parts
+    if not rel or ".." in parts or rel.startswith("/"):
+        raise ModelGateError(f"image layer entry {member.name!r} escapes /models",
+                             field="ref", fix="do not serve this image: it is not a modelcar")
+    return member.isfile() or member.isdir()
+
+
+def extract_models(ref: str, dest_dir: Path, *, tls_verify: bool = True,
+                   username: str | None = None, password: str | None = None) -> Path:
+    """Copy ``ref`` from its registry and unpack its /models into ``dest_dir``; return dest_dir.
+
+    Skipped when ``dest_dir`` already holds that manifest digest. Only regular files and
+    directories under /models are unpacked (no links, devices or paths outside it); the new
+    tree replaces the old one in one rename.
+    """
+    dest = Path(dest_dir).resolve()
+    current = remote_digest(ref, tls_verify=tls_verify, username=username, password=password)
+    if current is None:
+        raise ModelGateError(f"{ref} does not exist in its registry", field="ref",
+                             fix="push the modelcar first")
+    if extracted_digest(dest) == current:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".modelcar-", dir=dest.parent))
+    try:
+        layout = work / "oci"
+        digest = _pull_layout(ref, layout, tls_verify=tls_verify, username=username,
+                              password=password)
+        _, manifest = read_layout_manifest(layout)
+        tree = work / "models"
+        tree.mkdir()
+        files = []
+        for tar, member, rel in _model_members(layout, manifest):
+            if not _safe_member(member, rel):
+                continue
+            target = tree / rel
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            src = tar.extractfile(member)
+            assert src is not None
+            with target.open("wb") as f:
+                shutil.copyfileobj(src, f, _CHUNK)
+            target.chmod(0o644)
+            files.append(rel)
+        (tree / EXTRACT_MARKER).write_text(json.dumps(
+            {"ref": ref, "digest": digest, "files": sorted(files)}, indent=1))
+        old = work / "old"
+        if dest.exists():
+            dest.replace(old)
+        tree.replace(dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _kv(items: Sequence[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ModelGateError(f"{what} {item!r} is not key=value", field=what)
+        out[key] = value
+    return out
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    # never from argv (visible in ps): an environment variable or a file
+    if getattr(args, "password_file", None):
+        return Path(args.password_file).read_text().strip()
+    if getattr(args, "username", None):
+        return os.environ.get(args.password_env)
+    return None
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from modelgate.cli import emit
+
+    tls = not args.insecure if hasattr(args, "insecure") else True
+    if args.action == "base":
+        if args.from_ref:
+            digest = pull_base(args.from_ref, Path(args.layout), tls_verify=tls)
+        else:
+            digest = build_busybox_base(Path(args.layout), Path(args.busybox))
+        emit({"layout": args.layout, "manifest_digest": digest})
+    elif args.action == "build":
+        labels = {}
+        if args.provenance:
+            labels = provenance_labels(Provenance.from_dict(
+                json.loads(Path(args.provenance).read_text())))
+        labels.update(_kv(args.label, "label"))
+        image = build_modelcar(Path(args.checkpoint), Path(args.base_layout),
+                               Path(args.out_layout), labels, _kv(args.annotation, "annotation"),
+                               created=args.created, threshold=args.threshold_mib << 20,
+                               force=args.force)
+        emit(image.to_dict())
+    elif args.action == "push":
+        emit(push_modelcar(Path(args.layout), args.ref, username=args.username,
+                           password=_password(args), tls_verify=tls,
+                           retries=args.retries).to_dict())
+    elif args.action == "verify":
+        result = verify_pushed(args.ref, Path(args.checkpoint), tls_verify=tls,
+                               username=args.username, password=_password(args))
+        emit(result.to_dict())
+        return 0 if result.ok else 1
+    elif args.action == "extract":
+        before = extracted_digest(Path(args.dest))
+        dest = extract_models(args.ref, Path(args.dest), tls_verify=tls,
+                              username=args.username, password=_password(args))
+        after = extracted_digest(dest)
+        emit({"dest": str(dest), "digest": after, "changed": before != after})
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``modelgate modelcar base|build|push|verify|extract`` (and ``registry``)."""
+    p = subparsers.add_parser("modelcar", help="build, push, verify and extract modelcar images")
+    sub = p.add_subparsers(dest="action", required=True)
+
+    base = sub.add_parser("base", help="make a base image layout (busybox, or pull --from)")
+    base.add_argument("--layout", required=True)
+    base.add_argument("--busybox", default="/bin/busybox")
+    base.add_argument("--from", dest="from_ref", default=None,
+                      help="pull this image (e.g. a UBI micro reference by digest) instead")
+
+    build = sub.add_parser("build", help="build a modelcar OCI layout from a checkpoint")
+    build.add_argument("--checkpoint", required=True)
+    build.add_argument("--base-layout", required=True)
+    build.add_argument("--out-layout", required=True)
+    build.add_argument("--provenance", help="provenance.json: its keys become labels")
+    build.add_argument("--label", action="append", help="key=value (repeatable)")
+    build.add_argument("--annotation", action="append", help="key=value (repeatable)")
+    build.add_argument("--created", default=None, help="ISO 8601 image creation time")
+    build.add_argument("--threshold-mib", type=int, default=SHARD_THRESHOLD >> 20,
+                       help="files at least this large get a layer of their own")
+    build.add_argument("--force", action="store_true", help="rewrite every layer")
+
+    for name, helptext in (("push", "push a layout to a registry"),
+                           ("verify", "compare a pushed image's files with the checkpoint"),
+                           ("extract", "unpack a pushed image's /models into a directory")):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("--ref", required=True, help="host[:port]/repo:tag")
+        sp.add_argument("--insecure", action="store_true",
+                        help="plain HTTP / unverified TLS (a local registry)")
+        sp.add_argument("--username", default=None)
+        sp.add_argument("--password-env", default="MODELGATE_REGISTRY_PASSWORD",
+                        help="environment variable holding the password")
+        sp.add_argument("--password-file", default=None)
+        if name == "push":
+            sp.add_argument("--layout", required=True)
+            sp.add_argument("--retries", type=int, default=3)
+        elif name == "verify":
+            sp.add_argument("--checkpoint", required=True)
+        else:
+            sp.add_argument("--dest", required=True)
+    p.set_defaults(func=_cmd)
+
+    from modelgate import cli, registry
+
+    if "modelgate.registry" not in cli.COMMAND_MODULES:
+        registry.register_cli(subparsers)

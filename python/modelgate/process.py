@@ -1,0 +1,211 @@
+"""Supervised background processes (the local registry, local vLLM servers).
+
+A process is started in its own session, so it outlives the Ansible task that started it, with
+a pidfile, a log file and a small JSON state file that records how it was started: a later call
+with the same fingerprint finds it running and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from modelgate.errors import ModelGateError, ToolError
+
+
+@dataclass
+class ProcessSpec:
+    """How to start one supervised process."""
+
+    name: str
+    argv: list[str]
+    state_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    fingerprint: str = ""
+
+    @property
+    def pidfile(self) -> Path:
+        return self.state_dir / f"{self.name}.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.state_dir / f"{self.name}.log"
+
+    @property
+    def statefile(self) -> Path:
+        return self.state_dir / f"{self.name}.json"
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def read_state(spec: ProcessSpec) -> dict | None:
+    """Return the recorded state of a running process, or None when it is not running."""
+    if not spec.statefile.exists():
+        return None
+    state = json.loads(spec.statefile.read_text())
+    if not pid_alive(int(state["pid"])):
+        return None
+    return state
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def start(spec: ProcessSpec, extra_env: Mapping[str, str] | None = None) -> dict:
+    """Start the process unless one with the same fingerprint runs; return its state.
+
+    The returned dict has ``changed``: False when the running process already matched.
+    A running process with another fingerprint is stopped first.
+    """
+    spec.state_dir.mkdir(parents=True, exist_ok=True)
+    state = read_state(spec)
+    if state and state.get("fingerprint") == spec.fingerprint:
+        return {**state, "changed": False}
+    if state:
+        stop(spec)
+    env = {**os.environ, **spec.env, **(extra_env or {})}
+    with spec.logfile.open("ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start {spec.argv}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            spec.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=spec.cwd,
+            start_new_session=True,
+        )
+    state = {
+        "pid": proc.pid,
+        "argv": spec.argv,
+        "fingerprint": spec.fingerprint,
+        "log": str(spec.logfile),
+        "started_at": time.time(),
+    }
+    spec.pidfile.write_text(f"{proc.pid}\n")
+    spec.statefile.write_text(json.dumps(state, indent=2))
+    return {**state, "changed": True}
+
+
+def stop(spec: ProcessSpec, timeout: float = 30.0) -> bool:
+    """Stop the process group (SIGTERM, then SIGKILL); return True when one was running."""
+    state = read_state(spec)
+    was_running = state is not None
+    if state:
+        pid = int(state["pid"])
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        # reap it if it is our own child
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+    for p in (spec.pidfile, spec.statefile):
+        p.unlink(missing_ok=True)
+    return was_running
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """Return the last ``lines`` lines of a log file ('' when absent)."""
+    if not path.exists():
+        return ""
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64 * 1024))
+        text = f.read().decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_http(
+    url: str,
+    timeout: float,
+    spec: ProcessSpec | None = None,
+    interval: float = 1.0,
+) -> float:
+    """Poll ``url`` until it answers 2xx; return the seconds waited.
+
+    Fails early, with the log's last lines, when the supervised process exits.
+    """
+    start_t = time.monotonic()
+    last_error = ""
+    while time.monotonic() - start_t < timeout:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if 200 <= resp.status < 300:
+                    return time.monotonic() - start_t
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            last_error = str(exc)
+        if spec is not None and read_state(spec) is None:
+            raise ToolError(
+                f"{spec.name} exited before {url} answered. Last log lines:\n"
+                f"{log_tail(spec.logfile)}",
+                fix=f"read the whole log: {spec.logfile}",
+            )
+        time.sleep(interval)
+    raise ModelGateError(
+        f"{url} did not answer within {timeout:.0f}s (last error: {last_error})",
+        fix="raise the timeout, or read the log"
+        + (f" {spec.logfile}" if spec else ""),
+    )
+
+
+def run_tool(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+             cwd: str | None = None, log: Path | None = None,
+             timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a tool to completion; raise ToolError with its output's tail when it fails."""
+    full_env = {**os.environ, **(env or {})}
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as f:
+            proc = subprocess.run(list(argv), stdout=f, stderr=subprocess.STDOUT, text=True,
+                                  env=full_env, cwd=cwd, timeout=timeout, check=False)
+        output = log_tail(log, 40)
+    else:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, env=full_env,
+                              cwd=cwd, timeout=timeout, check=False)
+        output = (proc.stdout or "")[-4000:] + (proc.stderr or "")[-4000:]
+    if proc.returncode != 0:
+        raise ToolError(
+            f"{argv[0]} exited with {proc.returncode}:\n{output}",
+            fix=f"see the full log: {log}" if log else None,
+        )
+    return proc
+
+
+def as_dict(spec: ProcessSpec) -> dict:
+    """Plain-data form of a spec (paths as strings)."""
+    d = asdict(spec)
+    d["state_dir"] = str(spec.state_dir)
+    return d

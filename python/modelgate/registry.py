@@ -1,0 +1,194 @@
+"""A local OCI registry (Debian's ``docker-registry``, distribution 2.8) as a supervised process.
+
+The modelcar stage pushes images here when no external registry is configured, and podman on
+the same host pulls them back (plain HTTP on the loopback address, so ``--tls-verify=false``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from modelgate import process
+from modelgate.digest import sha256_json
+from modelgate.errors import ModelGateError, ToolError
+
+DEFAULT_ADDR = "127.0.0.1:5000"
+REGISTRY_BINARY = "docker-registry"
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """Split ``host:port``; the host defaults to 127.0.0.1 when ``addr`` is ``:port``."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ModelGateError(
+            f"registry address {addr!r} is not host:port", field="addr",
+            fix="use e.g. 127.0.0.1:5000",
+        )
+    return (host or "127.0.0.1"), int(port)
+
+
+def registry_config(addr: str, data_dir: Path, htpasswd: Path | None = None) -> dict:
+    """Return the distribution configuration (as data) for one registry instance."""
+    host, port = parse_addr(addr)
+    config: dict = {
+        "version": 0.1,
+        "log": {"level": "info", "formatter": "text", "fields": {"service": "registry"}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(data_dir)},
+            # deleting manifests/blobs lets a later garbage-collect reclaim disk
+            "delete": {"enabled": True},
+            "cache": {"blobdescriptor": "inmemory"},
+        },
+        "http": {"addr": f"{host}:{port}", "headers": {"X-Content-Type-Options": ["nosniff"]}},
+    }
+    if htpasswd is not None:
+        config["auth"] = {"htpasswd": {"realm": "modelgate", "path": str(htpasswd)}}
+    return config
+
+
+def _spec(addr: str, state_dir: Path, config_path: Path | None = None,
+          fingerprint: str = "") -> process.ProcessSpec:
+    _, port = parse_addr(addr)
+    name = f"registry-{port}"
+    config_path = config_path or state_dir / f"{name}.yml"
+    binary = shutil.which(REGISTRY_BINARY) or REGISTRY_BINARY
+    return process.ProcessSpec(
+        name=name,
+        argv=[binary, "serve", str(config_path)],
+        state_dir=state_dir,
+        fingerprint=fingerprint,
+    )
+
+
+def registry_url(addr: str) -> str:
+    """The registry's base URL (plain HTTP: it listens on a local address)."""
+    host, port = parse_addr(addr)
+    return f"http://{host}:{port}"
+
+
+def probe_v2(addr: str, timeout: float = 3.0) -> int | None:
+    """Return the HTTP status of ``GET /v2/`` (200, or 401 with auth), None when nothing answers."""
+    try:
+        with urllib.request.urlopen(registry_url(addr) + "/v2/", timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _wait_ready(addr: str, spec: process.ProcessSpec, timeout: float) -> float:
+    """Wait until /v2/ answers like a registry (200, or 401 when auth is on)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if probe_v2(addr, timeout=2.0) in (200, 401):
+            return time.monotonic() - start
+        if process.read_state(spec) is None:
+            raise ToolError(
+                f"{REGISTRY_BINARY} exited before {registry_url(addr)}/v2/ answered. "
+                f"Last log lines:\n{process.log_tail(spec.logfile)}",
+                fix=f"read the whole log: {spec.logfile}",
+            )
+        time.sleep(0.3)
+    raise ToolError(
+        f"{registry_url(addr)}/v2/ did not answer within {timeout:.0f}s",
+        fix=f"read the log: {spec.logfile}",
+    )
+
+
+def ensure_registry(addr: str, data_dir: Path, state_dir: Path, *,
+                    htpasswd: Path | None = None, timeout: float = 30.0) -> dict:
+    """Start a registry on ``addr`` storing into ``data_dir`` unless ours already runs there.
+
+    Returns ``{"changed", "url", "pid", "config", "log"}``. Fails with a clear error when the
+    port is held by a process that this state directory did not start.
+    """
+    if shutil.which(REGISTRY_BINARY) is None:
+        raise ModelGateError(
+            f"{REGISTRY_BINARY} is not installed", field="registry",
+            fix="install the Debian package docker-registry (or point the stage at an "
+                "external registry)",
+        )
+    data_dir = Path(data_dir).resolve()
+    state_dir = Path(state_dir).resolve()
+    config = registry_config(addr, data_dir, htpasswd)
+    fingerprint = sha256_json(config)
+    spec = _spec(addr, state_dir, fingerprint=fingerprint)
+    state = process.read_state(spec)
+    url = registry_url(addr)
+    if state and state.get("fingerprint") == fingerprint and probe_v2(addr) in (200, 401):
+        return {"changed": False, "url": url, "pid": state["pid"],
+                "config": str(spec.state_dir / f"{spec.name}.yml"), "log": str(spec.logfile)}
+    host, port = parse_addr(addr)
+    if state is None and process.port_in_use(host, port):
+        status = probe_v2(addr)
+        what = (f"another registry (GET /v2/ -> {status})" if status in (200, 401)
+                else "a process that is not a registry")
+        raise ModelGateError(
+            f"{addr} is already in use by {what}, not started from {state_dir}",
+            field="addr",
+            fix="pick a free port for the local registry, stop that process, or set the "
+                "registry as external (do not manage it) if it is the one to push to",
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config_path = state_dir / f"{spec.name}.yml"
+    # JSON is YAML: the registry reads it, and the text is stable for the fingerprint.
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    started = process.start(spec)
+    _wait_ready(addr, spec, timeout)
+    return {"changed": True, "url": url, "pid": started["pid"], "config": str(config_path),
+            "log": str(spec.logfile)}
+
+
+def stop_registry(addr: str, state_dir: Path) -> dict:
+    """Stop the registry that ``state_dir`` started on ``addr``; ``changed`` when one ran."""
+    spec = _spec(addr, Path(state_dir).resolve())
+    return {"changed": process.stop(spec), "url": registry_url(addr)}
+
+
+def registry_status(addr: str, state_dir: Path) -> dict:
+    """Report whether our registry runs on ``addr`` and whether ``/v2/`` answers."""
+    spec = _spec(addr, Path(state_dir).resolve())
+    state = process.read_state(spec)
+    return {
+        "running": state is not None,
+        "pid": state["pid"] if state else None,
+        "url": registry_url(addr),
+        "v2_status": probe_v2(addr),
+        "log": str(spec.logfile),
+    }
+
+
+def _cmd_registry(args: argparse.Namespace) -> int:
+    from modelgate.cli import emit
+
+    if args.action == "start":
+        emit(ensure_registry(args.addr, Path(args.data_dir), Path(args.state_dir),
+                             htpasswd=Path(args.htpasswd) if args.htpasswd else None))
+    elif args.action == "stop":
+        emit(stop_registry(args.addr, Path(args.state_dir)))
+    else:
+        status = registry_status(args.addr, Path(args.state_dir))
+        emit(status)
+        return 0 if status["running"] else 1
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``modelgate registry start|stop|status``."""
+    p = subparsers.add_parser("registry", help="run the local OCI registry")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--addr", default=DEFAULT_ADDR, help="host:port to listen on")
+    p.add_argument("--data-dir", default="/var/lib/modelgate/registry",
+                   help="where the registry stores blobs")
+    p.add_argument("--state-dir", default="/var/lib/modelgate/state",
+                   help="pidfile, log and config of the supervised process")
+    p.add_argument("--htpasswd", default=None, help="bcrypt htpasswd file: require basic auth")
+    p.set_defaults(func=_cmd_registry)

@@ -1,0 +1,666 @@
+"""vLLM serving: arguments that fit the model, and a supervised local vLLM server.
+
+``derive_serving_args`` turns a model (directory or config.json mapping) and the accelerator's
+memory into vLLM command-line arguments, each with the reason it is there: hybrid Mamba models
+get a float32 SSM state cache, custom-code checkpoints ``--trust-remote-code``, and
+``--max-num-seqs`` comes from the memory plan (``modelgate.memory_plan``). The same arguments
+feed every target (local process, RHAIIS quadlet, KServe runtime), so the variants of a run are
+served under identical flags.
+
+The local target runs ``python -m vllm.entrypoints.openai.api_server`` as a supervised process
+(``modelgate.process``): a second start with the same model and arguments finds it running and
+changes nothing; readiness means /health answers, /v1/models lists the served name and one
+completion returns text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelgate import geometry as geometry_mod
+from modelgate.digest import sha256_file, sha256_json
+from modelgate.errors import ModelGateError, ToolError
+from modelgate.geometry import ModelGeometry
+from modelgate.memory_plan import (
+    GiB,
+    MemoryPlan,
+    default_activation_reserve_gib,
+    model_dtype,
+    plan_memory,
+)
+from modelgate.process import (
+    ProcessSpec,
+    log_tail,
+    port_in_use,
+    read_state,
+    start,
+    stop,
+    wait_http,
+)
+
+# Longest context we configure unless asked: a 128k-token context would give each sequence
+# gigabytes of KV cache and leave room for few sequences; benchmarks here use < 1k tokens.
+DEFAULT_MAX_MODEL_LEN_CAP = 32768
+# vLLM CPU runs a handful of sequences efficiently; more only grows the KV cache it reserves.
+CPU_MAX_NUM_SEQS_CAP = 32
+GPU_MAX_NUM_SEQS_CAP = 256
+# The smallest explicit CPU KV cache we ask for: vLLM's hybrid allocator rounds pages up
+# (attention pages are padded to the Mamba state's size), so tiny models need headroom.
+CPU_MIN_KV_CACHE_BYTES = 256 * 1024**2
+# vLLM's default attention block size (cache_config.block_size) per platform: the granularity
+# the hybrid page layout is built from (see memory_plan.paged_layout).
+GPU_BLOCK_ALIGNMENT = 16
+CPU_BLOCK_ALIGNMENT = 128
+VLLM_API_MODULE = "vllm.entrypoints.openai.api_server"
+# Model files up to this size are fingerprinted by content; larger ones by size + mtime,
+# so checking a running 18 GB server does not re-read the weights on every call.
+_CONTENT_DIGEST_LIMIT = 16 * 1024**2
+
+
+@dataclass
+class ServingArgs:
+    """vLLM arguments (flag name without dashes -> value) and why each one is set."""
+
+    args: dict[str, Any] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    env_reasons: dict[str, str] = field(default_factory=dict)
+    plan: MemoryPlan | None = None
+    device: str = "cuda"
+
+    def set(self, name: str, value: Any, reason: str) -> None:
+        """Set one argument (dashes or underscores) with its reason."""
+        key = _flag(name)
+        self.args[key] = value
+        self.reasons[key] = reason
+
+    def to_argv(self) -> list[str]:
+        """Command-line form: ``--flag value``; True is a bare flag, False/None are left out."""
+        argv: list[str] = []
+        for name, value in self.args.items():
+            if value is None or value is False:
+                continue
+            if value is True:
+                argv.append(f"--{name}")
+            elif isinstance(value, (dict, list)):
+                argv += [f"--{name}", json.dumps(value, separators=(",", ":"))]
+            else:
+                argv += [f"--{name}", str(value)]
+        return argv
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, with the argv and the memory plan."""
+        return {
+            "args": dict(self.args),
+            "reasons": dict(self.reasons),
+            "env": dict(self.env),
+            "env_reasons": dict(self.env_reasons),
+            "argv": self.to_argv(),
+            "device": self.device,
+            "plan": self.plan.to_dict() if self.plan else None,
+        }
+
+
+def _flag(name: str) -> str:
+    """Canonical vLLM flag spelling: dashes (vLLM accepts underscores and rewrites them)."""
+    return name.strip().lstrip("-").replace("_", "-")
+
+
+def _load_model(model: Path | str | Mapping[str, Any]) -> tuple[ModelGeometry, Path | None]:
+    """Geometry of a model directory / config.json path / config mapping, and its directory."""
+    if isinstance(model, Mapping):
+        return ModelGeometry.from_config(dict(model)), None
+    geometry = ModelGeometry.from_model_dir(model)
+    return geometry, Path(geometry.model_dir) if geometry.model_dir else None
+
+
+def _prefix_caching(over: Mapping[str, Any]) -> bool:
+    """Whether prefix caching stays on (vLLM's default) given the user's overrides."""
+    if over.get("no-enable-prefix-caching"):
+        return False
+    return over.get("enable-prefix-caching", True) not in (False, "false", "False", 0)
+
+
+def quantization_method(config: Mapping[str, Any]) -> str | None:
+    """The checkpoint's ``quantization_config.quant_method`` (e.g. compressed-tensors)."""
+    qc = config.get("quantization_config") or config.get("compression_config")
+    if isinstance(qc, Mapping):
+        method = qc.get("quant_method") or qc.get("format")
+        return str(method) if method else None
+    return None
+
+
+def host_memory_gib() -> float:
+    """Memory available now on this host (MemAvailable), in GiB: the CPU target's budget."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 / GiB
+    except OSError:
+        pass
+    return (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")) / GiB
+
+
+def derive_serving_args(
+    model_dir_or_config: Path | str | Mapping[str, Any],
+    *,
+    gpu_memory_gib: float | None = None,
+    device: str = "cuda",
+    overrides: Mapping[str, Any] | None = None,
+    served_model_name: str | None = None,
+    max_model_len_cap: int = DEFAULT_MAX_MODEL_LEN_CAP,
+    weight_bytes: int | None = None,
+    activation_reserve_gib: float | None = None,
+) -> ServingArgs:
+    """Derive vLLM arguments for a model on a device, each with its reason.
+
+    ``overrides`` (flag -> value, dashes or underscores; None or False removes a flag) win over
+    derived values; ``max-model-len``, ``max-num-seqs``, ``gpu-memory-utilization`` and the cache
+    dtypes among them feed the memory plan, so an override that cannot fit is a
+    ModelGateError that names the numbers. ``gpu_memory_gib`` is the accelerator's memory (on
+    ``device="cpu"``: the RAM to plan within, default the host's available memory); without it
+    on a GPU, vLLM's own profiling sizes the cache and ``--max-num-seqs`` is left to vLLM.
+    """
+    if device not in ("cuda", "cpu"):
+        raise ModelGateError(f"unknown device {device!r}", field="device",
+                             fix="use 'cuda' or 'cpu'")
+    geometry, model_dir = _load_model(model_dir_or_config)
+    config = geometry.config
+    over = {_flag(k): v for k, v in (overrides or {}).items()}
+    out = ServingArgs(device=device)
+
+    if served_model_name is None:
+        served_model_name = model_dir.name if model_dir else str(
+            config.get("_name_or_path") or geometry.model_type or "model")
+    out.set("served-model-name", served_model_name,
+            "the name clients (GuideLLM, lm-eval) request; identical across variants' runs")
+
+    dtype = model_dtype(geometry)
+    out.set("dtype", dtype, f"the checkpoint's compute dtype (config.json dtype: {dtype})")
+
+    if config.get("auto_map"):
+        out.set("trust-remote-code", True,
+                "config.json has auto_map: the config/tokenizer ship custom Python code")
+
+    qmethod = quantization_method(config)
+    if qmethod:
+        # Deliberately no --quantization: vLLM reads quantization_config.quant_method
+        # (ModelConfig._verify_quantization), and a mismatching flag is an error there.
+        out.reasons["quantization"] = (
+            f"not set: vLLM detects {qmethod} from config.json quantization_config")
+
+    cap = int(config.get("max_position_embeddings") or max_model_len_cap)
+    max_len = int(over.get("max-model-len") or min(cap, max_model_len_cap))
+    if max_len > cap and not config.get("rope_scaling"):
+        raise ModelGateError(
+            f"max_model_len {max_len} exceeds the model's max_position_embeddings {cap}",
+            field="max_model_len", fix=f"use max_model_len <= {cap}")
+    out.set("max-model-len", max_len,
+            "user override" if "max-model-len" in over else
+            f"min(max_position_embeddings {cap}, cap {max_model_len_cap})")
+
+    kv_dtype = str(over.get("kv-cache-dtype") or "auto")
+    mamba_dtype = str(over.get("mamba-cache-dtype") or "auto")
+    ssm_dtype = str(over.get("mamba-ssm-cache-dtype") or "float32")
+    if geometry.is_hybrid:
+        out.set("mamba-ssm-cache-dtype", ssm_dtype,
+                "hybrid Mamba/attention model: the SSM state accumulates over the whole "
+                "sequence, and a bf16 state drifts (NVIDIA's serving recipe uses float32)")
+
+    util = float(over.get("gpu-memory-utilization") or 0.9)
+    requested_seqs = over.get("max-num-seqs")
+    if device == "cpu" and gpu_memory_gib is None:
+        gpu_memory_gib = host_memory_gib()
+    if weight_bytes is None and model_dir is not None:
+        try:
+            weight_bytes = geometry_mod.weight_bytes(model_dir)
+        except ModelGateError:
+            weight_bytes = None  # config-only directory: fall back to parameters x dtype
+    if gpu_memory_gib is not None:
+        reserve = activation_reserve_gib if activation_reserve_gib is not None else \
+            default_activation_reserve_gib(geometry, device=device)
+        out.plan = plan_memory(
+            geometry,
+            gpu_memory_gib=float(gpu_memory_gib),
+            gpu_memory_utilization=util,
+            max_model_len=max_len,
+            kv_cache_dtype=kv_dtype,
+            mamba_cache_dtype=mamba_dtype,
+            mamba_ssm_cache_dtype=ssm_dtype if geometry.is_hybrid else "auto",
+            weight_bytes=weight_bytes,
+            activation_reserve_gib=reserve,
+            max_num_seqs=int(requested_seqs) if requested_seqs is not None else None,
+            max_num_seqs_cap=CPU_MAX_NUM_SEQS_CAP if device == "cpu" else GPU_MAX_NUM_SEQS_CAP,
+            block_alignment=CPU_BLOCK_ALIGNMENT if device == "cpu" else GPU_BLOCK_ALIGNMENT,
+            prefix_caching=_prefix_caching(over),
+        )
+        plan = out.plan
+        out.set("max-num-seqs", plan.max_num_seqs,
+                "user override (fits the memory plan)" if requested_seqs is not None else
+                f"memory plan: {plan.max_sequences_fit} sequences of {max_len} tokens fit in "
+                f"{plan.cache_bytes / GiB:.2f} GiB of cache; min(cap {plan.max_num_seqs_cap}, "
+                "fit), rounded down to a multiple of 8")
+    elif requested_seqs is not None:
+        out.set("max-num-seqs", int(requested_seqs), "user override (no memory plan: "
+                "gpu_memory_gib not given)")
+
+    if device == "cuda":
+        out.set("gpu-memory-utilization", util,
+                "user override" if "gpu-memory-utilization" in over else
+                "vLLM's default fraction of GPU memory, stated so the plan and server agree")
+    else:
+        plan = out.plan
+        assert plan is not None  # cpu always plans (host memory)
+        # An explicit KV cache size makes vLLM CPU skip its warm-up profiling pass
+        # (CPUWorker._should_warm_up_model with eager mode): a faster, predictable start.
+        # +2 blocks: vLLM's block pool keeps one null block, and one more for rounding
+        block = int(plan.paging["page_bytes"]) * int(plan.paging["group_size"])
+        kv_bytes = max(plan.cache_bytes_needed + 2 * block, CPU_MIN_KV_CACHE_BYTES)
+        kv_bytes = -(-kv_bytes // (1024**2)) * 1024**2
+        out.set("kv-cache-memory-bytes", kv_bytes,
+                f"CPU: cache for max-num-seqs {plan.max_num_seqs} x {max_len} tokens as vLLM "
+                f"pages it (at least {CPU_MIN_KV_CACHE_BYTES // 1024**2} MiB); an explicit "
+                "size also skips vLLM CPU's warm-up profiling pass")
+        out.set("enforce-eager", True,
+                "CPU: skips torch.compile, cutting start-up from 70-120 s to 33-44 s here")
+
+    for name, value in over.items():
+        if name in ("max-num-seqs",) and out.plan is not None:
+            continue  # already applied through the plan
+        out.set(name, value, "user override")
+    return out
+
+
+# ------------------------------------------------------------------ timeouts
+
+
+def startup_timeout_s(weight_bytes: int | None, device: str = "cuda",
+                      base_s: float = 180.0) -> float:
+    """Start-up timeout that scales with the weights: base + k s/GiB (k=5 GPU, 30 CPU)."""
+    per_gib = 30.0 if device == "cpu" else 5.0
+    gib = (weight_bytes or 0) / GiB
+    return round(base_s + per_gib * gib, 1)
+
+
+# ------------------------------------------------------------------ local server
+
+
+@dataclass
+class LocalServerSpec(ProcessSpec):
+    """A supervised vLLM OpenAI server: the process plus where and as what it answers."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    served_name: str = ""
+    model_dir: str = ""
+
+    @property
+    def base_url(self) -> str:
+        """The server's root URL (without /v1)."""
+        return f"http://{self.host}:{self.port}"
+
+
+def server_name(port: int) -> str:
+    """The process name (pid/log/state file stem) of the local server on ``port``."""
+    return f"vllm-{port}"
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """A digest of a model directory: file contents, or size + mtime for large files."""
+    entries: dict[str, Any] = {}
+    for p in sorted(model_dir.rglob("*")):
+        if not p.is_file():
+            continue
+        st = p.stat()
+        rel = p.relative_to(model_dir).as_posix()
+        entries[rel] = (sha256_file(p) if st.st_size <= _CONTENT_DIGEST_LIMIT
+                        else {"size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return "sha256:" + sha256_json(entries)
+
+
+def local_server_spec(
+    model_dir: Path | str,
+    served_name: str,
+    port: int,
+    python: str,
+    serving_args: ServingArgs,
+    state_dir: Path | str,
+    cpu_threads: int | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    model_digest: str | None = None,
+) -> LocalServerSpec:
+    """Build the supervised-process spec of a local vLLM server.
+
+    The fingerprint hashes the model digest, the argv and the environment we set, so the same
+    model with the same arguments is found running and not restarted.
+    """
+    model_dir = Path(model_dir).resolve()
+    if not (model_dir / "config.json").is_file():
+        raise ModelGateError(f"no config.json in {model_dir}", field="model",
+                             fix="point at the model directory (config.json + safetensors)")
+    if not Path(python).exists():
+        raise ModelGateError(f"python interpreter {python} does not exist", field="python",
+                             fix="give the serve virtualenv's bin/python")
+    args = ServingArgs(args=dict(serving_args.args), reasons=dict(serving_args.reasons),
+                       env=dict(serving_args.env), plan=serving_args.plan,
+                       device=serving_args.device)
+    args.set("served-model-name", served_name, "requested served name")
+    argv = [python, "-m", VLLM_API_MODULE, "--model", str(model_dir),
+            "--host", host, "--port", str(port), *args.to_argv()]
+    proc_env: dict[str, str] = dict(args.env)
+    if serving_args.device == "cpu" and cpu_threads:
+        # bind vLLM's OpenMP threads to the first N cores, leaving the rest to the client
+        proc_env["VLLM_CPU_OMP_THREADS_BIND"] = (
+            "0" if cpu_threads == 1 else f"0-{cpu_threads - 1}")
+    proc_env.update(env or {})
+    digest = model_digest or model_fingerprint(model_dir)
+    fingerprint = sha256_json({"model": digest, "argv": argv, "env": proc_env})
+    return LocalServerSpec(
+        name=server_name(port), argv=argv, state_dir=Path(state_dir), env=proc_env,
+        fingerprint=fingerprint, host=host, port=port, served_name=served_name,
+        model_dir=str(model_dir),
+    )
+
+
+@dataclass
+class Readiness:
+    """What the readiness check saw."""
+
+    base_url: str
+    served_name: str
+    health: bool = False
+    models: list[str] = field(default_factory=list)
+    completion_text: str = ""
+    completion_tokens: int = 0
+    completion_latency_s: float = 0.0
+    waited_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Healthy, lists the served name, and one completion produced text."""
+        return self.health and self.served_name in self.models and bool(self.completion_text)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form."""
+        return {**asdict(self), "ok": self.ok}
+
+
+def first_error_line(text: str) -> str | None:
+    """The most telling error line of a vLLM log tail.
+
+    Prefers the first raised exception (``SomeError: message``) over a bare 'ERROR' log line,
+    because vLLM logs 'EngineCore failed to start' before the traceback that says why.
+    """
+    lines = text.splitlines()
+    raised = re.compile(r"^\s*([\w.]*(Error|Exception)):\s*\S")
+    for line in lines:
+        if raised.match(line):
+            return line.strip()
+    for line in lines:
+        if "Error" in line or "Exception" in line or "ERROR" in line:
+            return line.strip()
+    return None
+
+
+def _http_json(url: str, payload: dict[str, Any] | None = None,
+               timeout: float = 30.0) -> tuple[int, Any]:
+    """GET (or POST ``payload``) and return (status, parsed JSON or text)."""
+    data = json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = resp.read().decode(errors="replace")
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace")
+        status = exc.code
+    try:
+        return status, json.loads(body) if body else None
+    except json.JSONDecodeError:
+        return status, body
+
+
+def check_ready(base_url: str, served_name: str, timeout: float = 60.0,
+                log: Path | None = None) -> Readiness:
+    """Check a vLLM server: /health answers, /v1/models lists the name, one completion works.
+
+    Waits up to ``timeout`` for /health; raises ToolError (with the server log's error line
+    and path when ``log`` is given) on any failure.
+    """
+    base_url = base_url.rstrip("/")
+    result = Readiness(base_url=base_url, served_name=served_name)
+
+    def fail(what: str) -> ToolError:
+        tail = log_tail(log, 80) if log else ""
+        err = first_error_line(tail) if tail else None
+        msg = f"vLLM at {base_url} is not ready: {what}"
+        if err:
+            msg += f"\nvLLM error: {err}"
+        return ToolError(msg, field="serving", fix=f"read the server log {log}" if log else
+                         "check the server's log")
+
+    try:
+        result.waited_s = round(wait_http(f"{base_url}/health", timeout), 2)
+        result.health = True
+    except ModelGateError as exc:
+        raise fail(f"/health did not answer within {timeout:.0f}s ({exc.message})") from exc
+    status, body = _http_json(f"{base_url}/v1/models")
+    if status != 200 or not isinstance(body, dict):
+        raise fail(f"/v1/models answered {status}: {str(body)[:300]}")
+    result.models = [str(m.get("id")) for m in body.get("data", [])]
+    if served_name not in result.models:
+        raise fail(f"/v1/models lists {result.models}, not {served_name!r}")
+    t0 = time.monotonic()
+    # ignore_eos: a randomly initialised test model may otherwise stop at once with no text
+    status, body = _http_json(f"{base_url}/v1/completions", {
+        "model": served_name, "prompt": "The capital of France is", "max_tokens": 8,
+        "temperature": 0, "ignore_eos": True,
+    }, timeout=max(timeout, 30.0))
+    result.completion_latency_s = round(time.monotonic() - t0, 3)
+    if status != 200 or not isinstance(body, dict) or not body.get("choices"):
+        raise fail(f"/v1/completions answered {status}: {str(body)[:300]}")
+    result.completion_text = str(body["choices"][0].get("text") or "")
+    result.completion_tokens = int((body.get("usage") or {}).get("completion_tokens") or 0)
+    if not result.completion_text:
+        raise fail(f"the completion returned no text ({result.completion_tokens} tokens)")
+    return result
+
+
+def _server_failure(spec: LocalServerSpec, what: str) -> ToolError:
+    """A ToolError naming vLLM's error line and keeping the log's path."""
+    tail = log_tail(spec.logfile, 120)
+    err = first_error_line(tail)
+    msg = f"local vLLM server on port {spec.port} {what}"
+    if err:
+        msg += f"\nvLLM error: {err}"
+    msg += f"\nlog: {spec.logfile}\nlast log lines:\n" + "\n".join(tail.splitlines()[-15:])
+    exc = ToolError(msg, field="serving", fix=f"read the whole log: {spec.logfile}")
+    exc.log = str(spec.logfile)  # type: ignore[attr-defined]
+    return exc
+
+
+def start_local_server(spec: LocalServerSpec, timeout: float = 600.0) -> dict[str, Any]:
+    """Start the server unless the same one runs; wait until it is ready; return its state.
+
+    ``changed`` is False when our server with the same fingerprint already runs (it is only
+    checked for readiness). A port held by anything else is refused with an error naming the
+    port. On a start-up failure the server is stopped and a ToolError carries vLLM's error
+    line and the log path.
+    """
+    state = read_state(spec)
+    if state and state.get("fingerprint") == spec.fingerprint:
+        readiness = check_ready(spec.base_url, spec.served_name, timeout, spec.logfile)
+        return {**state, "changed": False, "base_url": spec.base_url,
+                "readiness": readiness.to_dict()}
+    if state:
+        stop(spec)  # our own server with other arguments: replace it
+    if port_in_use(spec.host, spec.port):
+        raise ModelGateError(
+            f"port {spec.port} on {spec.host} is already in use by another process "
+            f"(not a modelgate vLLM server recorded in {spec.state_dir})",
+            field="port",
+            fix=f"stop whatever listens on {spec.host}:{spec.port} "
+            f"(ss -ltnp 'sport = :{spec.port}'), or choose another port",
+        )
+    t0 = time.monotonic()
+    state = start(spec)
+    try:
+        wait_http(f"{spec.base_url}/health", timeout, spec)
+    except ModelGateError as exc:
+        stop(spec)
+        what = ("exited during start-up" if isinstance(exc, ToolError)
+                else f"did not answer /health within {timeout:.0f}s")
+        raise _server_failure(spec, what) from exc
+    startup_s = time.monotonic() - t0
+    try:
+        readiness = check_ready(spec.base_url, spec.served_name, 60.0, spec.logfile)
+    except ToolError as exc:
+        stop(spec)
+        raise _server_failure(spec, f"started but failed the readiness check: "
+                                    f"{exc.message.splitlines()[0]}") from exc
+    return {**state, "changed": True, "base_url": spec.base_url,
+            "startup_s": round(startup_s, 2), "readiness": readiness.to_dict()}
+
+
+def stop_local_server(spec: ProcessSpec) -> dict[str, Any]:
+    """Stop the server; ``changed`` is True when one was running."""
+    return {"changed": stop(spec), "name": spec.name, "log": str(spec.logfile)}
+
+
+def local_server_status(spec: ProcessSpec) -> dict[str, Any]:
+    """The recorded state of the server (running or not), without touching it."""
+    state = read_state(spec)
+    return {"running": state is not None, "name": spec.name, "log": str(spec.logfile),
+            **(state or {})}
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def _kv_pairs(items: list[str] | None, what: str) -> dict[str, Any]:
+    """Parse repeated KEY=VALUE options; values parse as JSON when they can."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ModelGateError(f"{what} {item!r} is not KEY=VALUE", field=what,
+                                 fix=f"write --{what} KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _args_from_cli(ns: argparse.Namespace) -> ServingArgs:
+    """derive_serving_args from the shared plan/serve options."""
+    overrides = _kv_pairs(getattr(ns, "override", None), "override")
+    if ns.max_model_len is not None:
+        overrides["max-model-len"] = ns.max_model_len
+    if ns.max_num_seqs is not None:
+        overrides["max-num-seqs"] = ns.max_num_seqs
+    return derive_serving_args(
+        ns.model, gpu_memory_gib=ns.gpu_memory_gib, device=ns.device, overrides=overrides,
+        served_model_name=getattr(ns, "served_name", None),
+        max_model_len_cap=ns.max_model_len_cap,
+    )
+
+
+def _cmd_plan(ns: argparse.Namespace) -> int:
+    """``modelgate plan``: every memory term and the chosen arguments, as JSON."""
+    from modelgate.cli import emit
+
+    try:
+        args = _args_from_cli(ns)
+    except ModelGateError as exc:
+        emit(exc.to_dict())
+        return 1
+    emit(args.to_dict())
+    return 0
+
+
+def _spec_from_cli(ns: argparse.Namespace) -> tuple[LocalServerSpec, ServingArgs]:
+    """The local server spec ``serve start`` describes, and its serving arguments."""
+    args = _args_from_cli(ns)
+    served = ns.served_name or Path(ns.model).name
+    env = _kv_pairs(ns.env, "env")
+    spec = local_server_spec(ns.model, served, ns.port, ns.python, args, ns.state_dir,
+                             ns.cpu_threads, {k: str(v) for k, v in env.items()},
+                             host=ns.host)
+    return spec, args
+
+
+def _cmd_serve(ns: argparse.Namespace) -> int:
+    """``modelgate serve start|stop|status|ready``."""
+    from modelgate.cli import emit
+
+    if ns.action in ("stop", "status"):
+        spec = ProcessSpec(name=server_name(ns.port), argv=[], state_dir=Path(ns.state_dir))
+        emit(stop_local_server(spec) if ns.action == "stop" else local_server_status(spec))
+        return 0
+    if ns.action == "ready":
+        served = ns.served_name or (Path(ns.model).name if ns.model else None)
+        if not served:
+            raise ModelGateError("ready needs --served-name (or --model)",
+                                 field="served_name", fix="add --served-name NAME")
+        log = Path(ns.state_dir) / f"{server_name(ns.port)}.log" if ns.state_dir else None
+        emit(check_ready(ns.base_url or f"http://{ns.host}:{ns.port}", served,
+                         ns.timeout or 60.0, log).to_dict())
+        return 0
+    if not ns.model or not ns.python:
+        raise ModelGateError("serve start needs --model and --python", field="model",
+                             fix="add --model DIR --python VENV/bin/python")
+    spec, args = _spec_from_cli(ns)
+    timeout = ns.timeout or startup_timeout_s(
+        args.plan.weight_bytes if args.plan else None, ns.device)
+    result = start_local_server(spec, timeout)
+    emit({**result, "serving_args": args.to_dict(), "timeout_s": timeout})
+    return 0
+
+
+def _add_model_options(p: argparse.ArgumentParser, model_required: bool) -> None:
+    """Options shared by ``plan`` and ``serve``."""
+    p.add_argument("--model", required=model_required, help="model directory")
+    p.add_argument("--gpu-memory-gib", type=float, default=None,
+                   help="accelerator memory in GiB (CPU: RAM to plan within)")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-model-len-cap", type=int, default=DEFAULT_MAX_MODEL_LEN_CAP)
+    p.add_argument("--max-num-seqs", type=int, default=None)
+    p.add_argument("--override", action="append", metavar="FLAG=VALUE",
+                   help="any vLLM flag (repeatable); JSON values are parsed")
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``plan`` and ``serve`` to the modelgate CLI."""
+    plan = subparsers.add_parser("plan", help="memory plan and vLLM arguments for a model")
+    _add_model_options(plan, model_required=True)
+    plan.add_argument("--served-name", default=None)
+    plan.set_defaults(func=_cmd_plan)
+
+    serve = subparsers.add_parser("serve", help="a supervised local vLLM server")
+    serve.add_argument("action", choices=["start", "stop", "status", "ready"])
+    _add_model_options(serve, model_required=False)
+    serve.add_argument("--port", type=int, default=18400)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--python", default=None, help="the serve virtualenv's python")
+    serve.add_argument("--state-dir", default=".modelgate/serve")
+    serve.add_argument("--served-name", default=None)
+    serve.add_argument("--cpu-threads", type=int, default=None)
+    serve.add_argument("--env", action="append", metavar="KEY=VALUE")
+    serve.add_argument("--base-url", default=None, help="ready: the server's root URL")
+    serve.add_argument("--timeout", type=float, default=None,
+                       help="start: seconds (default scales with the weights); ready: seconds")
+    serve.set_defaults(func=_cmd_serve)
