@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "modelgate.preflight",
     "modelgate.quantize",
     "modelgate.modelcar",
+    "modelgate.registry",
     "modelgate.serving",
     "modelgate.loadtest",
     "modelgate.accuracy",

@@ -59,21 +59,25 @@ Statistics
   Policy ``inconclusive: fail`` makes an inconclusive check fail the verdict.
 * The bootstrap seed is fixed per policy and per check, so a verdict is reproducible.
 
-Statistical power (measured with ``tests/unit/test_gate.py``'s generator: lognormal latencies
-with sigma 0.3 (tails typical of LLM serving), median ratio test, tolerance 10%, 2000 resamples,
-one round per variant; fractions out of 40 seeds):
+Statistical power (measured with a simulation: one round per variant, lognormal latencies, 2000
+resamples, 40 seeds per cell; % of checks that PASS / are INCONCLUSIVE / FAIL; no A/A comparison
+ever failed):
 
-    n per side   true ratio 1.00 (A/A)        true ratio 1.25 (regression)
-    40           pass 5%   inconclusive 95%   fail 88%  inconclusive 12%
-    100          pass 62%  inconclusive 38%   fail 100%
-    200          pass 95%  inconclusive 5%    fail 100%
-    false FAIL in A/A: 0 of 120 at every n above.
+    spread (sigma)  check           n per side  A/A (ratio 1.00)    regression (ratio 1.25)
+    0.15            p50, tol 10%    40          65 / 35 / 0         0 / 12 / 88
+    0.15            p50, tol 10%    100         98 /  2 / 0         0 /  0 / 100
+    0.15            p95, tol 15%    100         80 / 20 / 0         0 / 50 / 50
+    0.15            p95, tol 15%    200        100 /  0 / 0         0 / 25 / 75
+    0.30            p50, tol 10%    40          18 / 82 / 0         0 / 70 / 30
+    0.30            p50, tol 10%    200         75 / 25 / 0         0 /  5 / 95
+    0.30            p95, tol 15%    400         90 / 10 / 0         0 / 55 / 45
 
-So with fewer than about 100 requests per rate a 10% latency tolerance cannot be proven either
-way and the gate says "inconclusive" rather than guessing; a 25% regression is already caught at
-n=40. p95/p99 need several times more samples than p50 for the same power. A single round per
-variant only measures within-run noise: on a noisy shared host (run-to-run medians differing by
-up to 1.38x, see DESIGN.md field notes) set ``min_rounds: 2`` or more and measure interleaved.
+Request latency with fixed-length outputs spreads like sigma ~0.15; TTFT under load spreads more.
+So: 100+ requests per rate decide a 10% p50 tolerance; with fewer the gate says "inconclusive"
+rather than guessing, and tail statistics (p95/p99) need several times more samples than p50.
+A single round per variant only measures within-run noise: on a noisy shared host (run-to-run
+medians differing by up to 1.38x, see DESIGN.md field notes) set ``min_rounds: 2`` or more and
+measure the variants interleaved, so the hierarchical bootstrap sees the between-run spread.
 """
 
 from __future__ import annotations

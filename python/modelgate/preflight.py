@@ -73,7 +73,7 @@ def matches(name: str, module_class: str, pattern: str) -> bool:
     """compressed-tensors target matching: exact name, ``re:`` prefix (re.match), or class."""
     if pattern.startswith("re:"):
         return re.match(pattern[3:], name) is not None
-    return pattern == name or pattern == module_class
+    return pattern in (name, module_class)
 
 
 def quantized_layers(geometry: ModelGeometry,

@@ -169,8 +169,11 @@ def _stream_job(argv: list[str], log_path: Path, progress_log: Path,
         try:
             for line in proc.stdout:
                 log.write(line)
-                if line.startswith("progress: "):
-                    msg = line[len("progress: "):].rstrip("\n")
+                # tqdm (on the merged stderr) writes without newlines, so a progress line
+                # can arrive behind a progress bar: look for the marker anywhere.
+                at = line.find("progress: ")
+                if at >= 0:
+                    msg = line[at + len("progress: "):].rstrip("\n")
                     plog.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
                     plog.flush()
                     if progress_cb is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import platform
 import resource
@@ -142,6 +143,14 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]})
         progress(f"calibration {num_samples} samples, {sum(map(len, ids))} tokens")
 
+    # Without these kernels transformers runs Nemotron-H's reference PyTorch scan: correct,
+    # but calibration of a real hybrid model becomes many times slower (field notes).
+    missing = [m for m in ("mamba_ssm", "causal_conv1d") if importlib.util.find_spec(m) is None]
+    hybrid = "mamba" in str(getattr(model.config, "model_type", "")) or hasattr(
+        model.config, "mamba_num_heads")
+    if hybrid and missing:
+        progress(f"warning: {', '.join(missing)} not installed; hybrid layers calibrate "
+                 "through the slow reference scan (install mamba-ssm and causal-conv1d)")
     handles = attach_progress_hooks(model, started)
     kwargs: dict[str, Any] = {"model": model, "recipe": recipe_yaml, "processor": tokenizer}
     if dataset is not None:
@@ -168,6 +177,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "max_seq_length": max_len if dataset is not None else None,
         "key": spec["key"],
         "tool_versions": tool_versions(),
+        "missing_kernels": missing if hybrid else [],
         "elapsed_s": round(time.monotonic() - started, 2),
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_gpu_bytes": (int(torch.cuda.max_memory_allocated())

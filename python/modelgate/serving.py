@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from string import Template
 from typing import Any
 
 from modelgate import geometry as geometry_mod
@@ -405,9 +406,12 @@ def first_error_line(text: str) -> str | None:
     """
     lines = text.splitlines()
     raised = re.compile(r"^\s*([\w.]*(Error|Exception)):\s*\S")
-    for line in lines:
+    for i, line in enumerate(lines):
         if raised.match(line):
-            return line.strip()
+            # pydantic (vLLM's config validation) puts the reason on indented lines below
+            detail = [d.strip() for d in lines[i + 1:i + 4]
+                      if d.startswith(" ") and "errors.pydantic.dev" not in d]
+            return " ".join([line.strip(), *detail])
     for line in lines:
         if "Error" in line or "Exception" in line or "ERROR" in line:
             return line.strip()
@@ -664,3 +668,82 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--timeout", type=float, default=None,
                        help="start: seconds (default scales with the weights); ready: seconds")
     serve.set_defaults(func=_cmd_serve)
+
+
+# ------------------------------------------------------------------ RHAIIS quadlet
+
+QUADLET_TEMPLATE = "quadlet/vllm.container.tmpl"
+# Where the modelcar image's root is mounted; its files are under /models inside it
+# (olot / KServe modelcar layout), so vLLM reads <mount>/models.
+MODELCAR_MOUNT = "/mnt/modelcar"
+
+
+def _systemd_quote(arg: str) -> str:
+    """Quote one Exec= argument for systemd: escape % and $, double-quote when needed."""
+    arg = arg.replace("%", "%%").replace("$", "$$")
+    if arg and not re.search(r"[\s\"'\\;]", arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_quadlet(
+    serving_args: ServingArgs,
+    *,
+    image: str,
+    modelcar: str,
+    served_name: str,
+    port: int = 8000,
+    container_port: int = 8000,
+    gpus: str | list[int] = "all",
+    container_name: str | None = None,
+    cache_volume: str = "modelgate-vllm-cache",
+    environment: Mapping[str, str] | None = None,
+    secrets: Mapping[str, str] | None = None,
+    bind_address: str = "0.0.0.0",
+    timeout_start_s: int = 900,
+) -> str:
+    """Render a podman quadlet ``.container`` unit that serves the model with RHAIIS (vLLM).
+
+    ``gpus`` is ``"all"`` or a list of GPU indices (CDI devices ``nvidia.com/gpu=<i>``).
+    ``secrets`` maps an environment variable to a podman secret name (e.g. HF_TOKEN ->
+    hf-token): the value stays in podman's secret store and never appears in the unit file,
+    which is why tokens are not accepted in ``environment``.
+    """
+    from importlib import resources
+
+    for key in environment or {}:
+        if re.search(r"TOKEN|SECRET|PASSWORD|KEY", key, re.IGNORECASE):
+            raise ModelGateError(
+                f"environment variable {key} looks like a secret",
+                field="environment",
+                fix=f"create a podman secret and pass it as secrets={{'{key}': 'name'}}",
+            )
+    if gpus == "all":
+        devices = ["AddDevice=nvidia.com/gpu=all"]
+    elif isinstance(gpus, list) and gpus:
+        devices = [f"AddDevice=nvidia.com/gpu={int(i)}" for i in gpus]
+    else:
+        raise ModelGateError(f"gpus must be 'all' or a list of indices, got {gpus!r}",
+                             field="gpus", fix="use gpus: all or gpus: [0, 1]")
+    args = ServingArgs(args=dict(serving_args.args), reasons=dict(serving_args.reasons))
+    args.set("served-model-name", served_name, "requested served name")
+    exec_argv = ["--model", f"{MODELCAR_MOUNT}/models", "--host", "0.0.0.0",
+                 "--port", str(container_port), *args.to_argv()]
+    env = {"HF_HUB_OFFLINE": "1", **(environment or {})}
+    template = resources.files("modelgate").joinpath("data", QUADLET_TEMPLATE).read_text()
+    return Template(template).substitute(
+        description=f"vLLM (RHAIIS) serving {served_name}",
+        container_name=container_name or f"modelgate-{served_name}",
+        image=image,
+        devices="\n".join(devices),
+        publish=f"{bind_address}:{port}:{container_port}",
+        modelcar=modelcar,
+        modelcar_mount=MODELCAR_MOUNT,
+        cache_volume=cache_volume,
+        environment="\n".join(f"Environment={_systemd_quote(f'{k}={v}')}"
+                              for k, v in sorted(env.items())),
+        secrets="\n".join(f"Secret={name},type=env,target={var}"
+                          for var, name in sorted((secrets or {}).items())),
+        exec_args=" ".join(_systemd_quote(a) for a in exec_argv),
+        timeout_start=timeout_start_s,
+    )

@@ -102,6 +102,7 @@ def test_startup_failure_names_vllm_error(tmp_path):
         start_local_server(spec, 240)
     message = str(err.value)
     assert "vLLM error:" in message
+    assert "max_model_len (10000000)" in message  # vLLM's own reason, not just its type
     assert str(spec.logfile) in message
     assert Path(spec.logfile).exists()
     assert local_server_status(spec)["running"] is False

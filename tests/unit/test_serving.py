@@ -15,6 +15,7 @@ from modelgate.serving import (
     derive_serving_args,
     first_error_line,
     local_server_spec,
+    render_quadlet,
     start_local_server,
     startup_timeout_s,
 )
@@ -198,6 +199,15 @@ def test_first_error_line_prefers_the_raised_exception():
     assert first_error_line(log).startswith("ValueError: User-specified max_model_len")
     assert first_error_line("a\nERROR 1 boom\nb") == "ERROR 1 boom"
     assert first_error_line("all fine") is None
+    pydantic = "\n".join([
+        "pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig",
+        "  Value error, User-specified max_model_len (10000000) is greater than the derived",
+        "    For further information visit https://errors.pydantic.dev/2.14/v/value_error",
+        "(APIServer pid=1) exiting",
+    ])
+    assert first_error_line(pydantic) == (
+        "pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig "
+        "Value error, User-specified max_model_len (10000000) is greater than the derived")
 
 
 def test_startup_timeout_scales_with_weights():
@@ -228,3 +238,56 @@ def test_cli_serve_status_and_stop_without_a_server(tmp_path, capsys):
     rc = main(["serve", "stop", "--port", "18452", "--state-dir", str(tmp_path)],
               modules=["modelgate.serving"])
     assert rc == 0 and json.loads(capsys.readouterr().out)["changed"] is False
+
+
+def _unit_sections(text: str) -> dict[str, list[tuple[str, str]]]:
+    """Parse a systemd/quadlet unit: section -> [(key, value)], keeping repeated keys."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current = ""
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            current = line.strip("[]")
+            sections[current] = []
+            continue
+        key, _, value = line.partition("=")
+        sections[current].append((key, value))
+    return sections
+
+
+def test_render_quadlet_from_the_same_serving_args():
+    args = derive_serving_args(NEMOTRON_NANO_9B_V2, gpu_memory_gib=80, overrides={
+        "compilation-config": {"cudagraph_capture_sizes": [1, 8]}})
+    unit = render_quadlet(
+        args, image="registry.redhat.io/rhaiis/vllm-cuda-rhel9:3.2.1",
+        modelcar="quay.io/acme/nano9b-w4a16@sha256:abc", served_name="nano9b", port=18480,
+        gpus=[0, 1], environment={"VLLM_LOGGING_LEVEL": "INFO"}, secrets={"HF_TOKEN": "hf-token"})
+    sections = _unit_sections(unit)
+    assert set(sections) == {"Unit", "Container", "Service", "Install"}
+    container = sections["Container"]
+    values = lambda key: [v for k, v in container if k == key]  # noqa: E731
+    assert values("Image") == ["registry.redhat.io/rhaiis/vllm-cuda-rhel9:3.2.1"]
+    assert values("AddDevice") == ["nvidia.com/gpu=0", "nvidia.com/gpu=1"]
+    assert values("PodmanArgs") == ["--ipc=host"]
+    assert values("PublishPort") == ["0.0.0.0:18480:8000"]
+    assert values("Mount") == [
+        "type=image,source=quay.io/acme/nano9b-w4a16@sha256:abc,destination=/mnt/modelcar"]
+    assert values("Secret") == ["hf-token,type=env,target=HF_TOKEN"]
+    assert "HF_TOKEN" not in " ".join(values("Environment"))
+    exec_line = values("Exec")[0]
+    # the same arguments as every other target, in systemd quoting
+    assert "--model /mnt/modelcar/models" in exec_line
+    assert "--mamba-ssm-cache-dtype float32" in exec_line
+    assert "--max-num-seqs 56" in exec_line and "--trust-remote-code" in exec_line
+    assert '--compilation-config "{\\"cudagraph_capture_sizes\\":[1,8]}"' in exec_line
+
+
+def test_render_quadlet_refuses_secrets_in_environment():
+    args = derive_serving_args(NEMOTRON_NANO_9B_V2, gpu_memory_gib=80)
+    with pytest.raises(ModelGateError) as err:
+        render_quadlet(args, image="i", modelcar="m", served_name="n",
+                       environment={"HF_TOKEN": "hf_secret"})
+    assert err.value.field == "environment"
+    unit = render_quadlet(args, image="i", modelcar="m", served_name="n")
+    assert "AddDevice=nvidia.com/gpu=all" in unit
