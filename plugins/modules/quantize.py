@@ -8,7 +8,7 @@ module: quantize
 short_description: Quantize one model variant with LLM Compressor
 description:
   - Runs the recipe in the quantize virtualenv's Python (C(python -m modelgate.quantize_job)).
-  - Content-addressed by (source model digest, recipe, calibration set digest, tool versions):
+  - Content-addressed by (source model digest, recipe, calibration set digest, tool versions);
     an existing checkpoint means C(ok) and nothing runs. Written to a temporary directory and
     renamed when complete, so an interrupted job never leaves a checkpoint that counts as done.
   - Recipe C(none) is the baseline: the source model itself.

@@ -22,14 +22,12 @@ options:
       - Run to open. C(latest) continues the newest run. Omitted, a new run is created.
     type: str
   inputs:
-    description: Inputs to record in the manifest (secrets must not be passed here).
+    description: Inputs to merge into the manifest (secrets must not be passed here).
     type: dict
-    default: {}
   variants:
-    description: The run's variants (name, recipe, baseline flag) to record.
+    description: The run's variants (name, recipe, baseline flag); replaces the recorded list.
     type: list
     elements: dict
-    default: []
 attributes:
   check_mode:
     support: full
@@ -65,8 +63,8 @@ def main() -> None:
         argument_spec={
             "runs_dir": {"type": "path", "required": True},
             "run_id": {"type": "str"},
-            "inputs": {"type": "dict", "default": {}},
-            "variants": {"type": "list", "elements": "dict", "default": []},
+            "inputs": {"type": "dict"},
+            "variants": {"type": "list", "elements": "dict"},
         },
         supports_check_mode=True,
     )
@@ -78,9 +76,12 @@ def main() -> None:
 
         p = module.params
         run_dir, created = RunDir.open(Path(p["runs_dir"]), p["run_id"])
-        if not module.check_mode and (p["inputs"] or p["variants"]):
-            run_dir.update(inputs=p["inputs"], variants=p["variants"])
-        return {"changed": created, "run_id": run_dir.run_id, "path": str(run_dir.path)}
+        sections = {k: p[k] for k in ("inputs", "variants") if p[k] is not None}
+        changed = created
+        if sections and not module.check_mode:
+            before = run_dir.manifest()
+            changed = run_dir.update(**sections) != before or changed
+        return {"changed": changed, "run_id": run_dir.run_id, "path": str(run_dir.path)}
 
     run(module, action)
 

@@ -9,7 +9,7 @@ short_description: Create or update a ModelGate tool virtualenv
 description:
   - Creates a virtualenv and installs pinned requirements into it, plus the modelgate package.
   - Idempotent by fingerprint (requirement files, constraints, pip arguments), not by
-    "the command ran": a second run with the same inputs installs nothing.
+    whether the command ran; a second run with the same inputs installs nothing.
 version_added: "0.1.0"
 author: ModelGate
 options:

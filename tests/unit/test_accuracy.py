@@ -128,3 +128,14 @@ def test_offline_tasks_are_complete():
         else:
             for r in rows:
                 assert 0 <= r["label"] < len(r["choices"]) == len(set(r["choices"]))
+
+
+def test_cli_presets_render_every_command(capsys):
+    from modelgate import cli
+
+    rc = cli.main(["accuracy-presets", "--base-url", "http://gpu:8000", "--model", "m"],
+                  modules=("modelgate.accuracy",))
+    assert rc == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert set(shown) == set(PRESETS)
+    assert shown["aime25"]["argv"][shown["aime25"]["argv"].index("--tasks") + 1] == "aime25"

@@ -410,3 +410,16 @@ def test_cli_bad_input(run_dir, tmp_path, capsys):
     assert rc == 2 and out["field"] == "checks[0].metric"
     rc, out = _cli(["gate", "--baseline", str(run_dir / "bf16")], capsys)
     assert rc == 2 and out["field"] == "candidate"
+
+
+def test_rates_without_a_fixed_rate_are_skipped_and_saturation_is_reported(tmp_path):
+    base_data = make_run.load_results("a", 1, rates=(1.0,), n=100)
+    cand_data = make_run.load_results("b", 2, rates=(1.0,), n=100)
+    cand_data["rates"][0]["over_saturated"] = True
+    for data in (base_data, cand_data):
+        data["rates"].append({**data["rates"][0], "rate": None, "profile": "synchronous"})
+    base = write_variant(tmp_path, "a", [base_data])
+    cand = write_variant(tmp_path, "b", [cand_data])
+    [check] = gate.evaluate(base, cand, LATENCY_ONLY).checks
+    assert check.rate == 1.0
+    assert check.reason.endswith("over-saturated: candidate")

@@ -16,6 +16,7 @@ from modelgate.loadtest import (
     PRESETS,
     get_profile,
     guidellm_command,
+    guidellm_env,
     normalize_guidellm_report,
 )
 
@@ -76,6 +77,9 @@ def test_ci_profile_is_short_and_skips_saturation_detection():
     assert kinds == ["max_duration", "max_error_rate"]
     data = _kv(_opts(argv, "--data")[0])
     assert (data["prompt_tokens"], data["output_tokens"]) == ("64", "32")
+    # few client processes: they start much faster on a 2-core host
+    assert guidellm_env(PRESETS["ci"]) == {"GUIDELLM__MAX_WORKER_PROCESSES": "2"}
+    assert guidellm_env(PRESETS["seed"]) == {}
 
 
 def test_overrides_and_passthrough_args():
@@ -116,6 +120,7 @@ def test_normalize_real_report(raw_report):
     assert [r["rate"] for r in res["rates"]] == [1.0, 2.0]
     for r, bench in zip(res["rates"], raw_report["benchmarks"], strict=True):
         assert r["profile"] == "constant"
+        assert r["stopped_by"] == ["max_duration"] and r["over_saturated"] is False
         assert r["duration_s"] == pytest.approx(20.0)
         totals = bench["metrics"]["request_totals"]
         assert r["requests"] == {"successful": totals["successful"], "errored": 0,
@@ -169,3 +174,26 @@ def test_normalize_falls_back_to_timings_for_latency():
 def test_normalize_rejects_what_is_not_a_report():
     with pytest.raises(ModelGateError, match="benchmarks"):
         normalize_guidellm_report({"results": []}, "v")
+
+
+def test_cli_normalize_prints_and_writes_results(tmp_path, capsys):
+    from modelgate import cli
+
+    out = tmp_path / "results.json"
+    rc = cli.main(["loadtest-normalize", "--report", str(REPORT), "--variant", "w4a16",
+                   "--write", str(out)], modules=("modelgate.loadtest",))
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out) == {"results": str(out), "rates": 2}
+    assert json.loads(out.read_text())["variant"] == "w4a16"
+
+
+def test_cli_loadtest_reports_a_missing_guidellm_as_json(tmp_path, capsys):
+    from modelgate import cli
+
+    rc = cli.main(["loadtest", "--target", "http://127.0.0.1:1", "--model", "m",
+                   "--processor", "/m", "--out", str(tmp_path), "--variant", "bf16",
+                   "--guidellm", str(tmp_path / "no-such-guidellm")],
+                  modules=("modelgate.loadtest",))
+    assert rc == 2
+    err = json.loads(capsys.readouterr().out)
+    assert err["field"] == "guidellm" and "guidellm==0.8.1" in err["fix"]

@@ -1,0 +1,174 @@
+"""End to end: ansible-runner drives site.yml on the embedded default, for real.
+
+Every tool runs: the tiny hybrid model is generated, LLM Compressor quantizes it, the modelcar
+images go to the local registry, vLLM CPU serves each variant taken back out of its image,
+GuideLLM and lm-eval measure it, and the gate decides. The runs go to a temporary runs
+directory; the store (models, checkpoints, images) and the virtualenvs are the project's own,
+so checkpoints built by an earlier run are reused, as they are for a user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.needs_tools]
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "Sup3r-Secret-Registry-Passw0rd-7c1e"
+HF_SECRET = "hf_NotARealTokenButSecret9d2b"
+
+
+def _tools_ready() -> None:
+    for var in ("MODELGATE_QUANTIZE_PYTHON", "MODELGATE_SERVE_PYTHON", "MODELGATE_BENCH_BIN_DIR"):
+        if not Path(os.environ.get(var, "/nonexistent")).exists():
+            pytest.skip(f"{var} is not set (run through `make test`, after provision)")
+
+
+def run_playbook(tmp: Path, name: str, playbook: str = "site.yml", *,
+                 extravars: dict[str, Any] | None = None, tags: str | None = None,
+                 verbosity: int = 0) -> Any:
+    """Run a playbook of the repo through ansible-runner; return the runner."""
+    import ansible_runner
+
+    private = tmp / f"runner-{name}"
+    private.mkdir(parents=True, exist_ok=True)
+    bin_dir = Path(sys.executable).parent
+    return ansible_runner.run(
+        private_data_dir=str(private),
+        project_dir=str(REPO),
+        playbook=str(REPO / playbook),
+        inventory=str(REPO / "inventories" / "local"),
+        extravars={"modelgate_runs_dir": str(tmp / "runs"), **(extravars or {})},
+        envvars={
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".modelgate" / "collections"),
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
+        binary=str(bin_dir / "ansible-playbook"),
+        tags=tags,
+        verbosity=verbosity,
+        quiet=True,
+        settings={"suppress_env_files": True},
+    )
+
+
+def task_results(runner: Any, role: str) -> list[dict[str, Any]]:
+    """Every ok/changed result (loop items included) of the tasks of one role."""
+    out = []
+    for ev in runner.events:
+        if ev.get("event") not in ("runner_on_ok", "runner_item_on_ok"):
+            continue
+        data = ev.get("event_data", {})
+        if data.get("role") != role or data.get("task_action", "").endswith("include_tasks"):
+            continue
+        out.append({"task": data.get("task"), "changed": bool(data.get("res", {}).get("changed")),
+                    "item": data.get("res", {}).get("item", {})})
+    return out
+
+
+def runner_text(runner: Any) -> str:
+    """The play's whole output."""
+    return runner.stdout.read() if hasattr(runner.stdout, "read") else str(runner.stdout)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    _tools_ready()
+    tmp = tmp_path_factory.mktemp("e2e")
+    runner = run_playbook(tmp, "first")
+    return tmp, runner
+
+
+def test_first_run_writes_every_artifact_and_a_verdict(first_run: tuple[Path, Any]) -> None:
+    tmp, runner = first_run
+    run_dir = (tmp / "runs" / "latest").resolve()
+    gate = json.loads((run_dir / "gate.json").read_text())
+    # The play's outcome is the gate's: rc 0 exactly when the verdict passed.
+    assert (runner.rc == 0) == gate["passed"], runner_text(runner)[-4000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [v["name"] for v in manifest["variants"]] == ["bf16", "w4a16"]
+    assert manifest["inputs"]["source_model"]["digest"].startswith("sha256:")
+    for variant in ("bf16", "w4a16"):
+        vdir = run_dir / variant
+        quant = json.loads((vdir / "quantize.json").read_text())
+        assert Path(quant["path"], "config.json").is_file()
+        car = json.loads((vdir / "modelcar.json").read_text())
+        assert car["verify"]["ok"] and car["ref_by_digest"].startswith("127.0.0.1:5000/")
+        deploy = json.loads((vdir / "deploy.json").read_text())
+        assert deploy["readiness"]["ok"] and deploy["readiness"]["completion_tokens"] > 0
+        assert "--mamba-ssm-cache-dtype" in deploy["argv"]  # hybrid model detected
+        results = json.loads((vdir / "guidellm" / "results.json").read_text())
+        assert [r["rate"] for r in results["rates"]] and all(
+            r["requests"]["successful"] > 0 for r in results["rates"])
+        assert (vdir / "guidellm" / "report.json").is_file()
+        accuracy = json.loads((vdir / "accuracy" / "results.json").read_text())
+        assert accuracy["tasks"] and all(t["n"] > 0 for t in accuracy["tasks"].values())
+    # the W4A16 checkpoint really is quantized, with its recipe and provenance beside it
+    w4_ckpt = Path(json.loads((run_dir / "w4a16" / "quantize.json").read_text())["path"])
+    assert "quantization_config" in json.loads((w4_ckpt / "config.json").read_text())
+    assert (run_dir / "w4a16" / "quantize" / "recipe.yaml").is_file()
+    fidelity = json.loads((run_dir / "w4a16" / "fidelity.json").read_text())
+    assert fidelity["baseline"] == "bf16" and 0.0 <= fidelity["flip_rate"] <= 1.0
+    junit = ET.parse(run_dir / "junit.xml").getroot()
+    assert junit.iter("testcase")
+    assert (run_dir / "report.html").stat().st_size > 10_000
+    assert list(run_dir.glob("*.png"))
+
+
+def test_second_run_changes_nothing_in_quantize_and_modelcar(
+        first_run: tuple[Path, Any]) -> None:
+    tmp, _ = first_run
+    runner = run_playbook(
+        tmp, "second", tags="provision,model,quantize,modelcar", verbosity=2,
+        extravars={"modelgate_registry_password": SECRET, "modelgate_registry_username": "ci",
+                   "modelgate_hf_token": HF_SECRET},
+    )
+    assert runner.rc == 0, runner_text(runner)[-4000:]
+    for role in ("modelgate.pipeline.quantize", "modelgate.pipeline.modelcar"):
+        results = [r for r in task_results(runner, role) if r["item"]]
+        assert results, f"no task of {role} ran"
+        changed = [r for r in results if r["changed"]]
+        assert not changed, f"{role} changed on a second run: {changed}"
+    venvs = [r for r in task_results(runner, "modelgate.pipeline.toolchain")
+             if r["task"] == "Create the tool virtualenvs" and r["item"]]
+    assert venvs and not any(r["changed"] for r in venvs)
+    # Secrets given to the play never reach its output, the run directory or the events.
+    text = runner_text(runner)
+    assert SECRET not in text and HF_SECRET not in text
+    events = json.dumps(list(runner.events))
+    assert SECRET not in events and HF_SECRET not in events
+    for path in (tmp / "runs").rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            data = path.read_bytes()
+            assert SECRET.encode() not in data and HF_SECRET.encode() not in data, path
+
+
+def test_degraded_candidate_fails_the_play_with_the_gate_message(
+        first_run: tuple[Path, Any]) -> None:
+    tmp, _ = first_run
+    # The same W4A16 checkpoint, served so that requests queue one by one: a real latency
+    # regression of a deployed candidate.
+    variants = [
+        {"name": "bf16", "recipe": "none", "baseline": True},
+        {"name": "w4a16-degraded", "recipe": "w4a16", "group_size": 64,
+         "serving_overrides": {"max-num-seqs": 1}},
+    ]
+    runner = run_playbook(tmp / "negative", "negative", extravars={
+        "modelgate_variants": variants, "modelgate_accuracy_tasks": []})
+    text = runner_text(runner)
+    assert runner.rc != 0, text[-4000:]
+    run_dir = (tmp / "negative" / "runs" / "latest").resolve()
+    gate = json.loads((run_dir / "gate.json").read_text())
+    assert gate["passed"] is False
+    failed = [c for v in gate["verdicts"] for c in v["checks"] if c["status"] == "fail"]
+    assert failed and any("latency" in c["metric"] or "ttft" in c["metric"] for c in failed)
+    # the play's failure message names the regression and its numbers, after the artifacts
+    assert "gate failed" in text and "w4a16-degraded" in text
+    assert (run_dir / "report.html").is_file() and (run_dir / "junit.xml").is_file()
