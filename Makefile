@@ -17,7 +17,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(HOME_DIR)/collections
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint unit integration e2e bench clean-runs teardown bootstrap
+.PHONY: demo test lint unit integration provision bench clean-runs teardown bootstrap
 
 bootstrap: $(STAMP) $(COLLECTION_LINK)
 
@@ -36,8 +36,16 @@ $(COLLECTION_LINK):
 	@mkdir -p $(dir $@)
 	@ln -sfn $(CURDIR) $@
 
+# The play prints the verdict; the report's path is printed whatever the verdict.
 demo: bootstrap
-	@$(BIN)/ansible-playbook site.yml $(DEMO_ARGS)
+	@rc=0; $(BIN)/ansible-playbook site.yml $(DEMO_ARGS) || rc=$$?; \
+	if [ -f runs/latest/report.html ]; then \
+	  echo ""; echo "Report: $$(readlink -f runs/latest)/report.html"; \
+	fi; exit $$rc
+
+# The tool virtualenvs and system packages the tests drive, made by the product's own stage.
+provision: bootstrap
+	@$(BIN)/ansible-playbook playbooks/provision.yml
 
 teardown: bootstrap
 	@$(BIN)/ansible-playbook playbooks/teardown.yml
@@ -51,10 +59,10 @@ lint: bootstrap
 unit: bootstrap
 	@bash scripts/pytest.sh tests/unit $(PYTEST_ARGS)
 
-integration: bootstrap
+integration: provision
 	@bash scripts/pytest.sh tests/integration $(PYTEST_ARGS)
 
-test: lint
+test: lint provision
 	@bash scripts/pytest.sh tests $(PYTEST_ARGS)
 
 bench: bootstrap

@@ -22,7 +22,9 @@ options:
     choices: [present, extracted]
     default: present
   checkpoint:
-    description: The checkpoint directory (C(state=present)).
+    description:
+      - The checkpoint directory (C(state=present)); default, the path the run's quantize
+        record names for C(variant).
     type: path
   variant:
     description: The variant's name (for the record and the title label).
@@ -72,7 +74,8 @@ options:
     type: path
 attributes:
   check_mode:
-    support: none
+    support: full
+    details: Reports whether a push or an extraction would happen; builds and sends nothing.
   diff_mode:
     support: none
 """
@@ -128,9 +131,11 @@ def main() -> None:
             "run_path": {"type": "path"},
         },
         required_if=[
-            ("state", "present", ["checkpoint", "layout_dir", "registry", "repository"]),
+            ("state", "present", ["layout_dir", "registry", "repository"]),
             ("state", "extracted", ["ref", "dest"]),
         ],
+        required_one_of=[("checkpoint", "run_path", "ref")],
+        supports_check_mode=True,
     )
 
     def action() -> dict:
@@ -145,11 +150,26 @@ def main() -> None:
         if p["state"] == "extracted":
             dest = Path(p["dest"])
             before = modelcar.extracted_digest(dest)
+            if module.check_mode:
+                remote = modelcar.remote_digest(p["ref"], tls_verify=p["tls_verify"], **creds)
+                return {"changed": before != remote, "path": str(dest), "digest": remote}
             path = modelcar.extract_models(p["ref"], dest, tls_verify=p["tls_verify"], **creds)
             after = modelcar.extracted_digest(dest)
             return {"changed": before != after, "path": str(path), "digest": after}
 
-        checkpoint = Path(p["checkpoint"])
+        from modelgate.registry import check_reachable
+
+        check_reachable(p["registry"], tls_verify=p["tls_verify"])  # before any build
+        run_dir = RunDir(Path(p["run_path"])) if p["run_path"] and p["variant"] else None
+        if p["checkpoint"]:
+            checkpoint = Path(p["checkpoint"])
+        else:
+            if run_dir is None:
+                module.fail_json(msg="give checkpoint, or run_path and variant")
+            if module.check_mode and not (run_dir.path / p["variant"] / "quantize.json").exists():
+                return {"changed": True, "msg": f"{p['variant']} is not quantized yet: "
+                                                "its modelcar would be built and pushed"}
+            checkpoint = Path(run_dir.read(p["variant"], "quantize")["path"])
         layouts = Path(p["layout_dir"])
         if p["base"] == "busybox":
             base_layout = layouts / "base-busybox"
@@ -164,9 +184,15 @@ def main() -> None:
             **p["provenance"],
         })
         tag = p["tag"] or modelcar.image_tag(ckpt_digest)
+        ref = f"{p['registry']}/{p['repository']}:{tag}"
+        if module.check_mode:
+            remote = modelcar.remote_digest(ref, tls_verify=p["tls_verify"], **creds)
+            local = None
+            if (layouts / tag / "index.json").exists():
+                local = modelcar.read_layout_manifest(layouts / tag)[0]
+            return {"changed": remote is None or remote != local, "ref": ref, "digest": local}
         image = modelcar.build_modelcar(checkpoint, base_layout, layouts / tag,
                                         labels=modelcar.provenance_labels(prov))
-        ref = f"{p['registry']}/{p['repository']}:{tag}"
         pushed = modelcar.push_modelcar(layouts / tag, ref, tls_verify=p["tls_verify"], **creds)
         verified = modelcar.verify_pushed(ref, checkpoint, tls_verify=p["tls_verify"], **creds)
         if not verified.ok:
@@ -182,8 +208,8 @@ def main() -> None:
                        for lyr in image.layers],
             "push": pushed.to_dict(), "verify": verified.to_dict(),
         }
-        if p["run_path"] and p["variant"]:
-            RunDir(Path(p["run_path"])).record(p["variant"], "modelcar", record)
+        if run_dir is not None:
+            run_dir.record(p["variant"], "modelcar", record)
         return {"changed": image.changed or pushed.changed, **record}
 
     run(module, action)

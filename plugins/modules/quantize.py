@@ -7,7 +7,9 @@ DOCUMENTATION = r"""
 module: quantize
 short_description: Quantize one model variant with LLM Compressor
 description:
-  - Runs the recipe in the quantize virtualenv's Python (C(python -m modelgate.quantize_job)).
+  - Runs the recipe in the quantize virtualenv's Python (C(python -m modelgate.quantize_job)),
+    or with O(runner=podman) the same job in a container (CDI GPU devices, the model and the
+    store mounted at their host paths, ModelGate's code mounted read-only).
   - Content-addressed by (source model digest, recipe, calibration set digest, tool versions);
     an existing checkpoint means C(ok) and nothing runs. Written to a temporary directory and
     renamed when complete, so an interrupted job never leaves a checkpoint that counts as done.
@@ -54,9 +56,43 @@ options:
     type: int
     default: 512
   python:
-    description: The quantize virtualenv's Python.
+    description:
+      - The quantize virtualenv's Python (O(runner=local)); it also runs nothing else.
+      - With O(runner=podman), the Python inside O(image) is O(container_python) instead.
     type: str
     required: true
+  runner:
+    description: Where the job runs.
+    type: str
+    choices: [local, podman]
+    default: local
+  image:
+    description: The image with python3 and llmcompressor (O(runner=podman)).
+    type: str
+  devices:
+    description: CDI devices given to the container (O(runner=podman)).
+    type: list
+    elements: str
+    default: [nvidia.com/gpu=all]
+  podman:
+    description: The podman executable (O(runner=podman)).
+    type: str
+    default: podman
+  container_python:
+    description: The Python inside O(image) (O(runner=podman)).
+    type: str
+    default: python3
+  container_args:
+    description: Extra C(podman run) arguments (O(runner=podman)), e.g. C(--ipc=host).
+    type: list
+    elements: str
+    default: []
+  progress_file:
+    description:
+      - Also append the job's progress lines (C(<ISO time> layer 4/56 elapsed 21.0s)) here;
+        truncated when the job starts. M(modelgate.pipeline.job_progress) reads it while the
+        module runs under C(async).
+    type: path
   run_path:
     description: The run directory to record into.
     type: path
@@ -76,6 +112,22 @@ EXAMPLES = r"""
     group_size: 64
     store_dir: /srv/modelgate/store/checkpoints
     python: /srv/modelgate/venvs/quantize/bin/python
+
+- name: The same in a container on a GPU host, in the background (see job_progress)
+  modelgate.pipeline.quantize:
+    model: /srv/models/nemotron-nano-9b-v2
+    variant: w4a16
+    recipe: w4a16
+    group_size: 64
+    store_dir: /var/lib/modelgate/store/checkpoints
+    python: python3
+    runner: podman
+    image: registry.example.com/ai/llm-compressor:0.14
+    devices: [nvidia.com/gpu=0]
+    progress_file: /var/lib/modelgate/store/checkpoints/.progress/w4a16.log
+  async: 21600
+  poll: 0
+  register: started
 """
 
 RETURN = r"""
@@ -111,7 +163,15 @@ def main() -> None:
             "max_seq_length": {"type": "int", "default": 512},
             "python": {"type": "str", "required": True},
             "run_path": {"type": "path"},
+            "runner": {"type": "str", "choices": ["local", "podman"], "default": "local"},
+            "image": {"type": "str"},
+            "devices": {"type": "list", "elements": "str", "default": ["nvidia.com/gpu=all"]},
+            "podman": {"type": "str", "default": "podman"},
+            "container_python": {"type": "str", "default": "python3"},
+            "container_args": {"type": "list", "elements": "str", "default": []},
+            "progress_file": {"type": "path"},
         },
+        required_if=[("runner", "podman", ["image"])],
         supports_check_mode=True,
     )
 
@@ -134,8 +194,31 @@ def main() -> None:
                 write_corpus(corpus)
             files = [corpus]
         calibration = CalibrationSpec(files, p["num_samples"], p["max_seq_length"])
+        progress_file = Path(p["progress_file"]) if p["progress_file"] else None
+        if progress_file is not None and not module.check_mode:
+            progress_file.parent.mkdir(parents=True, exist_ok=True)
+            progress_file.write_text("")  # the poller must not show the previous run's lines
+        runner_kwargs: dict = {}
+        if p["runner"] == "podman":
+            from modelgate.quantize_runners import (
+                PodmanRunner,
+                podman_job_argv,
+                podman_mounts,
+                probe_podman_tool_versions,
+            )
+
+            podman = PodmanRunner(image=p["image"], devices=tuple(p["devices"]),
+                                  podman=p["podman"], python=p["container_python"],
+                                  extra_args=tuple(p["container_args"]))
+            podman.validate()
+            volumes = podman_mounts(Path(p["model"]), store, files)
+            runner_kwargs = {
+                "tool_versions": probe_podman_tool_versions(podman),
+                "job_argv": lambda spec_path: podman_job_argv(podman, spec_path, volumes),
+            }
         result = quantize_variant(p["model"], store, recipe, calibration, p["python"],
-                                  check_mode=module.check_mode)
+                                  check_mode=module.check_mode, progress_file=progress_file,
+                                  **runner_kwargs)
         out = result.to_dict()
         if p["run_path"] and not module.check_mode:
             run_dir = RunDir(Path(p["run_path"]))

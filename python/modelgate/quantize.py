@@ -157,14 +157,36 @@ def _remove_stale(store: Path, key: str) -> list[str]:
     return removed
 
 
+def _die_with_parent() -> None:
+    """In the job's process: receive SIGTERM when the runner dies, even by SIGKILL.
+
+    Ansible's async timeout SIGKILLs the module's process group; the job runs in its own
+    session (so Ctrl-C reaches the runner first), and would otherwise be orphaned.
+    """
+    with contextlib.suppress(Exception):  # Linux only; elsewhere the runner's handler remains
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+
+
 def _stream_job(argv: list[str], log_path: Path, progress_log: Path,
-                progress_cb: Callable[[str], None] | None) -> int:
-    """Run the job, copying all output to ``log_path`` and progress lines to the callback."""
+                progress_cb: Callable[[str], None] | None,
+                progress_file: Path | None = None) -> int:
+    """Run the job, copying all output to ``log_path`` and progress lines to the callback.
+
+    Progress lines go to ``progress_log`` (kept beside the checkpoint) and, when given, to
+    ``progress_file``, a fixed path a poller outside this process can read while the job runs.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log, progress_log.open("w") as plog:
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(log_path.open("w"))
+        plogs = [stack.enter_context(progress_log.open("w"))]
+        if progress_file is not None:
+            progress_file.parent.mkdir(parents=True, exist_ok=True)
+            plogs.append(stack.enter_context(progress_file.open("a")))
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env={**os.environ, **_job_env()},
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -174,8 +196,9 @@ def _stream_job(argv: list[str], log_path: Path, progress_log: Path,
                 at = line.find("progress: ")
                 if at >= 0:
                     msg = line[at + len("progress: "):].rstrip("\n")
-                    plog.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
-                    plog.flush()
+                    for plog in plogs:
+                        plog.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
+                        plog.flush()
                     if progress_cb is not None:
                         progress_cb(msg)
             return proc.wait()
@@ -190,12 +213,20 @@ def _stream_job(argv: list[str], log_path: Path, progress_log: Path,
 def quantize_variant(model_dir: Path | str, store_dir: Path | str, recipe: Recipe,
                      calibration: CalibrationSpec | None, python: str,
                      progress_cb: Callable[[str], None] | None = None,
-                     check_mode: bool = False) -> QuantizeResult:
+                     check_mode: bool = False, *,
+                     progress_file: Path | None = None,
+                     tool_versions: dict[str, str] | None = None,
+                     job_argv: Callable[[Path], list[str]] | None = None) -> QuantizeResult:
     """Build (or find) the variant of ``model_dir`` quantized by ``recipe``.
 
     Returns ``changed=False`` without running anything when ``store_dir/<key>/`` is complete.
     For recipe ``none`` the variant is the source model itself (key = model digest).
     In ``check_mode`` nothing is written; ``changed`` says whether a run would happen.
+
+    ``progress_file`` also receives the job's progress lines (appended, timestamped).
+    ``tool_versions`` replaces probing ``python`` (a container runner probes its image), and
+    ``job_argv(spec_path)`` replaces ``python -m modelgate.quantize_job --spec spec_path``
+    (e.g. the same command inside ``podman run``, with the store mounted at the same path).
     """
     model_dir = Path(model_dir).resolve()
     m_digest = model_digest(model_dir)
@@ -208,7 +239,7 @@ def quantize_variant(model_dir: Path | str, store_dir: Path | str, recipe: Recip
                                  field="calibration", fix="give --calibration FILE")
         calibration.validate()
     c_digest = calibration.digest if (calibration and recipe.needs_calibration) else None
-    versions = probe_tool_versions(python)
+    versions = tool_versions if tool_versions is not None else probe_tool_versions(python)
     key = quantization_key(m_digest, recipe, c_digest, versions)
     store = Path(store_dir).resolve()
     final = store / key
@@ -237,9 +268,10 @@ def quantize_variant(model_dir: Path | str, store_dir: Path | str, recipe: Recip
         spec_path = store / f".spec-{key}.json"
         spec_path.write_text(json.dumps(spec, indent=2))
         log_path = store / ".logs" / f"{key}.log"
-        argv = [python, "-m", "modelgate.quantize_job", "--spec", str(spec_path)]
+        argv = (job_argv(spec_path) if job_argv is not None
+                else [python, "-m", "modelgate.quantize_job", "--spec", str(spec_path)])
         try:
-            rc = _stream_job(argv, log_path, tmp / "progress.log", progress_cb)
+            rc = _stream_job(argv, log_path, tmp / "progress.log", progress_cb, progress_file)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -192,3 +192,32 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="pidfile, log and config of the supervised process")
     p.add_argument("--htpasswd", default=None, help="bcrypt htpasswd file: require basic auth")
     p.set_defaults(func=_cmd_registry)
+
+
+def check_reachable(address: str, *, tls_verify: bool = True, timeout: float = 5.0) -> str:
+    """Fail fast, before anything is built, when nothing answers like a registry at ``address``.
+
+    Any HTTP answer of ``/v2/`` (200, or 401/403 when auth is on) counts as reachable; returns
+    the URL that answered. Without TLS verification plain HTTP is tried too (a loopback registry).
+    """
+    import ssl
+
+    errors = []
+    for scheme in ("https", "http") if not tls_verify else ("https",):
+        url = f"{scheme}://{address}/v2/"
+        context = ssl._create_unverified_context() if scheme == "https" and not tls_verify else None
+        try:
+            with urllib.request.urlopen(url, timeout=timeout, context=context):
+                return url
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                return url
+            errors.append(f"{url}: HTTP {exc.code}")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
+    raise ModelGateError(
+        f"no registry answers at {address} ({'; '.join(errors)})",
+        field="modelgate_registry.address",
+        fix="start the registry (the provision stage runs the local one: --tags provision), "
+        "or correct the address; set tls_verify: false only for a plain-HTTP registry",
+    )

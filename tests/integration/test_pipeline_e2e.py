@@ -10,53 +10,17 @@ so checkpoints built by an earlier run are reused, as they are for a user.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_tools, run_playbook, runner_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_tools]
 
-REPO = Path(__file__).resolve().parents[2]
 SECRET = "Sup3r-Secret-Registry-Passw0rd-7c1e"
 HF_SECRET = "hf_NotARealTokenButSecret9d2b"
-
-
-def _tools_ready() -> None:
-    for var in ("MODELGATE_QUANTIZE_PYTHON", "MODELGATE_SERVE_PYTHON", "MODELGATE_BENCH_BIN_DIR"):
-        if not Path(os.environ.get(var, "/nonexistent")).exists():
-            pytest.skip(f"{var} is not set (run through `make test`, after provision)")
-
-
-def run_playbook(tmp: Path, name: str, playbook: str = "site.yml", *,
-                 extravars: dict[str, Any] | None = None, tags: str | None = None,
-                 verbosity: int = 0) -> Any:
-    """Run a playbook of the repo through ansible-runner; return the runner."""
-    import ansible_runner
-
-    private = tmp / f"runner-{name}"
-    private.mkdir(parents=True, exist_ok=True)
-    bin_dir = Path(sys.executable).parent
-    return ansible_runner.run(
-        private_data_dir=str(private),
-        project_dir=str(REPO),
-        playbook=str(REPO / playbook),
-        inventory=str(REPO / "inventories" / "local"),
-        extravars={"modelgate_runs_dir": str(tmp / "runs"), **(extravars or {})},
-        envvars={
-            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-            "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".modelgate" / "collections"),
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        },
-        binary=str(bin_dir / "ansible-playbook"),
-        tags=tags,
-        verbosity=verbosity,
-        quiet=True,
-        settings={"suppress_env_files": True},
-    )
 
 
 def task_results(runner: Any, role: str) -> list[dict[str, Any]]:
@@ -73,14 +37,9 @@ def task_results(runner: Any, role: str) -> list[dict[str, Any]]:
     return out
 
 
-def runner_text(runner: Any) -> str:
-    """The play's whole output."""
-    return runner.stdout.read() if hasattr(runner.stdout, "read") else str(runner.stdout)
-
-
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    _tools_ready()
+    require_tools()
     tmp = tmp_path_factory.mktemp("e2e")
     runner = run_playbook(tmp, "first")
     return tmp, runner
@@ -161,7 +120,8 @@ def test_degraded_candidate_fails_the_play_with_the_gate_message(
          "serving_overrides": {"max-num-seqs": 1}},
     ]
     runner = run_playbook(tmp / "negative", "negative", extravars={
-        "modelgate_variants": variants, "modelgate_accuracy_tasks": []})
+        "modelgate_variants": variants, "modelgate_accuracy_tasks": [],
+        "modelgate_validate_rounds": 1})
     text = runner_text(runner)
     assert runner.rc != 0, text[-4000:]
     run_dir = (tmp / "negative" / "runs" / "latest").resolve()

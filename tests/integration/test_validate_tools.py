@@ -9,9 +9,9 @@ Environment (each test skips with the reason when its variable is unset):
 - ``MODELGATE_TEST_MODEL``: a model directory vLLM serves here (the tiny hybrid model)
 - ``MODELGATE_VALIDATE_TEST_PORT``: optional, default 18301
 
-Measured on the 2-core development machine: vLLM start-up ~40 s, the ci load profile ~80 s,
-both local accuracy tasks ~30 s, fidelity A vs A ~16 s (about 3 minutes in all). Run it
-under ``flock /tmp/modelgate-heavy.lock`` where several people share the machine.
+Measured on the 2-core development machine: vLLM start-up 26-35 s, the ci load profile
+55 s, both local accuracy tasks 34-37 s, fidelity A vs A 4-7 s (about 2 minutes in all).
+Run it under ``flock /tmp/modelgate-heavy.lock`` where several people share the machine.
 """
 
 from __future__ import annotations

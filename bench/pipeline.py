@@ -1,0 +1,220 @@
+"""bench/pipeline: what the play costs, stage by stage, and what it adds over the tools alone.
+
+Three measurements in one run, each in its own fresh store (so the first run really builds
+everything) and the project's own virtualenvs and local registry:
+
+1. ``site.yml`` through ansible-runner, a first time: wall time per stage (play).
+2. ``site.yml`` again with the same store: quantize and modelcar must find their outputs
+   (goal: their second run takes under 5% of the first).
+3. The same work "by hand": the same modelgate functions and tools called directly from
+   Python, without Ansible, in another fresh store (goal: the play adds under 10%).
+
+Figures are printed as ratios within this run, since this machine's speed drifts between runs.
+Usage: ``make bench`` (or ``python bench/pipeline.py [--skip-by-hand]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(REPO / "tests"))
+
+STAGES = ("provision", "model", "quantize", "modelcar", "deploy", "validate")
+HOME = REPO / ".modelgate"
+
+
+def _play_stage(play: str) -> str | None:
+    """Map a play name of the stage playbooks to its stage."""
+    names = {
+        "Provision the hosts that quantize, serve and measure": "provision",
+        "Run the local registry": "provision",
+        "Resolve the source model": "model",
+        "Quantize the variants": "quantize",
+        "Package each variant as a modelcar image": "modelcar",
+        "Deploy and prove each variant": "deploy",
+        "Measure each variant": "validate",
+        "Judge the run": "validate",
+    }
+    return names.get(play)
+
+
+def stage_times(runner: Any) -> dict[str, float]:
+    """Wall time per stage from the runner's event timestamps (play start to next play start)."""
+    marks: list[tuple[float, str | None]] = []
+    end = None
+    for ev in runner.events:
+        created = ev.get("created")
+        if not created:
+            continue
+        t = datetime.fromisoformat(created).timestamp()
+        if ev.get("event") == "playbook_on_play_start":
+            marks.append((t, _play_stage(ev["event_data"].get("play", ""))))
+        end = t
+    times: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+    for (t0, stage), (t1, _) in zip(marks, [*marks[1:], (end or 0.0, None)], strict=True):
+        if stage:
+            times[stage] += t1 - t0
+    return times
+
+
+def run_play(tmp: Path, name: str, store: Path, repository: str) -> tuple[dict[str, float], float]:
+    """One site.yml run; returns per-stage times and the total."""
+    from conftest import run_playbook
+
+    t0 = time.monotonic()
+    runner = run_playbook(tmp, name, extravars={
+        "modelgate_store_dir": str(store),
+        "modelgate_registry": {"address": "127.0.0.1:5000", "repository": repository,
+                               "tls_verify": False},
+    })
+    total = time.monotonic() - t0
+    if runner.rc != 0:
+        gate = (tmp / "runs" / "latest" / "gate.json")
+        if not gate.exists():  # a gate verdict is a result; anything else is a broken bench
+            raise SystemExit(f"site.yml failed in {name}; see {tmp}/runner-{name}")
+    return stage_times(runner), total
+
+
+def by_hand(tmp: Path, store: Path, repository: str) -> dict[str, float]:
+    """The same stages, the same tools, called directly (no Ansible)."""
+    from modelgate import measure, modelcar
+    from modelgate.digest import tree_digest
+    from modelgate.model_source import resolve_model, write_corpus
+    from modelgate.quantize import CalibrationSpec, quantize_variant
+    from modelgate.rundir import RunDir
+    from modelgate.serving import (
+        derive_serving_args,
+        local_server_spec,
+        start_local_server,
+        stop_local_server,
+    )
+
+    times: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+
+    def timed(stage: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.monotonic()
+        out = fn()
+        times[stage] += time.monotonic() - t0
+        return out
+
+    venvs = HOME / "venvs"
+    variants = [{"name": "bf16", "recipe": "none", "baseline": True},
+                {"name": "w4a16", "recipe": "w4a16", "group_size": 64}]
+    run, _ = RunDir.open(tmp / "runs-by-hand")
+    run.update(variants=variants)
+    model = timed("model", lambda: resolve_model(
+        "generated", store_dir=store, generator_python=str(venvs / "quantize/bin/python")))
+    from modelgate.recipes import build_recipe
+
+    corpus = write_corpus(store / "calibration" / "modelgate-corpus.jsonl")
+    ckpts = {}
+    for v in variants:
+        recipe = build_recipe(v["recipe"], group_size=v.get("group_size"))
+        ckpts[v["name"]] = timed("quantize", lambda r=recipe: quantize_variant(
+            model.path, store / "checkpoints", r, CalibrationSpec([corpus], 32, 128),
+            str(venvs / "quantize/bin/python"))).path
+    base = store / "oci" / "base-busybox"
+    refs = {}
+    for name, ckpt in ckpts.items():
+        def package(ckpt: str = ckpt) -> str:
+            modelcar.build_busybox_base(base)
+            tag = modelcar.image_tag(tree_digest(Path(ckpt)))
+            modelcar.build_modelcar(Path(ckpt), base, store / "oci" / tag)
+            ref = f"127.0.0.1:5000/{repository}:{tag}"
+            pushed = modelcar.push_modelcar(store / "oci" / tag, ref, tls_verify=False)
+            modelcar.verify_pushed(ref, Path(ckpt), tls_verify=False)
+            return f"127.0.0.1:5000/{repository}@{pushed.digest}"
+        refs[name] = timed("modelcar", package)
+
+    def serve(name: str) -> Any:
+        path = modelcar.extract_models(refs[name], store / "served" / name, tls_verify=False)
+        args = derive_serving_args(path, device="cpu", gpu_memory_gib=4,
+                                   overrides={"max-model-len": 1024},
+                                   served_model_name="tiny-nemotron-h")
+        spec = local_server_spec(path, "tiny-nemotron-h", 8000,
+                                 str(venvs / "serve/bin/python"), args, HOME / "state",
+                                 cpu_threads=1)
+        start_local_server(spec, 600)
+        return spec, path
+
+    for v in variants:  # deploy: start, prove, stop
+        spec, _ = timed("deploy", lambda v=v: serve(v["name"]))
+        timed("deploy", lambda spec=spec: stop_local_server(spec))
+    for v in variants:  # validate: start, measure, stop
+        spec, path = timed("validate", lambda v=v: serve(v["name"]))
+        try:
+            timed("validate", lambda v=v, path=path: measure.measure_variant(
+                run_path=run.path, variant=v["name"],
+                baseline="" if v.get("baseline") else "bf16",
+                base_url="http://127.0.0.1:8000", served_name="tiny-nemotron-h",
+                processor=str(path), bench_bin_dir=venvs / "bench/bin",
+                accuracy_tasks=["modelgate_choice"], cpu_affinity=[1]))
+        finally:
+            timed("validate", lambda spec=spec: stop_local_server(spec))
+    timed("validate", lambda: measure.judge_run(run.path))
+    return times
+
+
+def main() -> int:
+    """Run the measurements and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-by-hand", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary stores")
+    args = parser.parse_args()
+    os.environ.setdefault("MODELGATE_BENCH", "1")
+    tmp = Path(tempfile.mkdtemp(prefix="modelgate-bench-"))
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    try:
+        store = tmp / "store-play"
+        first, first_total = run_play(tmp / "first", "first", store, f"bench/play-{stamp}")
+        second, second_total = run_play(tmp / "second", "second", store, f"bench/play-{stamp}")
+        hand = None if args.skip_by_hand else by_hand(
+            tmp, tmp / "store-hand", f"bench/hand-{stamp}")
+        rows = []
+        for s in STAGES:
+            row = {"stage": s, "first_s": round(first[s], 1), "second_s": round(second[s], 1)}
+            if hand is not None:
+                row["by_hand_s"] = round(hand[s], 1)
+            rows.append(row)
+        print(f"{'stage':10} {'first s':>9} {'second s':>9}" + (
+            f" {'by hand s':>10}" if hand else ""))
+        for r in rows:
+            print(f"{r['stage']:10} {r['first_s']:9.1f} {r['second_s']:9.1f}" + (
+                f" {r['by_hand_s']:10.1f}" if hand else ""))
+        qm_first = first["quantize"] + first["modelcar"]
+        qm_second = second["quantize"] + second["modelcar"]
+        summary: dict[str, Any] = {
+            "rows": rows, "first_total_s": round(first_total, 1),
+            "second_total_s": round(second_total, 1),
+            "quantize_modelcar_second_over_first": round(qm_second / qm_first, 4),
+        }
+        print(f"\nquantize+modelcar, second run / first run: "
+              f"{summary['quantize_modelcar_second_over_first']:.3f} (goal < 0.05)")
+        if hand is not None:
+            work = [s for s in STAGES if s != "provision"]
+            play_work = sum(first[s] for s in work)
+            hand_work = sum(hand[s] for s in work)
+            summary["play_over_by_hand"] = round(play_work / hand_work, 3)
+            print(f"play / by hand (model..validate, first run): "
+                  f"{summary['play_over_by_hand']:.3f} (goal < 1.10)")
+        print(json.dumps(summary))
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
