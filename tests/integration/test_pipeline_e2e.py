@@ -31,8 +31,9 @@ def module_results(runner: Any, action: str) -> list[dict[str, Any]]:
             continue
         data = ev.get("event_data", {})
         res = data.get("res", {})
-        if data.get("task_action") != action or (ev["event"] == "runner_on_ok" and "results" in res):
-            continue  # a loop's summary repeats its items
+        loop_summary = ev["event"] == "runner_on_ok" and "results" in res  # repeats its items
+        if data.get("task_action") != action or loop_summary:
+            continue
         out.append({"task": data.get("task"), "changed": bool(res.get("changed")),
                     "item": res.get("item")})
     return out
