@@ -4,17 +4,21 @@ Generates a synthetic checkpoint (random, incompressible shards like real weight
 JSON files), starts a local registry, and times in one run:
 
   cp -r                 the floor: read + write every byte once
-  modelgate             build_modelcar (uncompressed layer per shard) + push_modelcar (skopeo)
+  modelgate             build_modelcar (uncompressed layer per shard) + push_modelcar (native
+                        OCI client, parallel uploads); the same layout pushed by skopeo copy
+                        to a second, empty registry for comparison
   olot                  olot over a copy of the base layout + skopeo copy
   podman build + push   Containerfile with one COPY per shard, --timestamp 0, then podman push
 
 then the bytes each re-push of an unchanged image and each push after changing one shard adds
-to the registry (counted from the registry's blob store). Needs docker-registry, skopeo,
+to the registry (counted from the registry's blob store), the registry's own CPU time during
+each push (its digest check + writes: the part no client can avoid), and the issue's goals as
+PASS/MISS lines. Needs docker-registry, skopeo,
 podman, /bin/busybox; olot when --olot points at its CLI (default: `olot` on PATH).
 
     flock /tmp/modelgate-heavy.lock python bench/modelcar.py --size-gib 1
 
-Disk: about 7x --size-gib under --workdir (checkpoint, copies, layouts, registry) plus podman
+Disk: about 8x --size-gib under --workdir (checkpoint, copies, layouts, registry) plus podman
 storage; the work directory is removed at the end unless --keep.
 """
 
@@ -34,6 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from modelgate import modelcar, registry
 
 MIB = 1 << 20
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (from /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def registry_bytes(data_dir: Path) -> int:
@@ -92,7 +103,10 @@ def main() -> int:
     ap.add_argument("--size-gib", type=float, default=4.0, help="total shard size")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--workdir", default="/tmp/modelgate-bench-modelcar")
-    ap.add_argument("--port", type=int, default=18220, help="local registry port")
+    ap.add_argument("--port", type=int, default=18620,
+                    help="local registry port (the skopeo comparison uses port + 1)")
+    ap.add_argument("--parallel", type=int, default=modelcar.DEFAULT_PARALLEL,
+                    help="parallel blob uploads of the native push")
     ap.add_argument("--olot", default=shutil.which("olot") or "/tmp/probe/ctl/bin/olot")
     ap.add_argument("--skip-podman", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -109,7 +123,9 @@ def main() -> int:
     ck = work / "ckpt"
     _, res["generate_s"] = timed(make_checkpoint, ck, size, args.shards)
     reg_dir = work / "registry"
-    registry.ensure_registry(addr, reg_dir, work / "state")
+    reg_pid = registry.ensure_registry(addr, reg_dir, work / "state")["pid"]
+    addr2 = f"127.0.0.1:{args.port + 1}"
+    reg2_pid = registry.ensure_registry(addr2, work / "registry2", work / "state2")["pid"]
     podman_refs: list[str] = []
     try:
         # floor
@@ -122,9 +138,18 @@ def main() -> int:
         # ours
         out = work / "ours"
         img, res["ours_build_s"] = timed(modelcar.build_modelcar, ck, base, out)
-        _, res["ours_push_s"] = timed(modelcar.push_modelcar, out, f"{repo}/ours:v1",
-                                         tls_verify=False)
+        cpu = cpu_seconds(reg_pid)
+        p1, res["ours_push_s"] = timed(modelcar.push_modelcar, out, f"{repo}/ours:v1",
+                                       tls_verify=False, parallel=args.parallel)
+        res["ours_push_registry_cpu_s"] = cpu_seconds(reg_pid) - cpu
+        res["ours_push_uploaded_bytes"] = p1.uploaded_bytes
         res["ours_total_s"] = res["ours_build_s"] + res["ours_push_s"]
+        # the same layout through skopeo copy, into the second (empty) registry
+        cpu = cpu_seconds(reg2_pid)
+        _, res["skopeo_push_s"] = timed(modelcar.push_modelcar, out, f"{addr2}/bench/ours:v1",
+                                        tls_verify=False, client="skopeo")
+        res["skopeo_push_registry_cpu_s"] = cpu_seconds(reg2_pid) - cpu
+        res["skopeo_total_s"] = res["ours_build_s"] + res["skopeo_push_s"]
         res["ours_manifest"] = img.manifest_digest
         img2, res["ours_rebuild_unchanged_s"] = timed(modelcar.build_modelcar, ck, base, out)
         assert img2.manifest_digest == img.manifest_digest and not img2.changed
@@ -132,6 +157,7 @@ def main() -> int:
         again, res["ours_repush_s"] = timed(modelcar.push_modelcar, out, f"{repo}/ours:v1",
                                             tls_verify=False)
         res["ours_repush_changed"] = again.changed
+        res["ours_repush_uploaded_bytes"] = again.uploaded_bytes
         res["ours_repush_registry_bytes"] = registry_bytes(reg_dir) - before
 
         # olot: layers on top of a copy of the base layout, then skopeo copy
@@ -174,7 +200,10 @@ def main() -> int:
         shard = ck / f"model-00001-of-{args.shards:05d}.safetensors"
         flip_byte(shard, 4096)
         res["shard_bytes"] = shard.stat().st_size
-        _, res["ours_one_shard_build_s"] = timed(modelcar.build_modelcar, ck, base, out)
+        img3, res["ours_one_shard_build_s"] = timed(modelcar.build_modelcar, ck, base, out)
+        res["ours_one_shard_new_layer_bytes"] = sum(
+            layer.size for layer in img3.layers
+            if layer.digest not in {x.digest for x in img.layers})
         before = registry_bytes(reg_dir)
         p3, res["ours_one_shard_push_s"] = timed(modelcar.push_modelcar, out, f"{repo}/ours:v2",
                                                  tls_verify=False)
@@ -193,6 +222,7 @@ def main() -> int:
         subprocess.run(["podman", "rmi", "-f", f"{repo}/base:v1"], capture_output=True,
                        check=False)
         registry.stop_registry(addr, work / "state")
+        registry.stop_registry(addr2, work / "state2")
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -200,12 +230,46 @@ def main() -> int:
     floor = res["cp_s"]
     print(f"\n{'method':<22}{'build s':>9}{'push s':>9}{'total s':>9}{'x cp -r':>9}")
     print(f"{'cp -r (floor)':<22}{'':>9}{'':>9}{floor:9.1f}{1.0:9.2f}")
-    for key, label in (("ours", "modelgate+skopeo"), ("olot", "olot+skopeo"),
-                       ("podman", "podman build+push")):
+    res.setdefault("skopeo_build_s", res["ours_build_s"])
+    for key, label in (("ours", "modelgate (native)"), ("skopeo", "modelgate+skopeo"),
+                       ("olot", "olot+skopeo"), ("podman", "podman build+push")):
         if f"{key}_total_s" in res:
             print(f"{label:<22}{res[f'{key}_build_s']:9.1f}{res[f'{key}_push_s']:9.1f}"
                   f"{res[f'{key}_total_s']:9.1f}{res[f'{key}_total_s'] / floor:9.2f}")
+    print(f"\nregistry CPU during the push: native {res['ours_push_registry_cpu_s']:.1f} s, "
+          f"skopeo {res['skopeo_push_registry_cpu_s']:.1f} s")
+    print(f"re-push unchanged: {res['ours_repush_registry_bytes']} bytes added; one shard "
+          f"changed: {res['ours_one_shard_uploaded_bytes']} bytes uploaded, "
+          f"{res['ours_one_shard_registry_bytes']} added (shard layer "
+          f"{res['ours_one_shard_new_layer_bytes']})\n")
+    for ok, goal in goals(res):
+        print(f"{'PASS' if ok else 'MISS'}  {goal}")
     return 0
+
+
+def goals(res: dict) -> list[tuple[bool, str]]:
+    """The issue's goals, each (met?, what and the measured numbers)."""
+    ours, floor = res["ours_total_s"], res["cp_s"]
+    out = []
+    if "podman_total_s" in res:
+        speedup = res["podman_total_s"] / ours
+        out.append((speedup >= 2.0, f"at least 2x faster than podman build+push: "
+                                    f"{speedup:.2f}x ({ours:.1f} s vs "
+                                    f"{res['podman_total_s']:.1f} s)"))
+    out.append((ours <= 2.0 * floor, f"within 2x of cp -r: {ours / floor:.2f}x "
+                                     f"({ours:.1f} s vs {floor:.1f} s)"))
+    out.append((not res["ours_repush_changed"] and res["ours_repush_registry_bytes"] == 0
+                and res["ours_repush_uploaded_bytes"] == 0,
+                f"re-push of an unchanged image uploads 0 layer bytes: "
+                f"{res['ours_repush_uploaded_bytes']} sent, "
+                f"{res['ours_repush_registry_bytes']} added"))
+    layer = res["ours_one_shard_new_layer_bytes"]
+    # the registry also gains the new config and manifest (a few KiB)
+    out.append((res["ours_one_shard_uploaded_bytes"] == layer
+                and 0 <= res["ours_one_shard_registry_bytes"] - layer < 64 * 1024,
+                f"one changed shard uploads only that shard: "
+                f"{res['ours_one_shard_uploaded_bytes']} bytes sent, shard layer {layer}"))
+    return out
 
 
 if __name__ == "__main__":

@@ -104,7 +104,8 @@ def write_calibration(path: Path, num_samples: int, max_seq_length: int) -> Path
 
 
 def run_ours(model: Path, store: Path, recipe_name: str, group_size: int, calib: Path,
-             num_samples: int, max_seq_length: int, python: str) -> dict[str, Any]:
+             num_samples: int, max_seq_length: int, python: str,
+             source_digest: str | None = None) -> dict[str, Any]:
     """The stage's Python path, exactly as the Ansible module calls it."""
     from modelgate.quantize import CalibrationSpec, quantize_variant
     from modelgate.recipes import build_recipe
@@ -112,7 +113,8 @@ def run_ours(model: Path, store: Path, recipe_name: str, group_size: int, calib:
     recipe = build_recipe(recipe_name, group_size=group_size)
     started = time.monotonic()
     result = quantize_variant(model, store, recipe,
-                              CalibrationSpec([calib], num_samples, max_seq_length), python)
+                              CalibrationSpec([calib], num_samples, max_seq_length), python,
+                              source_digest=source_digest)
     wall = time.monotonic() - started
     prov = result.provenance
     return {"wall_s": round(wall, 2), "job_elapsed_s": prov.get("elapsed_s"),
@@ -207,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="rounds; the order alternates (ours,direct / direct,ours)")
     ap.add_argument("--mamba-kernels", action="store_true",
                     help="build the model with use_mamba_kernels=True (needs mamba_ssm)")
+    ap.add_argument("--digest-from-model-stage", action="store_true",
+                    help="hash the model once before timing and pass it, as the pipeline does "
+                         "when the model stage's digest is handed to the quantize stage")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/modelgate-bench-quantize"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--python", default=sys.executable,
@@ -246,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     recipe_yaml = work / "recipe.yaml"
     recipe_yaml.write_text(recipe.to_yaml())
 
+    source_digest = None
+    if args.digest_from_model_stage:
+        from modelgate.quantize import model_digest
+
+        source_digest = model_digest(model)
+    results["digest_from_model_stage"] = bool(source_digest)
     rounds = []
     for r in range(args.repeats):
         order = ("ours", "direct") if r % 2 == 0 else ("direct", "ours")
@@ -256,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                 store = work / f"store-{r}"
                 shutil.rmtree(store, ignore_errors=True)
                 row["ours"] = run_ours(model, store, args.recipe, args.group_size, calib,
-                                       args.num_samples, args.max_seq_length, args.python)
+                                       args.num_samples, args.max_seq_length, args.python,
+                                       source_digest)
                 shutil.rmtree(store, ignore_errors=True)
             else:
                 out = work / f"direct-{r}"
@@ -268,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         row["same_tokens"] = (row["ours"]["calibration_token_digest"]
                               == row["direct"]["calibration_token_digest"])
         rounds.append(row)
+        # each round as it ends: a run cut short by a time limit still leaves its numbers
+        print("round-result " + json.dumps(row), file=sys.stderr, flush=True)
+        if args.out_json:
+            args.out_json.write_text(json.dumps({**results, "rounds": rounds}, indent=2) + "\n")
     results["rounds"] = rounds
     results["overhead_parts"] = overhead_parts(model, args.python)
     ratios = sorted(r["ratio"] for r in rounds)

@@ -87,6 +87,11 @@ options:
     type: list
     elements: str
     default: []
+  model_digest:
+    description:
+      - The source model's tree digest (C(sha256:...)) when the model stage already computed it;
+        omitted, the module hashes the model directory itself.
+    type: str
   progress_file:
     description:
       - Also append the job's progress lines (C(<ISO time> layer 4/56 elapsed 21.0s)) here;
@@ -170,6 +175,7 @@ def main() -> None:
             "container_python": {"type": "str", "default": "python3"},
             "container_args": {"type": "list", "elements": "str", "default": []},
             "progress_file": {"type": "path"},
+            "model_digest": {"type": "str"},
         },
         required_if=[("runner", "podman", ["image"])],
         supports_check_mode=True,
@@ -218,7 +224,7 @@ def main() -> None:
             }
         result = quantize_variant(p["model"], store, recipe, calibration, p["python"],
                                   check_mode=module.check_mode, progress_file=progress_file,
-                                  **runner_kwargs)
+                                  source_digest=p["model_digest"] or None, **runner_kwargs)
         out = result.to_dict()
         if p["run_path"] and not module.check_mode:
             run_dir = RunDir(Path(p["run_path"]))

@@ -5,9 +5,11 @@ model as such an image. We write the image ourselves as an OCI image layout, rep
 one uncompressed layer per large file (weight shard), the small files together in one layer,
 sorted entries, fixed mtimes, owner 0:0, world-readable modes (the serving container runs as
 UID 1001 / GID 0). The same checkpoint, base and labels always give the same manifest digest,
-so a re-push uploads nothing and a changed shard re-uploads only its own layer. ``skopeo``
-moves images between the layout and registries (``--preserve-digests``), with retries and
-credentials kept out of every argv, log and error message.
+so a re-push uploads nothing and a changed shard re-uploads only its own layer. Pushes go
+through :mod:`modelgate.oci_push` (the blob files sent as they are, in parallel, the registry
+verifying each digest: measured 2-3x faster than ``skopeo copy`` here, see bench/README.md);
+``skopeo`` pulls, inspects and verifies. Retries on transient errors, and credentials kept out
+of every argv, log and error message, on both paths.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ from pathlib import Path, PurePosixPath
 
 from modelgate.digest import sha256_file, sha256_json, tree_digest
 from modelgate.errors import ModelGateError, ToolError
+from modelgate.oci_push import (
+    DEFAULT_PARALLEL,
+    RegistryAuthError,
+    RegistryClient,
+    RegistryNotFound,
+    TransientRegistryError,
+    push_layout,
+)
 
 MODELS_DIR = "models"
 SHARD_THRESHOLD = 16 * 1024 * 1024
@@ -95,7 +105,8 @@ class PushResult:
     uploaded_layers: int = 0
     uploaded_bytes: int = 0
     skipped_layers: int = 0
-    attempts: int = 0
+    attempts: int = 0  # tries of the request that needed the most (1: nothing retried)
+    mounted_layers: int = 0  # of skipped_layers: mounted from another repository
 
     def to_dict(self) -> dict:
         """Plain-data form (for JSON and Ansible)."""
@@ -641,18 +652,6 @@ _TRANSIENT_MARKERS = ("connection refused", "connection reset", "timeout", "i/o 
                       "tls handshake", "broken pipe", "no such host")
 
 
-class RegistryAuthError(ModelGateError):
-    """The registry refused our credentials (HTTP 401/403)."""
-
-
-class RegistryNotFound(ToolError):
-    """The reference does not exist in the registry (yet)."""
-
-
-class TransientRegistryError(ToolError):
-    """A failure worth retrying: connection refused/reset, timeouts, 429, 5xx."""
-
-
 def _skopeo(args: Sequence[str], secrets: Sequence[str], timeout: float | None = None
             ) -> subprocess.CompletedProcess[str]:
     """Run skopeo once; on failure raise a classified error whose text is redacted.
@@ -718,18 +717,41 @@ def remote_digest(ref: str, *, tls_verify: bool = True, username: str | None = N
 
 
 _SKIPPED_BLOB = re.compile(r"Skipping blob (sha256:[0-9a-f]{64}) \(already present\)")
+PUSH_CLIENTS = ("native", "skopeo")
 
 
 def push_modelcar(layout: Path, ref: str, *, username: str | None = None,
                   password: str | None = None, tls_verify: bool = True,
-                  retries: int = 3) -> PushResult:
+                  retries: int = 3, client: str = "native", parallel: int = DEFAULT_PARALLEL,
+                  mount_from: Sequence[str] = (), backoff: float = 2.0) -> PushResult:
     """Push the image in ``layout`` to ``ref`` (``host/repo:tag``), idempotently.
 
     Nothing is sent when the tag already resolves to the layout's manifest digest. Layers the
-    registry already has are skipped by skopeo, so a changed shard re-uploads only its layer.
+    registry already has are skipped, so a changed shard re-uploads only its layer.
     Transient errors are retried with backoff; a 401 raises :class:`RegistryAuthError`.
+
+    ``client="native"`` (default) uses :mod:`modelgate.oci_push`: ``parallel`` blob uploads,
+    blobs found in a ``mount_from`` repository of the same registry mounted instead of sent.
+    ``client="skopeo"`` runs ``skopeo copy`` (one layer at a time; kept to compare with).
     """
+    if client not in PUSH_CLIENTS:
+        raise ModelGateError(f"push client {client!r} is unknown", field="client",
+                             fix=f"use one of {', '.join(PUSH_CLIENTS)}")
     digest, manifest = read_layout_manifest(Path(layout))
+    if client == "native":
+        registry = RegistryClient(ref.split("/", 1)[0], username=username, password=password,
+                                  tls_verify=tls_verify)
+        pushed = push_layout(Path(layout), ref, digest, manifest, client=registry,
+                             retries=retries, backoff=backoff, parallel=parallel,
+                             mount_from=mount_from)
+        by_digest = {b.digest: b for b in pushed.blobs}
+        layers = [by_digest[d["digest"]] for d in manifest["layers"]]
+        sent = [b for b in layers if b.action == "uploaded"]
+        return PushResult(changed=pushed.changed, digest=digest, ref=ref,
+                          uploaded_layers=len(sent), uploaded_bytes=sum(b.size for b in sent),
+                          skipped_layers=len(layers) - len(sent),
+                          mounted_layers=sum(b.action == "mounted" for b in layers),
+                          attempts=pushed.attempts)
     if remote_digest(ref, tls_verify=tls_verify, username=username, password=password,
                      retries=retries) == digest:
         return PushResult(changed=False, digest=digest, ref=ref, attempts=1,
@@ -740,12 +762,13 @@ def push_modelcar(layout: Path, ref: str, *, username: str | None = None,
             ["--debug", "copy", "--preserve-digests", *creds.args,
              _tls("dest-tls-verify", tls_verify),
              f"oci:{Path(layout).resolve()}", f"docker://{ref}"],
-            creds.secrets, retries=retries)
+            creds.secrets, retries=retries, backoff=backoff)
     present = set(_SKIPPED_BLOB.findall(proc.stderr or ""))
-    sent = [d for d in manifest["layers"] if d["digest"] not in present]
-    return PushResult(changed=True, digest=digest, ref=ref, uploaded_layers=len(sent),
-                      uploaded_bytes=sum(d["size"] for d in sent),
-                      skipped_layers=len(manifest["layers"]) - len(sent), attempts=attempts)
+    sent_descs = [d for d in manifest["layers"] if d["digest"] not in present]
+    return PushResult(changed=True, digest=digest, ref=ref, uploaded_layers=len(sent_descs),
+                      uploaded_bytes=sum(d["size"] for d in sent_descs),
+                      skipped_layers=len(manifest["layers"]) - len(sent_descs),
+                      attempts=attempts)
 
 
 # --------------------------------------------------------------------------- pull back
@@ -917,7 +940,8 @@ def _cmd(args: argparse.Namespace) -> int:
     elif args.action == "push":
         emit(push_modelcar(Path(args.layout), args.ref, username=args.username,
                            password=_password(args), tls_verify=tls,
-                           retries=args.retries).to_dict())
+                           retries=args.retries, client=args.client, parallel=args.parallel,
+                           mount_from=args.mount_from).to_dict())
     elif args.action == "verify":
         result = verify_pushed(args.ref, Path(args.checkpoint), tls_verify=tls,
                                username=args.username, password=_password(args))
@@ -969,6 +993,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         if name == "push":
             sp.add_argument("--layout", required=True)
             sp.add_argument("--retries", type=int, default=3)
+            sp.add_argument("--client", choices=PUSH_CLIENTS, default="native",
+                            help="native OCI client (parallel uploads) or skopeo copy")
+            sp.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
+                            help="blob uploads at a time (native client)")
+            sp.add_argument("--mount-from", action="append", default=[],
+                            help="repository on the same registry to mount blobs from "
+                                 "(repeatable)")
         elif name == "verify":
             sp.add_argument("--checkpoint", required=True)
         else:

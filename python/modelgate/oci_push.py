@@ -14,7 +14,8 @@ Per blob: ``HEAD`` (present: skip), optionally a cross-repository mount
 Auth: none, Basic, or Bearer tokens (``WWW-Authenticate: Bearer realm=...,service=...``).
 Credentials are only ever put in request headers: never in a URL, an argv, a log or an error.
 TLS is verified unless ``tls_verify`` is False (then HTTPS without verification, falling back to
-plain HTTP, like skopeo's ``--tls-verify=false``).
+plain HTTP, like skopeo's ``--tls-verify=false``); CAs and client certificates in
+``/etc/containers/certs.d/<host>/`` are used as skopeo uses them.
 """
 
 from __future__ import annotations
@@ -142,6 +143,23 @@ class _Response:
         return self.body[:200].decode(errors="replace")
 
 
+CERTS_DIRS = (Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d"))
+
+
+def _load_certs_d(ctx: ssl.SSLContext, host: str) -> None:
+    """Trust ``certs.d/<host>/*.crt`` and present ``*.cert``/``*.key`` pairs, as skopeo does."""
+    for root in CERTS_DIRS:
+        folder = root / host
+        if not folder.is_dir():
+            continue
+        for crt in sorted(folder.glob("*.crt")):
+            ctx.load_verify_locations(cafile=str(crt))
+        for cert in sorted(folder.glob("*.cert")):
+            key = cert.with_suffix(".key")
+            if key.is_file():
+                ctx.load_cert_chain(str(cert), str(key))
+
+
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
     """Parse ``WWW-Authenticate: Bearer realm="...",service="..."`` into (scheme, params)."""
     scheme, _, rest = header.strip().partition(" ")
@@ -183,6 +201,7 @@ class RegistryClient:
             if not self.tls_verify:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
+            _load_certs_d(ctx, host)
             return http.client.HTTPSConnection(host, timeout=self.timeout, context=ctx)
         return http.client.HTTPConnection(host, timeout=self.timeout)
 

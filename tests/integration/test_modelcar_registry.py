@@ -2,7 +2,9 @@
 
 Drives real tools: Debian's docker-registry (started by ``modelgate.registry`` on
 127.0.0.1:18210 / :18211 with its data in tmp), skopeo, podman (runc) and /bin/busybox
-(busybox-static). Each test is skipped, with the reason, when a tool is missing.
+(busybox-static). Pushes use the native client (modelgate.oci_push) unless a test says
+``client="skopeo"``; pulls and verification use skopeo. Each test is skipped, with the
+reason, when a tool is missing.
 Environment: MODELGATE_TEST_REGISTRY_PORT overrides the first port (the second is +1).
 """
 
@@ -167,6 +169,30 @@ def test_one_shard_change_reuploads_only_that_layer(pushed, reg, base, checkpoin
     added = _blobs(reg["data"]) - blobs_before
     assert new_layers[0].digest.removeprefix("sha256:") in added
     assert len(added) == 3
+
+
+def test_cross_repo_mount_sends_no_layer_bytes(pushed, reg):
+    # the same image into another repository: every layer is mounted from the first one
+    ref = f"{ADDR}/modelgate-test/other:{pushed['image'].tag}"
+    blobs_before = _blobs(reg["data"])
+    result = modelcar.push_modelcar(pushed["layout"], ref, tls_verify=False,
+                                    mount_from=["modelgate-test/tiny"])
+    layers = modelcar.read_layout_manifest(pushed["layout"])[1]["layers"]
+    assert result.changed and result.digest == pushed["push"].digest
+    assert result.uploaded_bytes == 0 and result.uploaded_layers == 0
+    assert result.mounted_layers == len(layers) == result.skipped_layers
+    assert _blobs(reg["data"]) == blobs_before
+    assert modelcar.remote_digest(ref, tls_verify=False) == pushed["push"].digest
+
+
+def test_skopeo_and_native_clients_push_the_same_image(pushed):
+    # skopeo stays available (client="skopeo"); both keep the layout's manifest digest
+    ref = f"{ADDR}/modelgate-test/via-skopeo:{pushed['image'].tag}"
+    result = modelcar.push_modelcar(pushed["layout"], ref, tls_verify=False, client="skopeo")
+    assert result.changed and result.digest == pushed["push"].digest
+    assert modelcar.remote_digest(ref, tls_verify=False) == pushed["push"].digest
+    again = modelcar.push_modelcar(pushed["layout"], ref, tls_verify=False)  # native
+    assert again.changed is False and again.uploaded_bytes == 0
 
 
 def test_verify_pushed_matches_checkpoint_and_catches_a_difference(pushed, checkpoint,

@@ -109,9 +109,9 @@ def test_second_run_changes_nothing_in_quantize_and_modelcar(
             assert SECRET.encode() not in data and HF_SECRET.encode() not in data, path
 
 
-def test_degraded_candidate_fails_the_play_with_the_gate_message(
-        first_run: tuple[Path, Any]) -> None:
-    tmp, _ = first_run
+def test_degraded_candidate_fails_the_play_with_the_gate_message(tmp_path: Path) -> None:
+    require_tools()
+    tmp = tmp_path
     # The same W4A16 checkpoint, served so that requests queue one by one: a real latency
     # regression of a deployed candidate.
     variants = [
