@@ -183,6 +183,7 @@ def main() -> None:
 
     def action() -> dict:
         import shutil
+        import tempfile
         from pathlib import Path
 
         from modelgate.model_source import write_corpus
@@ -196,8 +197,10 @@ def main() -> None:
         files = [Path(f) for f in p["calibration_files"]]
         if not files and recipe.needs_calibration:
             corpus = store.parent / "calibration" / "modelgate-corpus.jsonl"
-            if not corpus.exists() and not module.check_mode:
-                write_corpus(corpus)
+            if not corpus.exists():
+                # in check mode the corpus goes to a temporary file, only to compute the key
+                corpus = write_corpus(Path(tempfile.mkdtemp()) / corpus.name
+                                      if module.check_mode else corpus)
             files = [corpus]
         calibration = CalibrationSpec(files, p["num_samples"], p["max_seq_length"])
         progress_file = Path(p["progress_file"]) if p["progress_file"] else None
