@@ -40,8 +40,11 @@ fi
 
 work=$(mktemp -d /var/tmp/modelgate-vllm-cpu.XXXXXX)
 builder="modelgate-vllm-cpu-build-$key"
+base="localhost/modelgate/debian-$suite:$key"
+# whatever happens, only the finished image stays: no builder container, base image or rootfs
 cleanup() {
     podman rm -f "$builder" >/dev/null 2>&1 || true
+    podman rmi "$base" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -54,7 +57,6 @@ debootstrap --variant=minbase \
     "$suite" "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
     || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 rm -rf "$work"/rootfs/var/cache/apt/archives/*.deb "$work"/rootfs/var/lib/apt/lists/*
-base="localhost/modelgate/debian-$suite:$key"
 tar -C "$work/rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$base" >/dev/null
 rm -rf "$work/rootfs"
 echo ">>> base image $base after $(( $(date +%s) - t0 )) s" >&2
@@ -96,6 +98,5 @@ podman commit -q \
     --change "LABEL io.modelgate.build.key=$key" \
     --change 'LABEL io.modelgate.stand-in-for=registry.redhat.io/rhaiis/vllm-cuda-rhel9' \
     "$builder" "$image" >/dev/null
-podman rmi "$base" >/dev/null 2>&1 || true
 echo ">>> built $image in $(( $(date +%s) - t0 )) s" >&2
 echo "$image"

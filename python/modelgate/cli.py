@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "modelgate.fidelity",
     "modelgate.gate",
     "modelgate.report",
+    "modelgate.delay_proxy",
 )
 
 

@@ -167,12 +167,14 @@ def check_gpu_count(devices: Sequence[str], available: Sequence[str],
     needed = gpus_needed(args)
     if not devices:  # CPU image: vLLM runs without GPUs; parallelism is not GPU-bound
         return 0
-    have = len(available) if devices == [f"{CDI_GPU_KIND}=all"] else len(devices)
+    # CDI's "all" is an alias of every GPU, not one more GPU
+    gpus_on_host = [d for d in available if d != f"{CDI_GPU_KIND}=all"]
+    have = len(gpus_on_host) if devices == [f"{CDI_GPU_KIND}=all"] else len(devices)
     if have < needed:
         raise ModelGateError(
             f"GPU count too small: tensor-parallel-size x pipeline-parallel-size = {needed} "
             f"GPUs, but {have} {'is' if have == 1 else 'are'} chosen "
-            f"({', '.join(devices)}; the host has {len(available)})",
+            f"({', '.join(devices)}; the host has {len(gpus_on_host)})",
             field="gpus", fix=f"give the container at least {needed} GPUs (gpus: all or a list "
             f"of {needed} indices), or lower tensor-parallel-size")
     return have
@@ -236,7 +238,8 @@ def build_container(
     """Describe the serving container; its fingerprint covers every input that matters.
 
     Tokens must come in through ``secrets`` (env var -> podman secret name), never through
-    ``environment``, so they stay out of ``podman inspect``, the unit file and every log.
+    ``environment``, so they stay out of the unit file, the fingerprint and every record (podman
+    4 still shows ``type=env`` secrets to root in ``podman inspect``).
     """
     for key in environment or {}:
         if re.search(r"TOKEN|SECRET|PASSWORD|KEY", key, re.IGNORECASE):

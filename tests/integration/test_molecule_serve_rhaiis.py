@@ -47,3 +47,5 @@ def test_molecule_serve_rhaiis(repo_root: Path) -> None:
     # the idempotence step ran and found nothing changed on the second converge
     assert "Idempotence completed successfully" in out or "idempotence" in out.lower(), out[-4000:]
     assert "a broken checkpoint was served" not in out
+    # the scenario's token (serve_rhaiis_secrets) reached vLLM but no line of output
+    assert "molecule-not-a-real-token" not in out

@@ -160,7 +160,9 @@ def test_gpu_devices(gpus: object, available: list[str], expected: object) -> No
 def test_gpu_count_too_small() -> None:
     """tensor x pipeline parallelism must fit the chosen GPUs ('all' counts the host's)."""
     tp2 = {"tensor-parallel-size": 2}
-    assert check_gpu_count(["nvidia.com/gpu=all"], AVAILABLE, tp2) == 3
+    assert check_gpu_count(["nvidia.com/gpu=all"], AVAILABLE, tp2) == 2  # "all" is an alias
+    with pytest.raises(ModelGateError, match="but 1 is chosen"):
+        check_gpu_count(["nvidia.com/gpu=all"], ["nvidia.com/gpu=0", "nvidia.com/gpu=all"], tp2)
     assert check_gpu_count(["nvidia.com/gpu=0", "nvidia.com/gpu=1"], AVAILABLE, tp2) == 2
     with pytest.raises(ModelGateError, match=r"GPU count too small.* 2 GPUs, but 1 is chosen"):
         check_gpu_count(["nvidia.com/gpu=0"], AVAILABLE, tp2)
