@@ -273,9 +273,23 @@ def readiness_host(bind_address: str) -> str:
     return "127.0.0.1" if bind_address in ("0.0.0.0", "", "*") else bind_address
 
 
+# vLLM's multiprocess log prefix: "(Worker pid=35) ERROR 11-30 04:54:05 [file.py:953] "
+_VLLM_PREFIX = re.compile(r"^\(\w+ pid=\d+\)\s+(?:[A-Z]+\s+\S+\s+\S+\s+\[[^\]]*\]\s+)?")
+# Exceptions that only say "see above": the root cause is raised (and logged) before them
+_WRAPPERS = ("WorkerProc initialization failed", "Engine core initialization failed",
+             "EngineCore failed to start")
+
+
 def log_excerpt(log: str, lines: int = 20) -> tuple[str | None, str]:
-    """vLLM's most telling error line and the last ``lines`` lines of a container log."""
-    return first_error_line(log), "\n".join(log.rstrip().splitlines()[-lines:])
+    """vLLM's most telling error line and the last ``lines`` lines of a container log.
+
+    The worker's own exception (e.g. a weight shape that does not fit) is preferred over the
+    wrappers vLLM raises afterwards in the engine and API server processes.
+    """
+    stripped = [_VLLM_PREFIX.sub("", ln) for ln in log.splitlines()]
+    causes = [ln for ln in stripped if not any(w in ln for w in _WRAPPERS)]
+    err = first_error_line("\n".join(causes)) or first_error_line("\n".join(stripped))
+    return err, "\n".join(log.rstrip().splitlines()[-lines:])
 
 
 # ------------------------------------------------------------------ podman

@@ -189,3 +189,18 @@ def test_log_excerpt_names_the_vllm_error() -> None:
     err, tail = log_excerpt(log, lines=2)
     assert err is not None and err.startswith("AssertionError: Attempted to load weight")
     assert tail.splitlines() == [log.splitlines()[-2], "INFO bye"]
+
+
+def test_log_excerpt_prefers_the_worker_root_cause() -> None:
+    """vLLM's multiprocess lines: the worker's RuntimeError, not the engine's wrapper."""
+    log = "\n".join([
+        "(APIServer pid=1) WARNING 11-30 04:53:44 [system_utils.py:255] Found ulimit of 20000",
+        "(Worker pid=35) ERROR 11-30 04:54:05 [multiproc_executor.py:953] RuntimeError: start "
+        "(0) + length (1536) exceeds dimension size (768).",
+        "(EngineCore pid=23) ERROR 11-30 04:54:07 [core.py:1510] Exception: WorkerProc "
+        "initialization failed due to an exception in a background process.",
+        "Exception: WorkerProc initialization failed due to an exception in a background process.",
+        "RuntimeError: Engine core initialization failed. See root cause above.",
+    ])
+    err, _ = log_excerpt(log)
+    assert err == "RuntimeError: start (0) + length (1536) exceeds dimension size (768)."
