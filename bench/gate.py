@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -45,7 +44,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 
-from modelgate.gate import GateVerdict, evaluate, load_policy  # noqa: E402
+from modelgate.gate import GateVerdict, evaluate, load_policy, wilson_interval  # noqa: E402
 from modelgate.loadtest import LoadProfile, get_profile, run_load  # noqa: E402
 from modelgate.serving import (  # noqa: E402
     derive_serving_args,
@@ -79,17 +78,6 @@ def newest_generated_model(root: Path) -> Path:
     if not found:
         raise SystemExit(f"no generated model under {root}: run the pipeline's provision stage")
     return found[-1][1]
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 class ProxyProcess:
@@ -216,7 +204,7 @@ def summarize(trials: list[TrialResult], round_walls: list[float], args: argpars
         counts = {d: sum(1 for t in sub if t.decision == d) for d in ("pass", "fail",
                                                                         "inconclusive")}
         walls = [t.wall_s for t in sub]
-        lo, hi = wilson(counts["fail"], len(sub))
+        lo, hi = wilson_interval(counts["fail"], len(sub))
         out["kinds"][kind] = {
             "trials": len(sub), **counts,
             "fail_rate": counts["fail"] / len(sub) if sub else None,

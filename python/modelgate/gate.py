@@ -582,7 +582,8 @@ def _ci(values: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _wilson(k: int, n: int, z: float) -> tuple[float, float]:
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of the proportion k/n (z = 1.96: 95%)."""
     if n == 0:
         return 0.0, 1.0
     p = k / n
@@ -1001,8 +1002,8 @@ def _error_rate_check(check: GateCheck, base: VariantResults, cand: VariantResul
     pb, pc = kb / nb, kc / nc
     result.baseline, result.candidate, result.ratio = pb, pc, pc - pb
     z = _z(policy.bootstrap.confidence)
-    lb, ub = _wilson(kb, nb, z)
-    lc, uc = _wilson(kc, nc, z)
+    lb, ub = wilson_interval(kb, nb, z)
+    lc, uc = wilson_interval(kc, nc, z)
     # Newcombe's hybrid score interval for a difference of two proportions.
     result.ci_low = (pc - pb) - math.sqrt((pc - lc) ** 2 + (ub - pb) ** 2)
     result.ci_high = (pc - pb) + math.sqrt((uc - pc) ** 2 + (pb - lb) ** 2)
