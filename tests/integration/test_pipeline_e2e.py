@@ -112,8 +112,8 @@ def test_second_run_changes_nothing_in_quantize_and_modelcar(
 def test_degraded_candidate_fails_the_play_with_the_gate_message(tmp_path: Path) -> None:
     require_tools()
     tmp = tmp_path
-    # The same W4A16 checkpoint, served so that requests queue one by one: a real latency
-    # regression of a deployed candidate.
+    # The same W4A16 checkpoint, served so that requests queue one by one, under rates above
+    # what one sequence at a time can serve: a real latency regression of a deployed candidate.
     variants = [
         {"name": "bf16", "recipe": "none", "baseline": True},
         {"name": "w4a16-degraded", "recipe": "w4a16", "group_size": 64,
@@ -121,14 +121,15 @@ def test_degraded_candidate_fails_the_play_with_the_gate_message(tmp_path: Path)
     ]
     runner = run_playbook(tmp / "negative", "negative", extravars={
         "modelgate_variants": variants, "modelgate_accuracy_tasks": [],
-        "modelgate_validate_rounds": 1})
+        "modelgate_validate_rounds": 1, "modelgate_load_overrides": {"rates": [4, 8]}})
     text = runner_text(runner)
     assert runner.rc != 0, text[-4000:]
     run_dir = (tmp / "negative" / "runs" / "latest").resolve()
     gate = json.loads((run_dir / "gate.json").read_text())
     assert gate["passed"] is False
     failed = [c for v in gate["verdicts"] for c in v["checks"] if c["status"] == "fail"]
-    assert failed and any("latency" in c["metric"] or "ttft" in c["metric"] for c in failed)
+    load_metrics = ("request_latency_s", "ttft_ms", "itl_ms", "tpot_ms")
+    assert failed and any(c["metric"] in load_metrics for c in failed)
     # the play's failure message names the regression and its numbers, after the artifacts
     assert "gate failed" in text and "w4a16-degraded" in text
     assert (run_dir / "report.html").is_file() and (run_dir / "junit.xml").is_file()
