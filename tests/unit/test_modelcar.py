@@ -128,6 +128,30 @@ def test_build_is_reproducible_across_copies_and_mtimes(tmp_path, base_layout):
     assert img3.manifest_digest != img1.manifest_digest
 
 
+def test_parallel_build_gives_the_same_image_and_keeps_no_temp_files(tmp_path, base_layout):
+    ck = make_checkpoint(tmp_path / "ck")
+    serial = modelcar.build_modelcar(ck, base_layout, tmp_path / "serial", workers=1)
+    parallel = modelcar.build_modelcar(ck, base_layout, tmp_path / "parallel", workers=3)
+    assert parallel.manifest_digest == serial.manifest_digest
+    assert [layer.files for layer in parallel.layers] == [layer.files for layer in serial.layers]
+    assert not list((tmp_path / "parallel" / "blobs" / "sha256").glob(".layer-*"))
+
+
+def test_failed_layer_leaves_no_partial_blob(tmp_path, base_layout, monkeypatch):
+    ck = make_checkpoint(tmp_path / "ck")
+    real_add = modelcar._LayerWriter.add_file
+
+    def flaky(self, name, src, mtime, mode=0o644):  # noqa: ANN001, ANN202
+        if src.name == "model-00002-of-00002.safetensors":
+            raise OSError("disk full")
+        return real_add(self, name, src, mtime, mode)
+
+    monkeypatch.setattr(modelcar._LayerWriter, "add_file", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        modelcar.build_modelcar(ck, base_layout, tmp_path / "out", workers=2)
+    assert not list((tmp_path / "out" / "blobs" / "sha256").glob(".layer-*"))
+
+
 def test_layer_split_and_tar_metadata(tmp_path, base_layout):
     ck = make_checkpoint(tmp_path / "ck")
     img = modelcar.build_modelcar(ck, base_layout, tmp_path / "out",
