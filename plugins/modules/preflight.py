@@ -12,6 +12,8 @@ description:
     input size; vLLM CPU needs output sizes that are a multiple of 32; vLLM CUDA's mixed-input
     W4A16 kernels have their own).
   - Fails, naming every offending layer with a fix, when the recipe cannot work.
+extends_documentation_fragment:
+  - modelgate.pipeline.recipe
 version_added: "0.1.0"
 author: ModelGate
 options:
@@ -19,17 +21,6 @@ options:
     description: The model directory or its config.json.
     type: path
     required: true
-  recipe:
-    description: A preset (w4a16, fp8-dynamic, w8a8-int8, none) or a recipe YAML file.
-    type: str
-    required: true
-  group_size:
-    description: Group size for group-quantized recipes.
-    type: int
-  ignore:
-    description: Layer patterns kept in full precision (replaces the default list).
-    type: list
-    elements: str
   backend:
     description: The kernels that will serve the checkpoint.
     type: str
@@ -72,15 +63,16 @@ summary:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.modelgate.pipeline.plugins.module_utils.modelgate_module import run
+from ansible_collections.modelgate.pipeline.plugins.module_utils.recipe_spec import (
+    RECIPE_ARGS,
+)
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
+            **RECIPE_ARGS,
             "model": {"type": "path", "required": True},
-            "recipe": {"type": "str", "required": True},
-            "group_size": {"type": "int"},
-            "ignore": {"type": "list", "elements": "str"},
             "backend": {"type": "str", "choices": ["vllm-cuda", "vllm-cpu"]},
             "tensor_parallel_size": {"type": "int", "default": 1},
         },

@@ -16,6 +16,9 @@ description:
   - Recipe C(none) is the baseline: the source model itself.
   - Records C(<run>/<variant>/quantize.json) and copies C(recipe.yaml) and C(provenance.json)
     into C(<run>/<variant>/quantize/).
+extends_documentation_fragment:
+  - modelgate.pipeline.recipe
+  - modelgate.pipeline.recipe.calibration
 version_added: "0.1.0"
 author: ModelGate
 options:
@@ -27,34 +30,10 @@ options:
     description: The variant's name.
     type: str
     required: true
-  recipe:
-    description: A preset (w4a16, fp8-dynamic, w8a8-int8, none) or a recipe YAML file.
-    type: str
-    required: true
-  group_size:
-    description: Group size for group-quantized recipes.
-    type: int
-  ignore:
-    description: Layer patterns kept in full precision (replaces the default list).
-    type: list
-    elements: str
   store_dir:
     description: Where checkpoints live, one directory per key.
     type: path
     required: true
-  calibration_files:
-    description: Local .txt/.jsonl calibration files; empty = the built-in local corpus.
-    type: list
-    elements: path
-    default: []
-  num_samples:
-    description: Calibration samples.
-    type: int
-    default: 64
-  max_seq_length:
-    description: Calibration sequence length in tokens.
-    type: int
-    default: 512
   python:
     description:
       - The quantize virtualenv's Python (O(runner=local)); it also runs nothing else.
@@ -152,20 +131,20 @@ provenance:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.modelgate.pipeline.plugins.module_utils.modelgate_module import run
+from ansible_collections.modelgate.pipeline.plugins.module_utils.recipe_spec import (
+    CALIBRATION_ARGS,
+    RECIPE_ARGS,
+)
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
+            **RECIPE_ARGS,
+            **CALIBRATION_ARGS,
             "model": {"type": "path", "required": True},
             "variant": {"type": "str", "required": True},
-            "recipe": {"type": "str", "required": True},
-            "group_size": {"type": "int"},
-            "ignore": {"type": "list", "elements": "str"},
             "store_dir": {"type": "path", "required": True},
-            "calibration_files": {"type": "list", "elements": "path", "default": []},
-            "num_samples": {"type": "int", "default": 64},
-            "max_seq_length": {"type": "int", "default": 512},
             "python": {"type": "str", "required": True},
             "run_path": {"type": "path"},
             "runner": {"type": "str", "choices": ["local", "podman"], "default": "local"},

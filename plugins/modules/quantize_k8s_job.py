@@ -18,6 +18,9 @@ description:
   - With O(provenance) (the finished Job's termination message), it records
     C(<run>/<variant>/quantize.json) as the local runner does instead of rendering.
   - Recipe C(none) renders no Job; the variant is the model on O(model_pvc).
+extends_documentation_fragment:
+  - modelgate.pipeline.recipe
+  - modelgate.pipeline.recipe.calibration
 version_added: "0.1.0"
 author: ModelGate
 options:
@@ -29,34 +32,10 @@ options:
     description: The variant's name.
     type: str
     required: true
-  recipe:
-    description: A preset (w4a16, fp8-dynamic, w8a8-int8, none) or a recipe YAML file.
-    type: str
-    required: true
-  group_size:
-    description: Group size for group-quantized recipes.
-    type: int
-  ignore:
-    description: Layer patterns kept in full precision (replaces the default list).
-    type: list
-    elements: str
-  calibration_files:
-    description: Local .txt/.jsonl calibration files; empty = the built-in corpus.
-    type: list
-    elements: path
-    default: []
   calibration_dir:
     description: Where the built-in corpus is written on the controller when no files are given.
     type: path
     default: /tmp/modelgate-calibration
-  num_samples:
-    description: Calibration samples.
-    type: int
-    default: 64
-  max_seq_length:
-    description: Calibration sequence length in tokens.
-    type: int
-    default: 512
   image:
     description: The image with python3, torch and llmcompressor (pin it by digest).
     type: str
@@ -187,20 +166,20 @@ job:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.modelgate.pipeline.plugins.module_utils.modelgate_module import run
+from ansible_collections.modelgate.pipeline.plugins.module_utils.recipe_spec import (
+    CALIBRATION_ARGS,
+    RECIPE_ARGS,
+)
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
+            **RECIPE_ARGS,
+            **CALIBRATION_ARGS,
             "model": {"type": "path", "required": True},
             "variant": {"type": "str", "required": True},
-            "recipe": {"type": "str", "required": True},
-            "group_size": {"type": "int"},
-            "ignore": {"type": "list", "elements": "str"},
-            "calibration_files": {"type": "list", "elements": "path", "default": []},
             "calibration_dir": {"type": "path", "default": "/tmp/modelgate-calibration"},
-            "num_samples": {"type": "int", "default": 64},
-            "max_seq_length": {"type": "int", "default": 512},
             "image": {"type": "str", "required": True},
             "python": {"type": "str", "default": "python3"},
             "namespace": {"type": "str", "required": True},
