@@ -10,11 +10,12 @@ of it (modelgate.delay_proxy). Trials alternate between two kinds:
               the start): a FAIL is a detection
 
 Each trial is sequential: short GuideLLM rounds (the `ci` profile at one constant rate,
---seconds-per-round each) measured interleaved A1 B1 A2 B2 ...; after every pair from
+--seconds-per-round each) measured interleaved, the order flipping every pair (A1 B1 B2 A2 ...); after every pair from
 --min-pairs on, modelgate.gate.evaluate compares the variants under bench/gate_policy.yaml
 (request latency p50 within 10%, TTFT p95 within 15%, min_rounds 2 so the bootstrap resamples
-paired rounds). The trial stops once no check is inconclusive, or after --rounds-max pairs; the
-decision is the gate's verdict then (fail if any check failed, else pass or inconclusive).
+paired rounds). The trial stops once a check fails or none is inconclusive, or after
+--rounds-max pairs; the decision is the gate's verdict then (fail if any check failed, else pass
+or inconclusive).
 
 GuideLLM is pinned to core 1 (vLLM CPU binds its worker to core 0), and so is this process
 (the proxy runs in a thread of it). Run it alone on the host, holding the heavy-work lock:
@@ -168,13 +169,17 @@ class Bench:
         verdict: GateVerdict | None = None
         pairs = 0
         for k in range(1, self.args.rounds_max + 1):
-            self.measure(folder, "baseline", k, self.server_url)
-            self.measure(folder, "candidate", k, cand_target)
+            # ABBA: the order flips every pair, so a drift of the server over the trial falls
+            # on both variants alike instead of always on the one measured second
+            order = [("baseline", self.server_url), ("candidate", cand_target)]
+            for variant, target in order if k % 2 else reversed(order):
+                self.measure(folder, variant, k, target)
             pairs = k
             if k < self.args.min_pairs:
                 continue
             verdict = evaluate(folder / "baseline", folder / "candidate", self.policy)
-            if not verdict.counts["inconclusive"]:
+            # decided: a failed check makes the verdict FAIL whatever the others say
+            if verdict.counts["fail"] or not verdict.counts["inconclusive"]:
                 break
         wall = time.monotonic() - t0
         assert verdict is not None
@@ -264,9 +269,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=10, help="trials of EACH kind (A/A, regression)")
-    p.add_argument("--rounds-max", type=int, default=3,
+    p.add_argument("--rounds-max", type=int, default=4,
                    help="most interleaved pairs per trial before it ends inconclusive")
-    p.add_argument("--min-pairs", type=int, default=2,
+    p.add_argument("--min-pairs", type=int, default=3,
                    help="first look after this many pairs (the policy's min_rounds)")
     p.add_argument("--seconds-per-round", type=float, default=8.0)
     p.add_argument("--rate", type=float, default=5.0, help="constant request rate per round")
