@@ -10,12 +10,12 @@ of it (modelgate.delay_proxy). Trials alternate between two kinds:
               the start): a FAIL is a detection
 
 Each trial is sequential: short GuideLLM rounds (the `ci` profile at one constant rate,
---seconds-per-round each) measured interleaved, the order flipping every pair (A1 B1 B2 A2 ...); after every pair from
---min-pairs on, modelgate.gate.evaluate compares the variants under bench/gate_policy.yaml
-(request latency p50 within 10%, TTFT p95 within 15%, min_rounds 2 so the bootstrap resamples
-paired rounds). The trial stops once a check fails or none is inconclusive, or after
---rounds-max pairs; the decision is the gate's verdict then (fail if any check failed, else pass
-or inconclusive).
+--seconds-per-round each) measured interleaved, the order flipping every pair (A1 B1 B2 A2 ...).
+After every pair from --min-pairs on, modelgate.gate.evaluate compares the variants under
+bench/gate_policy.yaml (request latency p50 within 10%, TTFT p95 within 15%, min_rounds 3 so the
+bootstrap resamples paired rounds). The trial stops once a check fails or none is inconclusive,
+or after --rounds-max pairs; the decision is the gate's verdict then (fail if any check failed,
+else pass or inconclusive).
 
 GuideLLM is pinned to core 1 (vLLM CPU binds its worker to core 0), and so is this process
 (the proxy runs in a thread of it). Run it alone on the host, holding the heavy-work lock:

@@ -538,7 +538,7 @@ def build_modelcar(checkpoint_dir: Path, base_layout: Path, out_layout: Path,
             for group in plan]
     built: dict[int, ModelcarLayer] = {}
     todo: list[int] = []
-    for i, (key, group) in enumerate(zip(keys, plan)):
+    for i, (key, group) in enumerate(zip(keys, plan, strict=True)):
         hit = cache.get(key)
         if hit and _blob_path(out, hit["digest"]).exists():
             built[i] = ModelcarLayer(hit["digest"], hit["size"], group, hit["file_digests"])
@@ -550,12 +550,12 @@ def build_modelcar(checkpoint_dir: Path, base_layout: Path, out_layout: Path,
     n = workers or min(len(todo), len(os.sched_getaffinity(0)), _MAX_BUILD_WORKERS)
     with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
         for i, layer in zip(todo, pool.map(
-                lambda i: _write_layer(out, plan[i], sources, mtime), todo)):
+                lambda i: _write_layer(out, plan[i], sources, mtime), todo), strict=True):
             built[i] = layer
     layers = [built[i] for i in range(len(plan))]
     new_cache = {key: {"digest": layer.digest, "size": layer.size,
                        "file_digests": layer.file_digests}
-                 for key, layer in zip(keys, layers)}
+                 for key, layer in zip(keys, layers, strict=True)}
 
     all_digests = {rel: d for layer in layers for rel, d in layer.file_digests.items()}
     checkpoint_digest = tree_digest(checkpoint, all_digests)

@@ -141,7 +141,7 @@ def test_failed_layer_leaves_no_partial_blob(tmp_path, base_layout, monkeypatch)
     ck = make_checkpoint(tmp_path / "ck")
     real_add = modelcar._LayerWriter.add_file
 
-    def flaky(self, name, src, mtime, mode=0o644):  # noqa: ANN001, ANN202
+    def flaky(self, name, src, mtime, mode=0o644):
         if src.name == "model-00002-of-00002.safetensors":
             raise OSError("disk full")
         return real_add(self, name, src, mtime, mode)

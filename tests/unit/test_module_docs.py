@@ -41,7 +41,8 @@ def documented() -> dict[str, Any]:
 def _argument_spec(module: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The argument_spec the module passes to AnsibleModule (captured, nothing runs)."""
     monkeypatch.syspath_prepend(str(COLLECTIONS))
-    mod = importlib.import_module(f"ansible_collections.modelgate.pipeline.plugins.modules.{module}")
+    mod = importlib.import_module(
+        f"ansible_collections.modelgate.pipeline.plugins.modules.{module}")
     captured: dict[str, Any] = {}
 
     def fake_module(*_args: Any, **kwargs: Any) -> None:
