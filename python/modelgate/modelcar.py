@@ -522,7 +522,8 @@ def build_modelcar(checkpoint_dir: Path, base_layout: Path, out_layout: Path,
                              .read_bytes())
     files = _checkpoint_files(checkpoint)
     sources = dict(files)
-    plan = plan_layers([(rel, src.stat().st_size) for rel, src in files], threshold)
+    sizes = {rel: src.stat().st_size for rel, src in files}
+    plan = plan_layers(list(sizes.items()), threshold)
 
     previous_digest = None
     state: dict = {}
@@ -546,7 +547,7 @@ def build_modelcar(checkpoint_dir: Path, base_layout: Path, out_layout: Path,
             todo.append(i)
     # Hashing (two sha256 passes per byte: file and layer) is the build's cost; layers are
     # independent, so they are written side by side, largest first, one per CPU.
-    todo.sort(key=lambda i: -sum(sources[rel].stat().st_size for rel in plan[i]))
+    todo.sort(key=lambda i: -sum(sizes[rel] for rel in plan[i]))
     n = workers or min(len(todo), len(os.sched_getaffinity(0)), _MAX_BUILD_WORKERS)
     with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
         for i, layer in zip(todo, pool.map(
