@@ -16,9 +16,11 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
-from modelgate.delay_proxy import running_proxy
+from modelgate.delay_proxy import InterleavingProxy, running_proxy, serving_in_thread
+from modelgate.errors import ModelGateError
 
 CHUNKS = 5
 CHUNK_GAP_S = 0.06
@@ -187,3 +189,114 @@ def test_cli_runs_listens_and_reports(upstream: str) -> None:
     assert proc.returncode == 0, err
     summary = json.loads(out)
     assert summary["stats"]["responses"] == 1
+
+
+class _Named(BaseHTTPRequestHandler):
+    """An OpenAI-like upstream: every POST answers a JSON body with a fresh id and the
+    upstream's own name, streamed as one server-sent event when asked to."""
+
+    protocol_version = "HTTP/1.1"
+    counter = 0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).counter += 1
+        name = self.server.name  # type: ignore[attr-defined]
+        data = json.dumps({"id": f"cmpl-{name}-{type(self).counter}", "served_by": name})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        event = f"data: {data}\n\n".encode()
+        self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n0\r\n\r\n")
+        self.wfile.flush()
+
+
+@pytest.fixture()
+def two_upstreams() -> Iterator[dict[str, str]]:
+    servers = {}
+    for name in ("a", "b"):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Named)
+        server.name = name  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers[name] = server
+    yield {n: f"http://127.0.0.1:{s.server_address[1]}" for n, s in servers.items()}
+    for server in servers.values():
+        server.shutdown()
+        server.server_close()
+
+
+def _post(conn: http.client.HTTPConnection) -> tuple[float, dict[str, str]]:
+    t0 = time.monotonic()
+    conn.request("POST", "/v1/completions", body=b"{}", headers={"Content-Type": "x"})
+    resp = conn.getresponse()
+    body = resp.read().decode()
+    assert resp.status == 200
+    return time.monotonic() - t0, json.loads(body.removeprefix("data: ").strip())
+
+
+def test_interleaving_proxy_alternates_and_logs_each_route(
+        two_upstreams: dict[str, str], tmp_path: Path) -> None:
+    routes_file = tmp_path / "routes.jsonl"
+    proxy = InterleavingProxy(two_upstreams, {"b": 150}, routes_path=routes_file)
+    with serving_in_thread(proxy):
+        # one keep-alive client connection: its requests still go a, b, a, b, ...
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        answers = [_post(conn) for _ in range(6)]
+        conn.close()
+        deadline = time.monotonic() + 5
+        while len(proxy.routes) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    served = [a[1]["served_by"] for a in answers]
+    assert served == ["a", "b"] * 3
+    # only b's responses carry the 150 ms
+    a_times = [t for t, body in answers if body["served_by"] == "a"]
+    b_times = [t for t, body in answers if body["served_by"] == "b"]
+    assert min(b_times) >= 0.15 and max(a_times) < min(b_times)
+    logged = [json.loads(line) for line in routes_file.read_text().splitlines()]
+    assert logged == proxy.routes
+    # every record names the upstream that produced exactly that response id
+    assert [(r["upstream"], r["response_id"]) for r in logged] == \
+        [(body["served_by"], body["id"]) for _, body in answers]
+    assert all(r["status"] == 200 and r["complete"] for r in logged)
+    assert proxy.stats.by_upstream == {"a": 3, "b": 3}
+
+
+def test_interleaving_proxy_refuses_bad_setups(two_upstreams: dict[str, str]) -> None:
+    with pytest.raises(ModelGateError, match="two or more"):
+        InterleavingProxy({"a": two_upstreams["a"]})
+    with pytest.raises(ModelGateError, match="unknown upstream") as err:
+        InterleavingProxy(two_upstreams, {"c": 10})
+    assert err.value.field == "delay_ms"
+
+
+def test_interleave_cli_parses_named_upstreams(two_upstreams: dict[str, str],
+                                               tmp_path: Path) -> None:
+    code = ("import sys; from modelgate.cli import main; "
+            "sys.exit(main(sys.argv[1:], modules=('modelgate.delay_proxy',)))")
+    routes_file = tmp_path / "r.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "interleave-proxy", "--listen", "127.0.0.1:0",
+         "--upstream", f"a={two_upstreams['a']}", "--upstream", f"b={two_upstreams['b']}",
+         "--delay-ms", "a=20", "--routes", str(routes_file), "--duration", "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready["upstreams"] == two_upstreams
+        host, port = ready["listening"].removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        served = [_post(conn)[1]["served_by"] for _ in range(4)]
+        conn.close()
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert served == ["a", "b", "a", "b"]
+    assert json.loads(out)["stats"]["by_upstream"] == {"a": 2, "b": 2}
+    assert len(routes_file.read_text().splitlines()) == 4
