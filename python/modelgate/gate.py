@@ -15,7 +15,11 @@ rounds; ``results.json`` is round 1). Normalized load results::
                                {"mean", "p50", "p90", "p95", "p99"}},
                 "throughput": {"requests_per_s": float, "output_tokens_per_s": float},
                 "samples": {"request_latency_s": [float, ...], "ttft_ms": [...],
-                            "itl_ms": [...], "tpot_ms": [...]}}]}
+                            "itl_ms": [...], "tpot_ms": [...]},
+                "blocks": {"request_latency_s": [int, ...], ...}}]}   # interleaved runs only
+
+    ``blocks`` (written by ``modelgate.loadtest.split_interleaved`` for variants measured
+    together through ``modelgate interleave-proxy``) gives each sample's time block of the run.
 
     ``samples`` hold one value per successful request. A raw GuideLLM 0.8 JSON report (it has
     ``benchmarks``) is accepted too and normalized by ``modelgate.loadtest``.
@@ -39,6 +43,10 @@ Statistics
   bootstrap is hierarchical (resample rounds, then requests within each round), so run-to-run
   spread widens the interval as it should; when both variants have the same round ids (measured
   interleaved: A1 B1 A2 B2 ...) the rounds are resampled *paired*, cancelling slow drift.
+  Variants measured *together* (one load run through the interleaving proxy, their requests
+  dealt out in turn) are paired at a finer grain: each round is cut into its time blocks
+  (``blocks``), and the bootstrap resamples blocks, the same blocks for both variants, so a
+  few slow seconds of the host fall on both alike; ``min_rounds`` then counts blocks.
   Decision for ``lower_is_better`` with tolerance t: FAIL when the CI's low end is above 1+t
   (the regression is proven), PASS when its high end is at most 1+t, INCONCLUSIVE otherwise.
 * error_rate = errored / (successful + errored) per rate (incomplete requests, cut off by the
@@ -879,12 +887,18 @@ def _samples_at(variant: VariantResults, rate: float, metric: str,
         if entry is None:
             continue
         entries.append(entry)
-        raw = (entry.get("samples") or {}).get(metric)
-        if raw:
-            arr = np.asarray([x for x in raw if isinstance(x, (int, float))], dtype=float)
-            arr = arr[np.isfinite(arr)]
-            if arr.size:
-                rounds.append((rnd.round_id, arr))
+        raw = (entry.get("samples") or {}).get(metric) or []
+        blocks = (entry.get("blocks") or {}).get(metric)
+        if not isinstance(blocks, list) or len(blocks) != len(raw):
+            blocks = [None] * len(raw)
+        # An interleaved round (modelgate.loadtest.split_interleaved) is cut into its time
+        # blocks: "r1.b0", "r1.b1", ..., the same blocks for every variant of that round.
+        groups: dict[str, list[float]] = {}
+        for x, blk in zip(raw, blocks, strict=True):
+            if isinstance(x, (int, float)) and math.isfinite(x):
+                rid = rnd.round_id if blk is None else f"{rnd.round_id}.b{int(blk)}"
+                groups.setdefault(rid, []).append(float(x))
+        rounds.extend((rid, np.asarray(vals, dtype=float)) for rid, vals in groups.items())
     return rounds, entries
 
 
@@ -950,6 +964,15 @@ def _latency_check(check: GateCheck, base: VariantResults, cand: VariantResults,
         return result
     rng = _rng(policy, f"{check.name}|{check.metric}|{stat}|{rate}")
     n_boot = policy.bootstrap.resamples
+    blocked = any(".b" in rid for rid, _ in b_rounds)
+    if blocked:
+        # interleaved blocks pair by id; a block one variant has no sample in (a very low
+        # rate) cannot be paired and is left out of the resampling, not of the point ratio
+        c_ids = {rid for rid, _ in c_rounds}
+        common = [rid for rid, _ in b_rounds if rid in c_ids]
+        b_rounds = [(rid, a) for rid, a in b_rounds if rid in common]
+        c_map = dict(c_rounds)
+        c_rounds = [(rid, c_map[rid]) for rid in common]
     b_ids = [rid for rid, _ in b_rounds]
     paired = len(b_rounds) > 1 and b_ids == [rid for rid, _ in c_rounds]
     choice = rng.integers(0, len(b_rounds), size=(n_boot, len(b_rounds))) if paired else None
@@ -959,8 +982,8 @@ def _latency_check(check: GateCheck, base: VariantResults, cand: VariantResults,
         ratios = np.where(b_star > 0, c_star / b_star, np.inf)
     result.ci_low, result.ci_high = _ci(ratios, policy.bootstrap.confidence)
     result.status = _decide(result.ci_low, result.ci_high, limit, upper)
-    design = (f"{len(b_rounds)} paired rounds" if paired else
-              f"rounds {len(b_rounds)}/{len(c_rounds)}")
+    design = (f"{len(b_rounds)} paired {'interleaved blocks' if blocked else 'rounds'}"
+              if paired else f"rounds {len(b_rounds)}/{len(c_rounds)}")
     unit = _UNITS.get(check.metric, "")
     verb = {"pass": "within", "fail": "beyond", "inconclusive": "straddles"}[result.status]
     result.reason = (

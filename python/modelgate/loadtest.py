@@ -329,6 +329,111 @@ def normalize_guidellm_report(raw: dict[str, Any], variant: str) -> dict[str, An
     return {"variant": variant, "rates": rates}
 
 
+def _percentile(ordered: list[float], q: float) -> float:
+    """Linear-interpolation quantile of an ascending list (numpy's default method)."""
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (pos - lo) * (ordered[hi] - ordered[lo])
+
+
+def _sample_stats(values: list[float]) -> dict[str, float | None]:
+    """mean + percentiles of per-request samples (None when there are none)."""
+    if not values:
+        return {"mean": None, **dict.fromkeys(PERCENTILES)}
+    ordered = sorted(values)
+    return {"mean": sum(ordered) / len(ordered),
+            **{p: _percentile(ordered, int(p[1:]) / 100.0) for p in PERCENTILES}}
+
+
+def split_interleaved(raw: dict[str, Any], routes: list[dict[str, Any]], variants: list[str],
+                      block_s: float = 5.0) -> dict[str, dict[str, Any]]:
+    """Split one GuideLLM report measured through ``modelgate interleave-proxy`` per variant.
+
+    ``routes`` are the proxy's records (``upstream`` = variant, ``response_id``); a request is
+    matched to its variant by the response id GuideLLM recorded. Each variant's rate is the
+    report's rate divided by the number of variants (the proxy sends them requests in turn).
+    Metrics are computed from the variant's own per-request samples; ``blocks`` gives, for
+    each sample, its ``block_s``-second slice of the run (counted from the benchmark's start,
+    the same slices for every variant), so the gate can pair the variants slice by slice.
+    HTTP errors are counted from the proxy's records (status >= 400) when GuideLLM's errored
+    request carries no response id.
+    """
+    if block_s <= 0:
+        raise ModelGateError("block_s must be > 0", field="block_s", fix="e.g. 5")
+    benchmarks = raw.get("benchmarks")
+    if not isinstance(benchmarks, list):
+        raise ModelGateError("not a GuideLLM report: no 'benchmarks' list", field="report",
+                             fix="pass the JSON file GuideLLM wrote with --output kind=json")
+    by_id = {str(r["response_id"]): str(r["upstream"]) for r in routes
+             if r.get("response_id") and r.get("upstream") in variants}
+    out = {v: {"variant": v, "rates": []} for v in variants}
+    for bench in benchmarks:
+        whole = normalize_guidellm_report({"benchmarks": [bench]}, "interleaved")["rates"][0]
+        start = _num(bench.get("start_time")) or 0.0
+        end = _num(bench.get("end_time")) or start + (whole["duration_s"] or 0.0)
+        reqs = bench.get("requests") or {}
+        seen_ids: set[str] = set()
+        parts: dict[str, dict[str, list[Any]]] = {
+            v: {"successful": [], "errored": [], "incomplete": []} for v in variants}
+        unattributed = 0
+        for kind in ("successful", "errored", "incomplete"):
+            for req in reqs.get(kind) or []:
+                rid = str(req.get("response_id") or "")
+                seen_ids.add(rid)
+                variant = by_id.get(rid)
+                if variant is None:
+                    unattributed += 1
+                else:
+                    parts[variant][kind].append(req)
+        http_errors = {v: 0 for v in variants}
+        for r in routes:
+            status = r.get("status")
+            if (r.get("upstream") in http_errors and isinstance(status, int) and status >= 400
+                    and start <= float(r.get("sent") or 0.0) <= end
+                    and str(r.get("response_id") or "") not in seen_ids):
+                http_errors[r["upstream"]] += 1
+        for variant in variants:
+            ok = parts[variant]["successful"]
+            duration = whole["duration_s"] or 0.0
+            entry: dict[str, Any] = {
+                "rate": (whole["rate"] / len(variants)) if whole["rate"] is not None else None,
+                "profile": whole["profile"],
+                "duration_s": duration,
+                "requests": {
+                    "successful": len(ok),
+                    "errored": len(parts[variant]["errored"]) + http_errors[variant],
+                    "incomplete": len(parts[variant]["incomplete"]),
+                },
+                "metrics": {}, "samples": {}, "blocks": {},
+                "throughput": {
+                    "requests_per_s": len(ok) / duration if duration else None,
+                    "output_tokens_per_s": (sum(_num(r.get("output_tokens")) or 0.0 for r in ok)
+                                            / duration) if duration else None,
+                },
+                "stopped_by": whole["stopped_by"],
+                "over_saturated": whole["over_saturated"],
+                "interleaved": {"variants": list(variants), "block_s": block_s,
+                                "load_rate": whole["rate"], "unattributed": unattributed},
+            }
+            for src, dst in METRIC_MAP.items():
+                pairs = [(v, r) for r in ok if (v := _request_sample(r, src)) is not None]
+                entry["samples"][dst] = [v for v, _ in pairs]
+                entry["blocks"][dst] = [_block(r, start, block_s) for _, r in pairs]
+                entry["metrics"][dst] = _sample_stats(entry["samples"][dst])
+            out[variant]["rates"].append(entry)
+    for results in out.values():
+        results["rates"].sort(key=lambda r: (r["rate"] is None, r["rate"] or 0.0))
+    return out
+
+
+def _block(req: dict[str, Any], start: float, block_s: float) -> int:
+    """Which ``block_s`` slice of the benchmark the request started in."""
+    timings = (req.get("info") or {}).get("timings") or {}
+    t = _num(timings.get("request_start")) or _num(req.get("request_start_time")) or start
+    return max(0, int((t - start) // block_s))
+
+
 # ---------------------------------------------------------------------------------------
 # Running
 
@@ -431,6 +536,106 @@ def run_load(
     }
 
 
+def read_routes(path: str | Path) -> list[dict[str, Any]]:
+    """The records ``modelgate interleave-proxy --routes`` wrote (JSON lines)."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def run_interleaved_load(
+    profile: LoadProfile,
+    proxy_url: str,
+    routes_path: str | Path,
+    variants: list[str],
+    model_name: str,
+    processor: str,
+    out_dir: str | Path,
+    block_s: float = 5.0,
+    guidellm_bin: str | None = None,
+    cpu_affinity: list[int] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """One GuideLLM sweep through an interleaving proxy, split into per-variant results.
+
+    Every rate of ``profile`` is what each variant receives: GuideLLM runs at that rate times
+    the number of variants (and draws as many more samples), the proxy deals the requests out
+    in turn. Writes ``results-<variant>.json`` beside the raw report in ``out_dir``.
+    """
+    n = len(variants)
+    load = replace(profile, rates=tuple(r * n for r in profile.rates), samples=profile.samples * n)
+    summary = run_load(load, proxy_url, model_name, processor, out_dir, guidellm_bin=guidellm_bin,
+                       cpu_affinity=cpu_affinity, variant="interleaved", progress=progress)
+    raw = json.loads(Path(summary["report"]).read_text())
+    wanted = {str(r.get("response_id")) for b in raw.get("benchmarks") or []
+              for r in ((b.get("requests") or {}).get("successful") or [])}
+    # the proxy logs a request once its last byte is relayed: GuideLLM may exit a moment
+    # before the last records are written
+    deadline = time.monotonic() + 10.0
+    routes = read_routes(routes_path)
+    while not wanted <= {str(r.get("response_id")) for r in routes} and \
+            time.monotonic() < deadline:
+        time.sleep(0.1)
+        routes = read_routes(routes_path)
+    split = split_interleaved(raw, routes, variants, block_s)
+    out = Path(out_dir)
+    summary["variants"] = {}
+    for variant, results in split.items():
+        path = out / f"results-{variant}.json"
+        path.write_text(json.dumps(results, indent=2))
+        summary["variants"][variant] = {
+            "results": str(path),
+            "rates": [{"rate": r["rate"], "requests": r["requests"],
+                       "request_latency_p50_s": r["metrics"]["request_latency_s"]["p50"]}
+                      for r in results["rates"]],
+        }
+    return summary
+
+
+def measure_interleaved(
+    profile: LoadProfile,
+    upstreams: dict[str, str],
+    model_name: str,
+    processor: str,
+    run_dir: str | Path,
+    round_no: int = 1,
+    block_s: float = 5.0,
+    guidellm_bin: str | None = None,
+    cpu_affinity: list[int] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Measure several served variants at the same moments: one GuideLLM sweep through an
+    ``InterleavingProxy`` (run here, in a thread) that deals the requests out in turn.
+
+    ``upstreams``: variant name -> base URL of its server (all serving ``model_name``). The
+    raw report and the proxy's routes stay in ``run_dir/interleaved/r<round>/``; each
+    variant's results go where a separate run would put them
+    (``run_dir/<variant>/guidellm/results.json``, ``results-r<N>.json`` from round 2), so the
+    gate reads them as it reads any round, pairing the variants block by block.
+    """
+    from modelgate.delay_proxy import InterleavingProxy, serving_in_thread
+
+    run = Path(run_dir)
+    work = run / "interleaved" / f"r{round_no}"
+    work.mkdir(parents=True, exist_ok=True)
+    routes = work / "routes.jsonl"
+    routes.unlink(missing_ok=True)
+    with serving_in_thread(InterleavingProxy(upstreams, routes_path=routes)) as proxy:
+        summary = run_interleaved_load(profile, proxy.url, routes, list(upstreams), model_name,
+                                       processor, work, block_s=block_s,
+                                       guidellm_bin=guidellm_bin, cpu_affinity=cpu_affinity,
+                                       progress=progress)
+        summary["proxy"] = proxy.stats.to_dict()
+    for variant, info in summary["variants"].items():
+        name = "results.json" if round_no == 1 else f"results-r{round_no}.json"
+        dest = run / variant / "guidellm" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(info["results"], dest)
+        info["results"] = str(dest)
+    return summary
+
+
 # ---------------------------------------------------------------------------------------
 # CLI
 
@@ -445,6 +650,22 @@ def _cmd_loadtest(args: Any) -> int:
         extra_args=args.guidellm_arg or None,
     )
     affinity = [int(c) for c in args.cpu_affinity.split(",")] if args.cpu_affinity else None
+    if args.interleave:
+        from modelgate.delay_proxy import parse_named
+
+        upstreams = parse_named(args.interleave, "--interleave", number=False)
+        if len(upstreams) < 2 or args.target or args.variant:
+            raise ModelGateError(
+                "--interleave needs two or more NAME=URL and replaces --target/--variant",
+                field="interleave", fix="e.g. --interleave bf16=http://127.0.0.1:8000 "
+                "--interleave w4a16=http://127.0.0.1:8001")
+        emit(measure_interleaved(profile, upstreams, args.model, args.processor, args.out,
+                                 round_no=args.round, block_s=args.block_seconds,
+                                 guidellm_bin=args.guidellm, cpu_affinity=affinity))
+        return 0
+    if not (args.target and args.variant):
+        raise ModelGateError("loadtest needs --target and --variant (or --interleave)",
+                             field="target", fix="give the server's URL and the variant name")
     out_dir = Path(args.out) / args.variant / "guidellm"
     emit(run_load(profile, args.target, args.model, args.processor, out_dir,
                   guidellm_bin=args.guidellm, cpu_affinity=affinity, variant=args.variant))
@@ -463,14 +684,21 @@ def _cmd_normalize(args: Any) -> int:
 
 
 def register_cli(subparsers: Any) -> None:
-    """Add ``loadtest`` and ``loadtest-normalize``."""
+    """Add ``loadtest`` (one server, or several interleaved) and ``loadtest-normalize``."""
     p = subparsers.add_parser("loadtest", help="run a GuideLLM load sweep against a server")
-    p.add_argument("--target", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--target", default=None, help="server base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--model", required=True, help="served model name")
     p.add_argument("--processor", required=True, help="checkpoint directory (its tokenizer)")
     p.add_argument("--profile", default="ci", choices=sorted(PRESETS))
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--variant", required=True, help="variant name (results go to OUT/VARIANT)")
+    p.add_argument("--variant", default=None, help="variant name (results go to OUT/VARIANT)")
+    p.add_argument("--interleave", action="append", default=[], metavar="NAME=URL",
+                   help="instead of --target/--variant, twice or more: measure these variants' "
+                        "servers together, requests dealt out in turn (each gets the rates)")
+    p.add_argument("--round", type=int, default=1,
+                   help="round number (results-rN.json from round 2, as the gate pools them)")
+    p.add_argument("--block-seconds", type=float, default=5.0,
+                   help="with --interleave: the time blocks the gate pairs the variants by")
     p.add_argument("--guidellm", default=None, help="path to the guidellm executable")
     p.add_argument("--rates", type=float, nargs="+", default=None, help="override the rates")
     p.add_argument("--max-seconds", type=float, default=None, help="override seconds per rate")

@@ -28,6 +28,7 @@ from modelgate import cli
 from modelgate.accuracy import PRESETS as ACCURACY_PRESETS
 from modelgate.accuracy import run_accuracy
 from modelgate.fidelity import collect_logprobs, compare, load_prompts
+from modelgate.gate import evaluate
 from modelgate.loadtest import PRESETS as LOAD_PRESETS
 from modelgate.loadtest import guidellm_command, run_load
 from modelgate.process import ProcessSpec, start, stop, wait_http
@@ -141,6 +142,43 @@ def test_load_ci_profile(server, bench_bin, model_dir, tmp_path):
         assert all(v > 0 for v in r["samples"]["ttft_ms"])
         assert 0 < r["metrics"]["ttft_ms"]["p50"] <= r["metrics"]["ttft_ms"]["p99"]
         assert r["throughput"]["output_tokens_per_s"] > 0
+
+
+def test_load_interleaved_a_vs_a_through_the_cli(server, bench_bin, model_dir, tmp_path,
+                                                 capsys):
+    # the same server under two names: GuideLLM drives both through the interleaving proxy
+    t0 = time.monotonic()
+    rc = cli.main(["loadtest", "--interleave", f"bf16={server}", "--interleave",
+                   f"again={server}", "--model", SERVED, "--processor", str(model_dir),
+                   "--profile", "ci", "--rates", "2", "--max-seconds", "20",
+                   "--out", str(tmp_path), "--guidellm", str(bench_bin / "guidellm"),
+                   "--cpu-affinity", str(os.cpu_count() - 1)],
+                  modules=("modelgate.loadtest",))
+    TIMINGS["guidellm_interleaved_s"] = round(time.monotonic() - t0, 1)
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["proxy"]["by_upstream"]["bf16"] >= 30
+    raw = json.loads((tmp_path / "interleaved" / "r1" / "report.json").read_text())
+    # GuideLLM ran at twice the rate: each variant got the 2 requests/s asked for
+    assert raw["benchmarks"][0]["config"]["strategy"]["rate"] == 4.0
+    counts = {}
+    for variant in ("bf16", "again"):
+        [entry] = json.loads((tmp_path / variant / "guidellm" / "results.json").read_text())[
+            "rates"]
+        assert entry["rate"] == 2.0 and entry["interleaved"]["unattributed"] == 0
+        assert entry["requests"]["errored"] == 0
+        counts[variant] = entry["requests"]["successful"]
+        assert len(entry["blocks"]["request_latency_s"]) == counts[variant]
+        assert set(entry["blocks"]["request_latency_s"]) == set(range(4))  # 20 s / 5 s
+    assert counts["bf16"] >= 0.7 * 2 * 20 and abs(counts["bf16"] - counts["again"]) <= 2
+    # the gate pairs the two block by block; the same server must not fail against itself
+    verdict = evaluate(tmp_path / "bf16", tmp_path / "again", {"min_rounds": 3, "checks": [
+        {"name": "p50", "metric": "request_latency_s", "statistic": "p50", "tolerance": 0.10,
+         "min_samples": 20}]})
+    [check] = verdict.checks
+    assert check.status != "fail", check.reason
+    assert "4 paired interleaved blocks" in check.reason
+    print(f"interleaved A vs A: {check.reason}", file=sys.stderr)
 
 
 def test_accuracy_local_tasks(server, bench_bin, model_dir, tmp_path):

@@ -132,6 +132,54 @@ def test_repeated_rounds_of_a_real_regression_still_fail(tmp_path):
     assert check.n_baseline == check.n_candidate == 300
 
 
+def _interleaved_round(seed: int, host: list[float], scale: float = 1.0,
+                       n_per_block: int = 25) -> dict:
+    """One variant's half of an interleaved round: block k of the run ran on a host
+    ``host[k]`` times slower, for both variants alike (they shared those seconds)."""
+    rng = np.random.default_rng(seed)
+    samples, blocks = [], []
+    for k, slow in enumerate(host):
+        samples += list(0.15 * scale * slow * rng.lognormal(0.0, 0.15, n_per_block))
+        blocks += [k] * n_per_block
+    return {"variant": "x", "rates": [{
+        "rate": 2.5, "requests": {"successful": len(samples), "errored": 0, "incomplete": 0},
+        "samples": {"request_latency_s": samples}, "blocks": {"request_latency_s": blocks},
+        "interleaved": {"variants": ["a", "b"], "block_s": 5.0}}]}
+
+
+# the host is 1.1-1.3x slower for some blocks of the run (as this CI host is): separate runs
+# of each variant would see that as a difference between the variants
+HOST = [1.0, 1.0, 1.3, 1.2, 1.0, 1.1, 1.0, 1.0]
+
+
+def test_interleaved_blocks_pair_and_cancel_host_noise(tmp_path):
+    base = write_variant(tmp_path, "a", [_interleaved_round(1, HOST)])
+    same = write_variant(tmp_path, "b", [_interleaved_round(2, HOST)])
+    [check] = gate.evaluate(base, same, LATENCY_ONLY).checks
+    assert check.status == "pass", check.reason
+    assert "8 paired interleaved blocks" in check.reason
+    slower = write_variant(tmp_path, "c", [_interleaved_round(3, HOST, scale=1.25)])
+    [check] = gate.evaluate(base, slower, LATENCY_ONLY).checks
+    assert check.status == "fail", check.reason
+    assert 1.15 < check.ratio < 1.35
+
+
+def test_interleaved_blocks_only_one_variant_has_are_left_out_of_the_pairs(tmp_path):
+    base = write_variant(tmp_path, "a", [_interleaved_round(1, HOST)])
+    partial = _interleaved_round(2, HOST)
+    entry = partial["rates"][0]
+    keep = [i for i, b in enumerate(entry["blocks"]["request_latency_s"]) if b != 7]
+    entry["samples"]["request_latency_s"] = [entry["samples"]["request_latency_s"][i]
+                                            for i in keep]
+    entry["blocks"]["request_latency_s"] = [entry["blocks"]["request_latency_s"][i]
+                                           for i in keep]
+    cand = write_variant(tmp_path, "b", [partial])
+    [check] = gate.evaluate(base, cand, LATENCY_ONLY).checks
+    assert check.status == "pass"
+    assert "7 paired interleaved blocks" in check.reason
+    assert (check.n_baseline, check.n_candidate) == (200, 175)
+
+
 def test_min_rounds_policy(tmp_path):
     base = write_variant(tmp_path, "a", [make_run.load_results("a", 1, n=100)])
     cand = write_variant(tmp_path, "b", [make_run.load_results("b", 2, n=100)])

@@ -18,6 +18,7 @@ from modelgate.loadtest import (
     guidellm_command,
     guidellm_env,
     normalize_guidellm_report,
+    split_interleaved,
 )
 
 REPORT = Path(__file__).resolve().parent.parent / "data" / "guidellm" / "report_ci_tiny.json"
@@ -197,3 +198,63 @@ def test_cli_loadtest_reports_a_missing_guidellm_as_json(tmp_path, capsys):
     assert rc == 2
     err = json.loads(capsys.readouterr().out)
     assert err["field"] == "guidellm" and "guidellm==0.8.1" in err["fix"]
+
+
+# ---------------------------------------------------------------- interleaved runs
+
+
+def _interleaved(raw_report: dict) -> tuple[dict, list[dict]]:
+    """The stored report as if measured through an interleaving proxy: requests in order of
+    start went to a, b, a, b, ...; the proxy's records carry the same response ids."""
+    raw = json.loads(json.dumps(raw_report))
+    routes = []
+    for b, bench in enumerate(raw["benchmarks"]):
+        reqs = [r for kind in ("successful", "errored", "incomplete")
+                for r in bench["requests"][kind]]
+        reqs.sort(key=lambda r: r.get("request_start_time") or 0)
+        for i, req in enumerate(reqs):
+            req["response_id"] = f"cmpl-{b}-{i}"
+            routes.append({"seq": len(routes), "upstream": "ab"[i % 2],
+                           "sent": req.get("request_start_time") or 0,
+                           "status": 200, "response_id": req["response_id"],
+                           "complete": True})
+    return raw, routes
+
+
+def test_split_interleaved_gives_each_variant_its_own_requests(raw_report):
+    raw, routes = _interleaved(raw_report)
+    # one request of the last rate was refused by b's server and GuideLLM kept no id for it
+    last = raw["benchmarks"][-1]
+    routes.append({"seq": len(routes), "upstream": "b", "sent": last["start_time"] + 1,
+                   "status": 503, "response_id": None, "complete": True})
+    split = split_interleaved(raw, routes, ["a", "b"], block_s=5.0)
+    whole = normalize_guidellm_report(raw, "x")["rates"]
+    for i, entry in enumerate(whole):
+        a, b = split["a"]["rates"][i], split["b"]["rates"][i]
+        # each variant received half of the load GuideLLM generated
+        assert a["rate"] == b["rate"] == entry["rate"] / 2
+        assert a["requests"]["successful"] + b["requests"]["successful"] == \
+            entry["requests"]["successful"]
+        assert abs(a["requests"]["successful"] - b["requests"]["successful"]) <= 1
+        for metric, values in entry["samples"].items():
+            assert sorted(a["samples"][metric] + b["samples"][metric]) == sorted(values)
+            assert len(a["blocks"][metric]) == len(a["samples"][metric])
+            # both variants' blocks tile the same run from its start
+            assert min(a["blocks"][metric]) == 0 and min(b["blocks"][metric]) == 0
+            assert max(a["blocks"][metric]) <= entry["duration_s"] // 5
+        lat = sorted(a["samples"]["request_latency_s"])
+        assert a["metrics"]["request_latency_s"]["p50"] == pytest.approx(statistics.median(lat))
+        assert a["interleaved"] == {"variants": ["a", "b"], "block_s": 5.0,
+                                    "load_rate": entry["rate"], "unattributed": 0}
+    assert split["b"]["rates"][-1]["requests"]["errored"] == 1
+    assert split["a"]["rates"][-1]["requests"]["errored"] == 0
+
+
+def test_split_interleaved_counts_what_it_cannot_attribute(raw_report):
+    raw, routes = _interleaved(raw_report)
+    split = split_interleaved(raw, routes[: len(routes) // 2], ["a", "b"])
+    assert split["a"]["rates"][-1]["interleaved"]["unattributed"] > 0
+    with pytest.raises(ModelGateError, match="block_s"):
+        split_interleaved(raw, routes, ["a", "b"], block_s=0)
+    with pytest.raises(ModelGateError, match="benchmarks"):
+        split_interleaved({}, routes, ["a", "b"])
