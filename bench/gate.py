@@ -1,29 +1,38 @@
 """Benchmark of the gate itself: false alarms, detections, and what each decision costs.
 
-One local vLLM CPU server (the tiny generated model, --enforce-eager) and a delay proxy in front
-of it (modelgate.delay_proxy). Trials alternate between two kinds:
+One local vLLM CPU server (the tiny generated model, --enforce-eager). Trials alternate between
+two kinds:
 
   A/A         baseline = the server, candidate = the same server measured again: any FAIL is a
               false alarm
-  regression  candidate = the server through the delay proxy, which holds back every response
-              by --regression-pct of the baseline's median request latency (calibrated once, at
-              the start): a FAIL is a detection
+  regression  candidate = the server with every response held back by --regression-pct of the
+              baseline's median request latency (calibrated once, at the start): a FAIL is a
+              detection
 
-Each trial is sequential: short GuideLLM rounds (the `ci` profile at one constant rate,
---seconds-per-round each) measured interleaved, the order flipping every pair (A1 B1 B2 A2 ...).
-After every pair from --min-pairs on, modelgate.gate.evaluate compares the variants under
-bench/gate_policy.yaml (request latency p50 within 10%, TTFT p95 within 15%, min_rounds 3 so the
-bootstrap resamples paired rounds). The trial stops once a check fails or none is inconclusive,
-or after --rounds-max pairs; the decision is the gate's verdict then (fail if any check failed,
-else pass or inconclusive).
+Each trial is sequential: rounds of --seconds-per-round until the gate decides. Two designs:
 
-GuideLLM is pinned to core 1 (vLLM CPU binds its worker to core 0), and so is this process
-(the proxy runs in a thread of it). Run it alone on the host, holding the heavy-work lock:
+  interleaved (default)  one GuideLLM run per round through `modelgate interleave-proxy`, which
+              sends the requests to baseline and candidate in turn (the candidate's upstream
+              delayed for a regression); `modelgate.loadtest.split_interleaved` splits the report
+              per variant, and the gate pairs the variants by --block-seconds time blocks. Both
+              variants share every second of the run, so the host's slow spells cancel.
+  sequential  one GuideLLM run per variant per round, the order flipping every round (A1 B1 B2
+              A2 ...), the candidate of a regression behind `modelgate delay-proxy`: what the
+              pipeline's validate stage does with separate servers.
+
+After every round from --min-rounds on, modelgate.gate.evaluate compares the variants under
+bench/gate_policy.yaml (request latency p50 within 10%, TTFT p95 within 15%). The trial stops
+once a check fails or none is inconclusive, or after --rounds-max rounds; the decision is the
+gate's verdict then (fail if any check failed, else pass or inconclusive).
+
+GuideLLM is pinned to core 1 (vLLM CPU binds its worker to core 0), and so is this process;
+the proxy runs as its own process at a higher priority on every core. Run it alone on the
+host, holding the heavy-work lock:
 
     flock /tmp/modelgate-heavy.lock .modelgate/venvs/bench/bin/python bench/gate.py
 
-Writes every round's GuideLLM report and results, each trial's gate.json, and summary.json
-under --out (default /tmp/modelgate-bench-gate/<timestamp>).
+Writes every round's GuideLLM report and results (and the proxy's routes), each trial's
+gate.json, and summary.json under --out (default /tmp/modelgate-bench-gate/<timestamp>).
 """
 
 from __future__ import annotations
@@ -46,7 +55,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 
 from modelgate.gate import GateVerdict, evaluate, load_policy, wilson_interval  # noqa: E402
-from modelgate.loadtest import LoadProfile, get_profile, run_load  # noqa: E402
+from modelgate.loadtest import (  # noqa: E402
+    LoadProfile,
+    get_profile,
+    run_interleaved_load,
+    run_load,
+)
 from modelgate.serving import (  # noqa: E402
     derive_serving_args,
     local_server_spec,
@@ -57,6 +71,7 @@ from modelgate.serving import (  # noqa: E402
 
 SEED_PROTOCOL_S = 2 * 9 * 900.0  # seed: 9 constant rates x 900 s, for baseline and candidate
 SERVED_NAME = "tiny"
+VARIANTS = ("baseline", "candidate")
 
 
 @dataclass
@@ -66,7 +81,7 @@ class TrialResult:
     index: int
     kind: str  # "aa" | "regression"
     decision: str  # pass | fail | inconclusive
-    pairs: int
+    rounds: int
     wall_s: float
     delay_ms: float
     checks: list[dict[str, Any]] = field(default_factory=list)
@@ -82,16 +97,15 @@ def newest_generated_model(root: Path) -> Path:
 
 
 class ProxyProcess:
-    """`modelgate delay-proxy` as its own process: at a higher CPU priority than the load
-    client, so on a 2-core host the injected delay is the delay asked for and the proxy does
-    not bunch a stream's chunks while it waits for a core (a network hop would not)."""
+    """A `modelgate delay-proxy` / `interleave-proxy` as its own process: at a higher CPU
+    priority than the load client, so on a 2-core host the injected delay is the delay asked
+    for and the proxy does not bunch a stream's chunks while it waits for a core (a network
+    hop would not)."""
 
-    def __init__(self, upstream: str, delay_ms: float, port: int, out: Path) -> None:
-        self.log = out / "delay-proxy.log"
+    def __init__(self, argv: list[str], log: Path) -> None:
+        self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelgate.delay_proxy", "delay-proxy",
-             "--listen", f"127.0.0.1:{port}", "--upstream", upstream,
-             "--delay-ms", f"{delay_ms:.1f}"],
+            [sys.executable, "-m", "modelgate.delay_proxy", *argv],
             stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True,
             env={**os.environ, "PYTHONPATH": str(REPO / "python")},
             preexec_fn=_proxy_priority,
@@ -99,7 +113,7 @@ class ProxyProcess:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise SystemExit(f"delay proxy did not start: see {self.log}")
+            raise SystemExit(f"proxy did not start: see {self.log}")
         self.url = str(json.loads(line)["listening"])
 
     def stop(self) -> dict[str, Any]:
@@ -120,13 +134,13 @@ def _proxy_priority() -> None:
 
 
 class Bench:
-    """Runs the rounds and trials against one server (and the proxy for regressions)."""
+    """Runs the rounds and trials against one server (and a proxy in front of it)."""
 
     def __init__(self, args: argparse.Namespace, server_url: str, model_dir: Path,
                  out: Path) -> None:
         self.args = args
         self.server_url = server_url
-        self.proxy_url = ""
+        self.proxy_url = ""  # the delay proxy of the sequential design
         self.model_dir = model_dir
         self.out = out
         self.policy = load_policy(args.policy)
@@ -149,45 +163,94 @@ class Bench:
         shutil.copyfile(summary["results"], dest / f"results-r{round_no}.json")
         return summary
 
+    def measure_interleaved(self, folder: Path, round_no: int, proxy: ProxyProcess,
+                            routes: Path) -> dict[str, Any]:
+        """One GuideLLM round through the interleaving proxy, split into baseline and
+        candidate results (folder/<variant>/guidellm/results-rN.json)."""
+        t0 = time.monotonic()
+        summary = run_interleaved_load(
+            self.profile, proxy.url, routes, list(VARIANTS), SERVED_NAME, str(self.model_dir),
+            folder / f"round-{round_no}", block_s=self.args.block_seconds,
+            guidellm_bin=self.args.guidellm, cpu_affinity=self.affinity, progress=False)
+        self.round_walls.append(time.monotonic() - t0)
+        for variant in VARIANTS:
+            dest = folder / variant / "guidellm"
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(summary["variants"][variant]["results"],
+                            dest / f"results-r{round_no}.json")
+        return summary
+
+    def interleaving_proxy(self, folder: Path, delay_ms: float) -> tuple[ProxyProcess, Path]:
+        """baseline = the server, candidate = the server (+ delay_ms): requests in turn."""
+        folder.mkdir(parents=True, exist_ok=True)
+        routes = folder / "routes.jsonl"
+        argv = ["interleave-proxy", "--listen", "127.0.0.1:0", "--routes", str(routes),
+                "--upstream", f"baseline={self.server_url}",
+                "--upstream", f"candidate={self.server_url}"]
+        if delay_ms:
+            argv += ["--delay-ms", f"candidate={delay_ms:.1f}"]
+        return ProxyProcess(argv, folder / "proxy.log"), routes
+
     def calibrate(self) -> float:
-        """Warm-up round (discarded), then one round whose median latency sets the delay."""
+        """Warm-up round (discarded), then one A/A round whose baseline median latency sets
+        the delay (measured as the trials measure: interleaved or one variant at a time)."""
         folder = self.out / "calibration"
-        self.measure(folder, "warmup", 1, self.server_url)
-        summary = self.measure(folder, "baseline", 1, self.server_url)
-        median_s = float(summary["rates"][0]["request_latency_p50_s"])
+        if self.args.design == "interleaved":
+            proxy, routes = self.interleaving_proxy(folder, 0.0)
+            try:
+                self.measure_interleaved(folder / "warmup", 1, proxy, routes)
+                summary = self.measure_interleaved(folder, 1, proxy, routes)
+            finally:
+                proxy.stop()
+            rate = summary["variants"]["baseline"]["rates"][0]
+        else:
+            self.measure(folder, "warmup", 1, self.server_url)
+            rate = self.measure(folder, "baseline", 1, self.server_url)["rates"][0]
+        median_s = float(rate["request_latency_p50_s"])
         delay_ms = self.args.regression_pct / 100.0 * median_s * 1000.0
         print(f"calibration: median request latency {median_s * 1000:.1f} ms at "
-              f"{self.args.rate} rps ({summary['rates'][0]['requests']}); regression delay "
+              f"{self.args.rate} rps per variant ({rate['requests']}); regression delay "
               f"{delay_ms:.1f} ms (+{self.args.regression_pct:g}%)", flush=True)
         return delay_ms
 
     def trial(self, index: int, kind: str, delay_ms: float) -> TrialResult:
-        """A sequential A/B comparison: interleaved pairs until the gate decides."""
+        """A sequential A/B comparison: rounds until the gate decides."""
         folder = self.out / f"trial-{index:02d}-{kind}"
-        cand_target = self.proxy_url if kind == "regression" else self.server_url
         t0 = time.monotonic()
         verdict: GateVerdict | None = None
-        pairs = 0
-        for k in range(1, self.args.rounds_max + 1):
-            # ABBA: the order flips every pair, so a drift of the server over the trial falls
-            # on both variants alike instead of always on the one measured second
-            order = [("baseline", self.server_url), ("candidate", cand_target)]
-            for variant, target in order if k % 2 else reversed(order):
-                self.measure(folder, variant, k, target)
-            pairs = k
-            if k < self.args.min_pairs:
-                continue
-            verdict = evaluate(folder / "baseline", folder / "candidate", self.policy)
-            # decided: a failed check makes the verdict FAIL whatever the others say
-            if verdict.counts["fail"] or not verdict.counts["inconclusive"]:
-                break
+        rounds = 0
+        proxy = None
+        if self.args.design == "interleaved":
+            proxy, routes = self.interleaving_proxy(
+                folder, delay_ms if kind == "regression" else 0.0)
+        cand_target = self.proxy_url if kind == "regression" else self.server_url
+        try:
+            for k in range(1, self.args.rounds_max + 1):
+                if proxy is not None:
+                    self.measure_interleaved(folder, k, proxy, routes)
+                else:
+                    # ABBA: the order flips every pair, so a drift of the server over the
+                    # trial falls on both variants alike, not always on the one measured second
+                    order = [("baseline", self.server_url), ("candidate", cand_target)]
+                    for variant, target in order if k % 2 else reversed(order):
+                        self.measure(folder, variant, k, target)
+                rounds = k
+                if k < self.args.min_rounds:
+                    continue
+                verdict = evaluate(folder / "baseline", folder / "candidate", self.policy)
+                # decided: a failed check makes the verdict FAIL whatever the others say
+                if verdict.counts["fail"] or not verdict.counts["inconclusive"]:
+                    break
+        finally:
+            if proxy is not None:
+                proxy.stop()
         wall = time.monotonic() - t0
         assert verdict is not None
         verdict.write_gate_json(folder / "gate.json")
         checks = [{"name": c.name, "status": c.status, "ratio": c.ratio, "ci_low": c.ci_low,
                    "ci_high": c.ci_high, "n": [c.n_baseline, c.n_candidate]}
                   for c in verdict.checks]
-        return TrialResult(index=index, kind=kind, decision=verdict.status, pairs=pairs,
+        return TrialResult(index=index, kind=kind, decision=verdict.status, rounds=rounds,
                            wall_s=round(wall, 1),
                            delay_ms=round(delay_ms if kind == "regression" else 0.0, 1),
                            checks=checks)
@@ -216,7 +279,7 @@ def summarize(trials: list[TrialResult], round_walls: list[float], args: argpars
             "fail_rate_ci95": [round(lo, 3), round(hi, 3)],
             "wall_s_mean": round(statistics.mean(walls), 1) if walls else None,
             "wall_s_median": round(statistics.median(walls), 1) if walls else None,
-            "pairs_mean": round(statistics.mean(t.pairs for t in sub), 2) if sub else None,
+            "rounds_mean": round(statistics.mean(t.rounds for t in sub), 2) if sub else None,
         }
     walls = [t.wall_s for t in trials]
     mean_round = statistics.mean(round_walls) if round_walls else 0.0
@@ -224,7 +287,9 @@ def summarize(trials: list[TrialResult], round_walls: list[float], args: argpars
         "wall_s_per_decision_mean": round(statistics.mean(walls), 1) if walls else None,
         "wall_s_per_decision_median": round(statistics.median(walls), 1) if walls else None,
         "round_wall_s_mean": round(mean_round, 1),
-        "fixed_rounds_max_wall_s": round(2 * args.rounds_max * mean_round, 1),
+        # a sequential round is one variant's GuideLLM run, an interleaved one serves both
+        "fixed_rounds_max_wall_s": round(
+            (2 if args.design == "sequential" else 1) * args.rounds_max * mean_round, 1),
         "seed_protocol_s": SEED_PROTOCOL_S,
         "regression_delay_ms": round(delay_ms, 1),
         "bench_wall_s": round(total_s, 1),
@@ -241,12 +306,12 @@ def print_table(s: dict[str, Any], args: argparse.Namespace) -> None:
 
     print("\n=== bench/gate summary ===")
     print(f"{'':24}{'trials':>7}{'pass':>6}{'fail':>6}{'inconcl':>9}{'FAIL rate (95% CI)':>24}"
-          f"{'wall mean/median s':>21}{'pairs':>7}")
+          f"{'wall mean/median s':>21}{'rounds':>7}")
     for label, k in (("A/A (false alarms)", aa), ("regression (detected)", reg)):
         ci = f"{pct(k['fail_rate'])} ({pct(k['fail_rate_ci95'][0])}-{pct(k['fail_rate_ci95'][1])})"
         print(f"{label:24}{k['trials']:>7}{k['pass']:>6}{k['fail']:>6}{k['inconclusive']:>9}"
               f"{ci:>24}{k['wall_s_mean']!s:>10} / {k['wall_s_median']!s:<8}"
-              f"{k['pairs_mean']!s:>7}")
+              f"{k['rounds_mean']!s:>7}")
     print(f"false-alarm rate {pct(aa['fail_rate'])} (goal <= 5%): "
           f"{'met' if aa['fail_rate'] is not None and aa['fail_rate'] <= 0.05 else 'MISSED'}; "
           f"detection rate {pct(reg['fail_rate'])} (goal >= 95%): "
@@ -256,7 +321,7 @@ def print_table(s: dict[str, Any], args: argparse.Namespace) -> None:
           f"{s['wall_s_per_decision_median']} s (one round {s['round_wall_s_mean']} s incl. "
           f"GuideLLM start-up, {args.seconds_per_round:g} s measured)")
     if mean:
-        print(f"  vs always running {args.rounds_max} pairs: {s['fixed_rounds_max_wall_s']} s "
+        print(f"  vs always running {args.rounds_max} rounds: {s['fixed_rounds_max_wall_s']} s "
               f"({s['fixed_rounds_max_wall_s'] / mean:.1f}x more); vs the seed's fixed "
               f"protocol 2 x 9 x 900 s = {s['seed_protocol_s']:.0f} s "
               f"({s['seed_protocol_s'] / mean:.0f}x more)")
@@ -269,16 +334,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=10, help="trials of EACH kind (A/A, regression)")
+    p.add_argument("--design", choices=("interleaved", "sequential"), default="interleaved",
+                   help="interleaved: one GuideLLM run per round through an interleaving proxy "
+                        "(baseline and candidate requests in turn); sequential: one GuideLLM "
+                        "run per variant per round, the order flipped every round")
     p.add_argument("--rounds-max", type=int, default=4,
-                   help="most interleaved pairs per trial before it ends inconclusive")
-    p.add_argument("--min-pairs", type=int, default=3,
-                   help="first look after this many pairs (the policy's min_rounds)")
-    p.add_argument("--seconds-per-round", type=float, default=8.0)
-    p.add_argument("--rate", type=float, default=5.0, help="constant request rate per round")
+                   help="most rounds per trial before it ends inconclusive")
+    p.add_argument("--min-rounds", type=int, default=2,
+                   help="first look after this many rounds")
+    p.add_argument("--seconds-per-round", type=float, default=20.0)
+    p.add_argument("--block-seconds", type=float, default=5.0,
+                   help="interleaved: length of the paired time blocks the gate resamples")
+    p.add_argument("--rate", type=float, default=2.5,
+                   help="constant request rate per variant (interleaved: the server receives "
+                        "twice this)")
     p.add_argument("--regression-pct", type=float, default=25.0,
                    help="injected delay as %% of the baseline's median request latency")
     p.add_argument("--port", type=int, default=18910, help="vLLM server port")
-    p.add_argument("--proxy-port", type=int, default=0, help="delay proxy port (0: any free)")
     p.add_argument("--model", type=Path, default=None,
                    help="model directory (default: newest .modelgate/store/models/generated-*)")
     p.add_argument("--serve-python", default=str(venvs / "serve" / "bin" / "python"))
@@ -288,8 +360,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cores for GuideLLM, the proxy and this process ('' for no pinning)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    if args.trials < 1 or args.min_pairs < 1 or args.rounds_max < args.min_pairs:
-        p.error("need --trials >= 1 and --rounds-max >= --min-pairs >= 1")
+    if args.trials < 1 or args.min_rounds < 1 or args.rounds_max < args.min_rounds:
+        p.error("need --trials >= 1 and --rounds-max >= --min-rounds >= 1")
     return args
 
 
@@ -316,8 +388,12 @@ def main(argv: list[str] | None = None) -> int:
             os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
         bench = Bench(args, state["base_url"], model_dir, out)
         delay_ms = bench.calibrate()
-        proxy = ProxyProcess(state["base_url"], delay_ms, args.proxy_port, out)
-        bench.proxy_url = proxy.url
+        proxy = None
+        if args.design == "sequential":
+            proxy = ProxyProcess(["delay-proxy", "--listen", "127.0.0.1:0", "--upstream",
+                                  state["base_url"], "--delay-ms", f"{delay_ms:.1f}"],
+                                 out / "delay-proxy.log")
+            bench.proxy_url = proxy.url
         try:
             kinds = ("aa", "regression")
             for i in range(2 * args.trials):
@@ -325,12 +401,12 @@ def main(argv: list[str] | None = None) -> int:
                 t = bench.trial(i + 1, kind, delay_ms)
                 trials.append(t)
                 print(f"trial {t.index:2d} {kind:10} -> {t.decision.upper():12} after "
-                      f"{t.pairs} pair(s), {t.wall_s:6.1f} s | "
+                      f"{t.rounds} round(s), {t.wall_s:6.1f} s | "
                       + " | ".join(_fmt_check(c) for c in t.checks), flush=True)
                 (out / "trials.json").write_text(json.dumps([asdict(x) for x in trials],
                                                             indent=2))
         finally:
-            proxy_stats = proxy.stop()
+            proxy_stats = proxy.stop() if proxy is not None else {}
         round_walls = bench.round_walls
     finally:
         stop_local_server(spec)
