@@ -340,7 +340,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "run per variant per round, the order flipped every round")
     p.add_argument("--rounds-max", type=int, default=4,
                    help="most rounds per trial before it ends inconclusive")
-    p.add_argument("--min-rounds", type=int, default=2,
+    p.add_argument("--min-rounds", type=int, default=1,
                    help="first look after this many rounds")
     p.add_argument("--seconds-per-round", type=float, default=20.0)
     p.add_argument("--block-seconds", type=float, default=5.0,
