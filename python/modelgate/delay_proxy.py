@@ -47,8 +47,8 @@ from modelgate.errors import ModelGateError
 # Headers that describe one hop, not the message (RFC 9110 7.6.1); never forwarded as-is.
 _HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"}
 _READ_SIZE = 65536
-_P = TypeVar("_P", bound="DelayProxy")
 _MAX_HEAD = 64 * 1024
+_P = TypeVar("_P", bound="DelayProxy")  # serving_in_thread returns what it was given
 
 
 @dataclass
