@@ -264,6 +264,39 @@ def _request_sample(req: dict[str, Any], metric: str) -> float | None:
     return _num(value)
 
 
+def _benchmarks(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's benchmarks (one per rate), or a clear error for what is not a report."""
+    benchmarks = raw.get("benchmarks")
+    if not isinstance(benchmarks, list):
+        raise ModelGateError(
+            "not a GuideLLM report: no 'benchmarks' list",
+            field="report",
+            fix="pass the JSON file GuideLLM wrote with --output kind=json",
+        )
+    return benchmarks
+
+
+def _rate_header(bench: dict[str, Any]) -> dict[str, Any]:
+    """What one benchmark says of itself: rate, profile, duration, what ended it."""
+    strategy = (bench.get("config") or {}).get("strategy") or {}
+    duration = _num(bench.get("duration"))
+    if duration is None:
+        start, end = _num(bench.get("start_time")), _num(bench.get("end_time"))
+        duration = (end - start) if start is not None and end is not None else None
+    # Which constraint ended this rate: "max_duration" normally; "over_saturation" means the
+    # server could not keep up and the rate's numbers are partial.
+    stopped_by = sorted(((bench.get("scheduler_state") or {}).get("end_processing_constraints")
+                         or {}).keys())
+    return {
+        "rate": _num(strategy.get("rate")),
+        "profile": "constant" if strategy.get("type_") == "constant" else
+        str(strategy.get("type_", "unknown")),
+        "duration_s": duration,
+        "stopped_by": stopped_by,
+        "over_saturated": "over_saturation" in stopped_by,
+    }
+
+
 def normalize_guidellm_report(raw: dict[str, Any], variant: str) -> dict[str, Any]:
     """Turn a GuideLLM 0.8 JSON report into ModelGate's per-rate results (pure).
 
@@ -273,28 +306,15 @@ def normalize_guidellm_report(raw: dict[str, Any], variant: str) -> dict[str, An
     distributions by output tokens, while a sample is one request's own mean ITL/TPOT,
     so the samples' mean differs slightly from ``metrics.itl_ms.mean``.
     """
-    benchmarks = raw.get("benchmarks")
-    if not isinstance(benchmarks, list):
-        raise ModelGateError(
-            "not a GuideLLM report: no 'benchmarks' list",
-            field="report",
-            fix="pass the JSON file GuideLLM wrote with --output kind=json",
-        )
     rates: list[dict[str, Any]] = []
-    for bench in benchmarks:
-        config = bench.get("config") or {}
-        strategy = config.get("strategy") or {}
+    for bench in _benchmarks(raw):
         metrics = bench.get("metrics") or {}
         totals = metrics.get("request_totals") or {}
-        duration = _num(bench.get("duration"))
-        if duration is None:
-            start, end = _num(bench.get("start_time")), _num(bench.get("end_time"))
-            duration = (end - start) if start is not None and end is not None else None
+        header = _rate_header(bench)
         normalized: dict[str, Any] = {
-            "rate": _num(strategy.get("rate")),
-            "profile": "constant" if strategy.get("type_") == "constant" else
-            str(strategy.get("type_", "unknown")),
-            "duration_s": duration,
+            "rate": header["rate"],
+            "profile": header["profile"],
+            "duration_s": header["duration_s"],
             "requests": {
                 "successful": int(totals.get("successful") or 0),
                 "errored": int(totals.get("errored") or 0),
@@ -312,13 +332,9 @@ def normalize_guidellm_report(raw: dict[str, Any], variant: str) -> dict[str, An
                 ),
             },
             "samples": {},
-            # Which constraint ended this rate: "max_duration" normally; "over_saturation"
-            # means the server could not keep up and the rate's numbers are partial.
-            "stopped_by": sorted(
-                ((bench.get("scheduler_state") or {}).get("end_processing_constraints")
-                 or {}).keys()),
+            "stopped_by": header["stopped_by"],
+            "over_saturated": header["over_saturated"],
         }
-        normalized["over_saturated"] = "over_saturation" in normalized["stopped_by"]
         successful = ((bench.get("requests") or {}).get("successful")) or []
         for src, dst in METRIC_MAP.items():
             normalized["metrics"][dst] = _stats((metrics.get(src) or {}).get("successful"))
@@ -361,15 +377,12 @@ def split_interleaved(raw: dict[str, Any], routes: list[dict[str, Any]], variant
     """
     if block_s <= 0:
         raise ModelGateError("block_s must be > 0", field="block_s", fix="e.g. 5")
-    benchmarks = raw.get("benchmarks")
-    if not isinstance(benchmarks, list):
-        raise ModelGateError("not a GuideLLM report: no 'benchmarks' list", field="report",
-                             fix="pass the JSON file GuideLLM wrote with --output kind=json")
+    benchmarks = _benchmarks(raw)
     by_id = {str(r["response_id"]): str(r["upstream"]) for r in routes
              if r.get("response_id") and r.get("upstream") in variants}
     out = {v: {"variant": v, "rates": []} for v in variants}
     for bench in benchmarks:
-        whole = normalize_guidellm_report({"benchmarks": [bench]}, "interleaved")["rates"][0]
+        whole = _rate_header(bench)
         start = _num(bench.get("start_time")) or 0.0
         end = _num(bench.get("end_time")) or start + (whole["duration_s"] or 0.0)
         reqs = bench.get("requests") or {}
