@@ -207,6 +207,9 @@ _ID_SCAN_BYTES = 16384
 class DelayProxy:
     """An asyncio reverse proxy that delays (and optionally stretches) every response."""
 
+    # whether _record keeps the routes: only then is a response's id looked for
+    records_routes = False
+
     def __init__(self, upstream: str, delay_ms: float = 0.0, stretch: float = 0.0,
                  listen_host: str = "127.0.0.1", listen_port: int = 0) -> None:
         """``listen_port`` 0 picks a free port (read ``port`` after ``start``)."""
@@ -362,7 +365,8 @@ class DelayProxy:
             state["upstream_close"] = conn == "close" or (not framed and not no_body)
             if not no_body:
                 async for piece in _body_pieces(u_reader, resp_headers, until_close=True):
-                    if state["id"] is None and len(state["scan"]) < _ID_SCAN_BYTES:
+                    if self.records_routes and state["id"] is None and \
+                            len(state["scan"]) < _ID_SCAN_BYTES:
                         state["scan"] += piece
                         found = _ID_RE.search(state["scan"])
                         if found:
@@ -436,6 +440,8 @@ class InterleavingProxy(DelayProxy):
         self._routes_file = (
             Path(routes_path).open("a") if routes_path else None  # noqa: SIM115
         )
+
+    records_routes = True
 
     def _pick(self) -> int:
         index = self._next % len(self._routes)
