@@ -968,11 +968,9 @@ def _latency_check(check: GateCheck, base: VariantResults, cand: VariantResults,
     if blocked:
         # interleaved blocks pair by id; a block one variant has no sample in (a very low
         # rate) cannot be paired and is left out of the resampling, not of the point ratio
-        c_ids = {rid for rid, _ in c_rounds}
-        common = [rid for rid, _ in b_rounds if rid in c_ids]
-        b_rounds = [(rid, a) for rid, a in b_rounds if rid in common]
         c_map = dict(c_rounds)
-        c_rounds = [(rid, c_map[rid]) for rid in common]
+        b_rounds = [(rid, a) for rid, a in b_rounds if rid in c_map]
+        c_rounds = [(rid, c_map[rid]) for rid, _ in b_rounds]
     b_ids = [rid for rid, _ in b_rounds]
     paired = len(b_rounds) > 1 and b_ids == [rid for rid, _ in c_rounds]
     choice = rng.integers(0, len(b_rounds), size=(n_boot, len(b_rounds))) if paired else None
