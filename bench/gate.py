@@ -57,7 +57,9 @@ sys.path.insert(0, str(REPO / "python"))
 from modelgate.gate import GateVerdict, evaluate, load_policy, wilson_interval  # noqa: E402
 from modelgate.loadtest import (  # noqa: E402
     LoadProfile,
+    file_interleaved_round,
     get_profile,
+    round_file_name,
     run_interleaved_load,
     run_load,
 )
@@ -151,7 +153,7 @@ class Bench:
         self.round_walls: list[float] = []
 
     def measure(self, folder: Path, variant: str, round_no: int, target: str) -> dict[str, Any]:
-        """One GuideLLM round; its normalized results land in folder/guidellm/results-rN.json."""
+        """One GuideLLM round; its normalized results land in folder/<variant>/guidellm/."""
         raw_dir = folder / f"{variant}-r{round_no}"
         t0 = time.monotonic()
         summary = run_load(self.profile, target, SERVED_NAME, str(self.model_dir), raw_dir,
@@ -160,24 +162,20 @@ class Bench:
         self.round_walls.append(time.monotonic() - t0)
         dest = folder / variant / "guidellm"
         dest.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(summary["results"], dest / f"results-r{round_no}.json")
+        shutil.copyfile(summary["results"], dest / round_file_name("results", round_no))
         return summary
 
     def measure_interleaved(self, folder: Path, round_no: int, proxy: ProxyProcess,
                             routes: Path) -> dict[str, Any]:
         """One GuideLLM round through the interleaving proxy, split into baseline and
-        candidate results (folder/<variant>/guidellm/results-rN.json)."""
+        candidate results (folder/<variant>/guidellm/, named by round as the play names them)."""
         t0 = time.monotonic()
         summary = run_interleaved_load(
             self.profile, proxy.url, routes, list(VARIANTS), SERVED_NAME, str(self.model_dir),
             folder / f"round-{round_no}", block_s=self.args.block_seconds,
             guidellm_bin=self.args.guidellm, cpu_affinity=self.affinity, progress=False)
         self.round_walls.append(time.monotonic() - t0)
-        for variant in VARIANTS:
-            dest = folder / variant / "guidellm"
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(summary["variants"][variant]["results"],
-                            dest / f"results-r{round_no}.json")
+        file_interleaved_round(summary, folder, round_no)
         return summary
 
     def interleaving_proxy(self, folder: Path, delay_ms: float) -> tuple[ProxyProcess, Path]:

@@ -549,6 +549,24 @@ def run_load(
     }
 
 
+def round_file_name(stem: str, round_no: int) -> str:
+    """``results.json`` for round 1, ``results-r<N>.json`` after: the names the gate pools
+    a variant's rounds by (``report`` likewise)."""
+    return f"{stem}.json" if round_no == 1 else f"{stem}-r{round_no}.json"
+
+
+def file_interleaved_round(summary: dict[str, Any], run_dir: str | Path,
+                           round_no: int) -> None:
+    """Copy each variant's results of ``run_interleaved_load`` to where a run of that variant
+    alone would put them (``run_dir/<variant>/guidellm/``), for the gate; updates the paths
+    in ``summary``."""
+    for variant, info in summary["variants"].items():
+        dest = Path(run_dir) / variant / "guidellm" / round_file_name("results", round_no)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(info["results"], dest)
+        info["results"] = str(dest)
+
+
 def read_routes(path: str | Path) -> list[dict[str, Any]]:
     """The records ``modelgate interleave-proxy --routes`` wrote (JSON lines)."""
     p = Path(path)
@@ -640,12 +658,7 @@ def measure_interleaved(
                                        guidellm_bin=guidellm_bin, cpu_affinity=cpu_affinity,
                                        progress=progress)
         summary["proxy"] = proxy.stats.to_dict()
-    for variant, info in summary["variants"].items():
-        name = "results.json" if round_no == 1 else f"results-r{round_no}.json"
-        dest = run / variant / "guidellm" / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(info["results"], dest)
-        info["results"] = str(dest)
+    file_interleaved_round(summary, run, round_no)
     return summary
 
 
@@ -679,6 +692,9 @@ def _cmd_loadtest(args: Any) -> int:
     if not (args.target and args.variant):
         raise ModelGateError("loadtest needs --target and --variant (or --interleave)",
                              field="target", fix="give the server's URL and the variant name")
+    if args.round != 1:
+        raise ModelGateError("--round numbers interleaved rounds only", field="round",
+                             fix="use --interleave, or --out per round for one server")
     out_dir = Path(args.out) / args.variant / "guidellm"
     emit(run_load(profile, args.target, args.model, args.processor, out_dir,
                   guidellm_bin=args.guidellm, cpu_affinity=affinity, variant=args.variant))
@@ -709,7 +725,8 @@ def register_cli(subparsers: Any) -> None:
                    help="instead of --target/--variant, twice or more: measure these variants' "
                         "servers together, requests dealt out in turn (each gets the rates)")
     p.add_argument("--round", type=int, default=1,
-                   help="round number (results-rN.json from round 2, as the gate pools them)")
+                   help="with --interleave: round number (results-rN.json from round 2, as the "
+                        "gate pools them)")
     p.add_argument("--block-seconds", type=float, default=5.0,
                    help="with --interleave: the time blocks the gate pairs the variants by")
     p.add_argument("--guidellm", default=None, help="path to the guidellm executable")

@@ -54,7 +54,7 @@ def measure_variant(
         for name in ("results", "report"):
             src = out_dir / f"{name}.json"
             if src.exists():
-                src.replace(guidellm_dir / f"{name}-r{round_no}.json")
+                src.replace(guidellm_dir / loadtest.round_file_name(name, round_no))
         return {"variant": variant, "round": round_no, "load": load}
     result: dict[str, Any] = {"variant": variant, "round": round_no, "load": load}
     if accuracy_tasks:
