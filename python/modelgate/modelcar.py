@@ -477,8 +477,7 @@ def plan_layers(files: Sequence[tuple[str, int]], threshold: int = SHARD_THRESHO
     return ([small] if small else []) + [[p] for p in large]
 
 
-def _stat_key(path: Path) -> list[int]:
-    st = path.stat()
+def _stat_key(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
 
 
@@ -522,7 +521,8 @@ def build_modelcar(checkpoint_dir: Path, base_layout: Path, out_layout: Path,
                              .read_bytes())
     files = _checkpoint_files(checkpoint)
     sources = dict(files)
-    sizes = {rel: src.stat().st_size for rel, src in files}
+    stats = {rel: src.stat() for rel, src in files}  # one stat per file: plan, order, cache key
+    sizes = {rel: st.st_size for rel, st in stats.items()}
     plan = plan_layers(list(sizes.items()), threshold)
 
     previous_digest = None
@@ -535,7 +535,7 @@ def build_modelcar(checkpoint_dir: Path, base_layout: Path, out_layout: Path,
     _init_layout(out)
     cache: dict = {} if force else state.get("layers", {})
 
-    keys = [sha256_json([mtime, [(rel, _stat_key(sources[rel])) for rel in group]])
+    keys = [sha256_json([mtime, [(rel, _stat_key(stats[rel])) for rel in group]])
             for group in plan]
     built: dict[int, ModelcarLayer] = {}
     todo: list[int] = []
