@@ -29,6 +29,12 @@ options:
     description: Tensor parallelism the checkpoint will be served with.
     type: int
     default: 1
+  serve_python:
+    description:
+      - With O(backend=vllm-cpu), the Python of the virtualenv that serves; its torch and
+        installed vLLM decide which kernel library this CPU loads and whether it has the
+        recipe's kernels. Omitted, only the layer shapes are checked.
+    type: path
 attributes:
   check_mode:
     support: full
@@ -75,6 +81,7 @@ def main() -> None:
             "model": {"type": "path", "required": True},
             "backend": {"type": "str", "choices": ["vllm-cuda", "vllm-cpu"]},
             "tensor_parallel_size": {"type": "int", "default": 1},
+            "serve_python": {"type": "path"},
         },
         supports_check_mode=True,
     )
@@ -90,7 +97,13 @@ def main() -> None:
         path = Path(p["model"])
         geometry = ModelGeometry.from_model_dir(path.parent if path.is_file() else path)
         recipe = build_recipe(p["recipe"], group_size=p["group_size"], ignore=p["ignore"])
-        report = run_preflight(geometry, recipe, p["backend"], p["tensor_parallel_size"])
+        kernels = None
+        if p["backend"] == "vllm-cpu" and p["serve_python"]:
+            from modelgate.cpu_kernels import detect
+
+            kernels = detect(p["serve_python"])
+        report = run_preflight(geometry, recipe, p["backend"], p["tensor_parallel_size"],
+                               kernels)
         result = {"changed": False, **report.to_dict()}
         if not report.ok:
             lines = [f"{f['layer']}: {f['problem']}. Fix: {f['fix']}"

@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from modelgate.cpu_kernels import CpuKernelLibrary, servable
 from modelgate.errors import ModelGateError
 from modelgate.geometry import LinearLayer, ModelGeometry
 from modelgate.recipes import Recipe, build_recipe, default_ignore
@@ -172,11 +173,14 @@ def suggest_group_size(geometry: ModelGeometry, recipe: Recipe, backend: str | N
 
 
 def run_preflight(geometry: ModelGeometry, recipe: Recipe, backend: str | None = None,
-                  tensor_parallel_size: int = 1) -> PreflightReport:
+                  tensor_parallel_size: int = 1,
+                  kernels: CpuKernelLibrary | None = None) -> PreflightReport:
     """Check ``recipe`` against every quantized layer of ``geometry`` for ``backend``.
 
     ``backend`` is ``vllm-cuda`` (Hopper kernels), ``vllm-cpu`` or None (quantization only).
-    Layers matched by the recipe's ignore list are skipped.
+    Layers matched by the recipe's ignore list are skipped. With ``kernels`` (the serving
+    host's vLLM CPU library, ``cpu_kernels.detect``), a ``vllm-cpu`` recipe whose kernel that
+    library lacks is refused before any layer is looked at.
     """
     if backend is not None and backend not in BACKENDS:
         raise ModelGateError(f"unknown backend {backend!r}", field="backend",
@@ -186,6 +190,12 @@ def run_preflight(geometry: ModelGeometry, recipe: Recipe, backend: str | None =
                              fix="use 1 or the number of GPUs")
     if recipe.is_baseline:
         return PreflightReport(True, [], "recipe none: nothing is quantized", 0, [])
+    if backend == "vllm-cpu" and kernels is not None:
+        verdict = servable(recipe, kernels)
+        if not verdict.servable:
+            problem, _, fix = verdict.reason.partition(" Fix: ")
+            return PreflightReport(False, [Finding("*", problem, fix)],
+                                   f"recipe {recipe.name} cannot be served here: {problem}")
     findings, checked, ignored = _check(geometry, recipe, backend, tensor_parallel_size)
     suggested = None
     if findings:
@@ -230,6 +240,9 @@ def register_cli(subparsers: Any) -> None:
                    help="extra module names / re: patterns to leave unquantized "
                    "(added to the defaults)")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--serve-python", default=None, metavar="PYTHON",
+                   help="with --backend vllm-cpu: the Python of the virtualenv that serves "
+                   "(its torch and vLLM decide the kernel library; default: this Python's)")
     p.set_defaults(func=_cli_preflight)
 
 
@@ -242,6 +255,11 @@ def _cli_preflight(args: argparse.Namespace) -> int:
     if recipe.source_file and (args.group_size or args.ignore):
         raise ModelGateError("--group-size/--ignore do not apply to a recipe file",
                              field="recipe", fix="edit the recipe file instead")
-    report = run_preflight(geometry, recipe, args.backend, args.tensor_parallel_size)
-    emit(report.to_dict())
+    kernels = None
+    if args.backend == "vllm-cpu":
+        from modelgate.cpu_kernels import detect
+
+        kernels = detect(args.serve_python)
+    report = run_preflight(geometry, recipe, args.backend, args.tensor_parallel_size, kernels)
+    emit({**report.to_dict(), "kernels": kernels.to_dict() if kernels else None})
     return 0 if report.ok else 1

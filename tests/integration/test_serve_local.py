@@ -111,3 +111,32 @@ def test_startup_failure_names_vllm_error(tmp_path):
 def args_weight_bytes(spec) -> int:
     """The weights' size on disk, for the start-up timeout."""
     return sum(p.stat().st_size for p in Path(spec.model_dir).glob("*.safetensors"))
+
+
+# vLLM's own start-up step, then the extension file the process really mapped
+_LOADED = r"""
+from vllm.platforms.cpu import CpuPlatform
+CpuPlatform.import_kernels()
+import json, torch
+print(json.dumps(sorted({line.split()[-1].rsplit("/", 1)[-1] for line in open("/proc/self/maps")
+                         if "/vllm/_C" in line})))
+print(hasattr(torch.ops._C, "cpu_gemm_wna16"), hasattr(torch.ops._C, "onednn_scaled_mm"))
+"""
+
+
+def test_kernel_library_decision_matches_what_vllm_loads_here() -> None:
+    """cpu_kernels.detect names the library vLLM maps on this CPU, with the ops it registers."""
+    import json
+    import subprocess
+
+    from modelgate.cpu_kernels import detect
+
+    if not SERVE_PYTHON:
+        pytest.skip("set MODELGATE_SERVE_PYTHON (vLLM virtualenv python)")
+    lib = detect(SERVE_PYTHON)
+    proc = subprocess.run([SERVE_PYTHON, "-c", _LOADED], capture_output=True, text=True,
+                          timeout=300, check=True)
+    mapped, ops = proc.stdout.strip().splitlines()[-2:]
+    assert json.loads(mapped) == [lib.library], (lib, proc.stdout)
+    wna16, onednn = (word == "True" for word in ops.split())
+    assert wna16 == ("cpu_gemm_wna16" in lib.ops) and onednn == ("onednn_scaled_mm" in lib.ops)
