@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_tools, run_playbook, runner_text
+from conftest import play_outcome, require_tools, run_playbook, runner_text, tool_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_tools]
 
@@ -47,36 +47,52 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     return tmp, runner
 
 
+def _run_file(runner: Any, path: Path) -> Any:
+    """A JSON file the run must have written; when missing, the play's own failure says why."""
+    assert path.is_file(), f"{path} was not written; {play_outcome(runner)}"
+    return json.loads(path.read_text())
+
+
 def test_first_run_writes_every_artifact_and_a_verdict(first_run: tuple[Path, Any]) -> None:
+    from modelgate.cpu_kernels import detect
+
     tmp, runner = first_run
     run_dir = (tmp / "runs" / "latest").resolve()
-    gate = json.loads((run_dir / "gate.json").read_text())
+    gate = _run_file(runner, run_dir / "gate.json")
     # The play's outcome is the gate's: rc 0 exactly when the verdict passed.
-    assert (runner.rc == 0) == gate["passed"], runner_text(runner)[-4000:]
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert [v["name"] for v in manifest["variants"]] == ["bf16", "w4a16"]
+    assert (runner.rc == 0) == gate["passed"], play_outcome(runner)
+    manifest = _run_file(runner, run_dir / "manifest.json")
+    # candidates are what this CPU's vLLM can serve: W8A8 int8 everywhere, W4A16 with AVX-512
+    wna16 = "cpu_gemm_wna16" in detect(str(tool_path("MODELGATE_SERVE_PYTHON"))).ops
+    expected = ["bf16", "w8a8"] + (["w4a16"] if wna16 else [])
+    assert [v["name"] for v in manifest["variants"]] == expected
+    left_out = [d["name"] for d in manifest["inputs"]["left_out"]]
+    assert left_out == ([] if wna16 else ["w4a16"])
+    assert manifest["inputs"]["serving_kernels"]["library"].startswith("_C")
     assert manifest["inputs"]["source_model"]["digest"].startswith("sha256:")
-    for variant in ("bf16", "w4a16"):
+    for variant in expected:
         vdir = run_dir / variant
-        quant = json.loads((vdir / "quantize.json").read_text())
+        quant = _run_file(runner, vdir / "quantize.json")
         assert Path(quant["path"], "config.json").is_file()
-        car = json.loads((vdir / "modelcar.json").read_text())
+        car = _run_file(runner, vdir / "modelcar.json")
         assert car["verify"]["ok"] and car["ref_by_digest"].startswith("127.0.0.1:5000/")
-        deploy = json.loads((vdir / "deploy.json").read_text())
+        deploy = _run_file(runner, vdir / "deploy.json")
         assert deploy["readiness"]["ok"] and deploy["readiness"]["completion_tokens"] > 0
         assert "--mamba-ssm-cache-dtype" in deploy["argv"]  # hybrid model detected
-        results = json.loads((vdir / "guidellm" / "results.json").read_text())
+        results = _run_file(runner, vdir / "guidellm" / "results.json")
         assert [r["rate"] for r in results["rates"]] and all(
             r["requests"]["successful"] > 0 for r in results["rates"])
         assert (vdir / "guidellm" / "report.json").is_file()
-        accuracy = json.loads((vdir / "accuracy" / "results.json").read_text())
+        accuracy = _run_file(runner, vdir / "accuracy" / "results.json")
         assert accuracy["tasks"] and all(t["n"] > 0 for t in accuracy["tasks"].values())
-    # the W4A16 checkpoint really is quantized, with its recipe and provenance beside it
-    w4_ckpt = Path(json.loads((run_dir / "w4a16" / "quantize.json").read_text())["path"])
-    assert "quantization_config" in json.loads((w4_ckpt / "config.json").read_text())
-    assert (run_dir / "w4a16" / "quantize" / "recipe.yaml").is_file()
-    fidelity = json.loads((run_dir / "w4a16" / "fidelity.json").read_text())
-    assert fidelity["baseline"] == "bf16" and 0.0 <= fidelity["flip_rate"] <= 1.0
+    for candidate in expected[1:]:
+        # each quantized checkpoint really is quantized, with its recipe and provenance beside it
+        ckpt = Path(_run_file(runner, run_dir / candidate / "quantize.json")["path"])
+        assert "quantization_config" in json.loads((ckpt / "config.json").read_text())
+        assert (run_dir / candidate / "quantize" / "recipe.yaml").is_file()
+        fidelity = _run_file(runner, run_dir / candidate / "fidelity.json")
+        assert fidelity["baseline"] == "bf16" and 0.0 <= fidelity["flip_rate"] <= 1.0
+    assert [v["candidate"] for v in gate["verdicts"]] == expected[1:]
     junit = ET.parse(run_dir / "junit.xml").getroot()
     assert junit.iter("testcase")
     assert (run_dir / "report.html").stat().st_size > 10_000
@@ -91,7 +107,7 @@ def test_second_run_changes_nothing_in_quantize_and_modelcar(
         extravars={"modelgate_registry_password": SECRET, "modelgate_registry_username": "ci",
                    "modelgate_hf_token": HF_SECRET},
     )
-    assert runner.rc == 0, runner_text(runner)[-4000:]
+    assert runner.rc == 0, play_outcome(runner)
     for action, count in (("modelgate.pipeline.quantize", 2), ("modelgate.pipeline.modelcar", 2),
                           ("modelgate.pipeline.tool_venv", 3)):
         results = module_results(runner, action)
@@ -116,7 +132,8 @@ def test_degraded_candidate_fails_the_play_with_the_gate_message(tmp_path: Path)
     # what one sequence at a time can serve: a real latency regression of a deployed candidate.
     variants = [
         {"name": "bf16", "recipe": "none", "baseline": True},
-        {"name": "w4a16-degraded", "recipe": "w4a16", "group_size": 64,
+        # W8A8 int8: the candidate every x86-64 build of vLLM CPU serves
+        {"name": "w8a8-degraded", "recipe": "w8a8-int8",
          "serving_overrides": {"max-num-seqs": 1}},
     ]
     runner = run_playbook(tmp / "negative", "negative", extravars={
@@ -125,11 +142,11 @@ def test_degraded_candidate_fails_the_play_with_the_gate_message(tmp_path: Path)
     text = runner_text(runner)
     assert runner.rc != 0, text[-4000:]
     run_dir = (tmp / "negative" / "runs" / "latest").resolve()
-    gate = json.loads((run_dir / "gate.json").read_text())
+    gate = _run_file(runner, run_dir / "gate.json")
     assert gate["passed"] is False
     failed = [c for v in gate["verdicts"] for c in v["checks"] if c["status"] == "fail"]
     load_metrics = ("request_latency_s", "ttft_ms", "itl_ms", "tpot_ms")
     assert failed and any(c["metric"] in load_metrics for c in failed)
     # the play's failure message names the regression and its numbers, after the artifacts
-    assert "gate failed" in text and "w4a16-degraded" in text
+    assert "gate failed" in text and "w8a8-degraded" in text
     assert (run_dir / "report.html").is_file() and (run_dir / "junit.xml").is_file()
