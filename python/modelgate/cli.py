@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "modelgate.gate",
     "modelgate.report",
     "modelgate.delay_proxy",
+    "modelgate.verdict_text",
 )
 
 
@@ -57,6 +58,11 @@ def main(argv: Sequence[str] | None = None, modules: Sequence[str] = COMMAND_MOD
         return int(args.func(args) or 0)
     except ModelGateError as exc:
         emit(exc.to_dict())
+        return 2
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # an input file that is missing or not what it should be: bad input, not a crash
+        emit({"error": f"cannot read an input file: {exc}", "field": None,
+              "fix": "check the path and that the file is the kind the option asks for"})
         return 2
 
 
