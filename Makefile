@@ -2,6 +2,7 @@
 #   make demo   runs site.yml on the embedded default (inventories/local) and prints the report
 #   make test   runs the whole test suite (lint, unit, integration, end to end)
 #   make bench  measures the pipeline (stage times, play overhead)
+#   make fresh-demo  runs `make demo` in a fresh Debian 12 container (scripts/fresh-host.sh)
 # Each target sets up what it needs: system packages, the controller virtualenv, the
 # collection link. The tool virtualenvs are made by the provision stage of site.yml.
 
@@ -17,7 +18,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(HOME_DIR)/collections
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint unit integration provision bench clean-runs teardown bootstrap
+.PHONY: demo test lint unit integration provision bench clean-runs teardown bootstrap fresh-demo
 
 bootstrap: $(STAMP) $(COLLECTION_LINK)
 
@@ -36,12 +37,16 @@ $(COLLECTION_LINK):
 	@mkdir -p $(dir $@)
 	@ln -sfn $(CURDIR) $@
 
-# The play prints the verdict; the report's path is printed whatever the verdict.
+# Ends with what was decided, a sentence per candidate, and where the report is; the exit
+# status is the play's (a refused candidate fails it: the gate doing its job).
 demo: bootstrap
 	@touch $(HOME_DIR)/demo.stamp; rc=0; \
 	$(BIN)/ansible-playbook site.yml $(DEMO_ARGS) || rc=$$?; \
-	if [ runs/latest/report.html -nt $(HOME_DIR)/demo.stamp ]; then \
-	  echo ""; echo "Report: $$(readlink -f runs/latest)/report.html"; \
+	echo ""; \
+	if [ runs/latest/gate.json -nt $(HOME_DIR)/demo.stamp ]; then \
+	  $(BIN)/modelgate verdict runs/latest --text || true; \
+	else \
+	  echo "The play stopped (exit $$rc) before the gate decided: the failed task above says why."; \
 	fi; exit $$rc
 
 # The tool virtualenvs and system packages the tests drive, made by the product's own stage.
@@ -65,6 +70,10 @@ integration: provision
 
 test: lint provision
 	@bash scripts/pytest.sh tests $(PYTEST_ARGS)
+
+# The quick start on a fresh Debian 12 container (debootstrap): set-up and play times, verdict.
+fresh-demo: provision
+	@bash scripts/fresh-host.sh demo
 
 bench: bootstrap
 	@$(BIN)/python bench/pipeline.py
