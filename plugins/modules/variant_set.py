@@ -7,7 +7,8 @@ DOCUMENTATION = r"""
 module: variant_set
 short_description: Check the variant set before any stage runs
 description:
-  - Checks the whole list at once: every variant has a unique name and a known recipe, and
+  - >-
+    Checks the whole list at once. Every variant has a unique name and a known recipe, and
     exactly one is the baseline (none, when a stored baseline is given).
   - >-
     With O(backend=vllm-cpu) and O(serve_python), decides from the serving virtualenv's
