@@ -247,8 +247,8 @@ def parse_samples(lines: list[dict[str, Any]], metric: str, filter_name: str,
 def binary_f1(pairs: list[tuple[Any, Any]]) -> float | None:
     """lm-eval's ``f1`` aggregation (sklearn ``f1_score(golds, preds)``, positive label 1)
     over (gold, prediction) pairs of 0/1 labels; None when the labels are not 0/1."""
-    labels = {v for pair in pairs for v in pair}
-    if not pairs or not labels <= {0, 1, 0.0, 1.0, True, False}:
+    values = [v for pair in pairs for v in pair]
+    if not pairs or not all(isinstance(v, int | float) and v in (0, 1) for v in values):
         return None
     tp = sum(1 for g, p in pairs if g == 1 and p == 1)
     fp = sum(1 for g, p in pairs if g != 1 and p == 1)
