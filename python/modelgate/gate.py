@@ -1173,20 +1173,33 @@ def _summary_estimate(entry: dict[str, Any], metric: str, stat: str,
     return None if se is None else (float(value), se, n)
 
 
+def _summary_count(entries: list[dict[str, Any]], metric: str) -> int:
+    """Requests GuideLLM's summaries of ``metric`` cover, over all rounds."""
+    total = 0
+    for e in entries:
+        count = ((e.get("metrics") or {}).get(metric) or {}).get("count")
+        total += int(count) if isinstance(count, (int, float)) else int(
+            (e.get("requests") or {}).get("successful") or 0)
+    return total
+
+
 def _summary_latency_check(check: GateCheck, result: CheckResult,
                            b_entries: list[dict[str, Any]], c_entries: list[dict[str, Any]],
                            stat: str, limit: float, upper: bool, policy: GatePolicy,
-                           who: str) -> CheckResult:
+                           who: str, logged: bool = False) -> CheckResult:
     """Decide a latency check from GuideLLM's summaries when per-request samples are missing
     (a normal approximation of the log ratio); tail percentiles need samples."""
     b_sum = _summary_value(b_entries, check.metric, stat)
     c_sum = _summary_value(c_entries, check.metric, stat)
     result.baseline, result.candidate = b_sum, c_sum
+    result.ratio = None
     if b_sum and c_sum is not None:
         result.ratio = c_sum / b_sum
+    lacking = (f"too few logged per-request samples for the {who}" if logged
+               else f"no per-request samples for the {who}")
     point = f" (summary ratio {result.ratio:.2f}x)" if result.ratio is not None else ""
     if stat not in ("mean", "p50"):
-        result.reason = (f"{check.name} needs per-request samples, which the {who} lacks: a "
+        result.reason = (f"{check.name} needs per-request samples ({lacking}): a "
                          f"{stat} confidence interval cannot come from GuideLLM's summary"
                          f"{point}; {_NEEDS_SAMPLES_FIX}")
         return result
@@ -1194,8 +1207,8 @@ def _summary_latency_check(check: GateCheck, result: CheckResult,
     for entries in (b_entries, c_entries):
         est = [_summary_estimate(e, check.metric, stat) for e in entries]
         if not est or any(e is None for e in est):
-            result.reason = (f"no per-request {check.metric} samples for the {who} and its "
-                             f"summary lacks what a {stat} interval needs{point}; "
+            result.reason = (f"{lacking.replace('samples', check.metric + ' samples')} "
+                             f"and its summary lacks what a {stat} interval needs{point}; "
                              f"{_NEEDS_SAMPLES_FIX}")
             return result
         k = len(est)
@@ -1225,7 +1238,7 @@ def _summary_latency_check(check: GateCheck, result: CheckResult,
     how = "std_dev / sqrt(n)" if stat == "mean" else "the interquartile range"
     unit = _UNITS.get(check.metric, "")
     result.reason = (
-        f"summary-based (no per-request samples for the {who}): {stat} {c:.4g} {unit} vs "
+        f"summary-based ({lacking}): {stat} {c:.4g} {unit} vs "
         f"{b:.4g} {unit}: ratio {result.ratio:.3f}, CI {result.ci_low:.3f}-"
         f"{result.ci_high:.3f} {verb} limit {limit:.2f}x (n {nb}/{nc}; interval from {how}, "
         "normal approximation, within-run noise only)")
@@ -1274,6 +1287,16 @@ def _latency_check(check: GateCheck, base: VariantResults, cand: VariantResults,
         result.ratio = result.candidate / result.baseline
     n_min = min(result.n_baseline, result.n_candidate)
     k_min = min(len(b_rounds), len(c_rounds))
+    if n_min < check.min_samples and all(
+            _summary_count(entries, check.metric) >= check.min_samples
+            for entries in (b_entries, c_entries)):
+        # GuideLLM logged only a few of the requests it summarised (a sampled report, such
+        # as 0.3's stripped files): the summary of every request is the better evidence
+        who = " and ".join(w for w, n in (("baseline", result.n_baseline),
+                                          ("candidate", result.n_candidate))
+                           if n < check.min_samples)
+        return _summary_latency_check(check, result, b_entries, c_entries, stat, limit, upper,
+                                      policy, who, logged=True)
     if n_min < check.min_samples:
         result.reason = (f"too few samples: baseline {result.n_baseline}, candidate "
                          f"{result.n_candidate}, need {check.min_samples} each")
