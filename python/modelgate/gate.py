@@ -21,8 +21,9 @@ rounds; ``results.json`` is round 1). Normalized load results::
     ``blocks`` (written by ``modelgate.loadtest.split_interleaved`` for variants measured
     together through ``modelgate interleave-proxy``) gives each sample's time block of the run.
 
-    ``samples`` hold one value per successful request. A raw GuideLLM 0.8 JSON report (it has
-    ``benchmarks``) is accepted too and normalized by ``modelgate.loadtest``.
+    ``samples`` hold one value per successful request. A raw GuideLLM JSON report of any
+    layout since 0.3 (it has ``benchmarks``) is accepted too and normalized by
+    ``modelgate.loadtest``.
 ``<variant>/accuracy/results.json``::
 
     {"tasks": {"<task>": {"metric": "acc" | "exact_match", "score": float, "n": int,
@@ -65,6 +66,23 @@ Statistics
   bootstrap CI over prompts (token-weighted when ``per_prompt[].tokens`` is given).
 * Missing data, too few samples or rounds: INCONCLUSIVE with the reason, never a silent pass.
   Policy ``inconclusive: fail`` makes an inconclusive check fail the verdict.
+* A report without per-request samples (GuideLLM ``sample_size=0``, or fewer logged than
+  summarised): latency p50 and mean are decided from GuideLLM's summary (standard error from
+  the interquartile range or std_dev / sqrt(n), normal approximation of the log ratio); tail
+  percentiles say by check name that they need samples.
+* Benchmarks without an offered rate are gated as load points of their own ("synchronous",
+  "throughput", "concurrent:<streams>"); load results from GuideLLM versions on both sides of
+  0.7.4 are refused unless ``allow_mixed_guidellm_versions`` (or the CLI flag) is set.
+
+Verdict
+-------
+Each check gives evidence for one dimension: latency (request_latency_s, ttft_ms, itl_ms,
+tpot_ms), throughput, errors (error_rate), accuracy, fidelity. The verdict is ``fail`` when a
+check failed, ``inconclusive`` when a dimension the policy names has no check that decided
+``pass`` (unless listed in the policy's ``accept_inconclusive``), else ``pass``; ``passed`` is
+``status == "pass"``. ``modelgate gate`` exits 0 / 1 / 3 for pass / fail / inconclusive and 2 on
+bad or unreadable input. ``accuracy`` may also be lm-eval's own output directory
+(``results_*.json`` + ``samples_*_*.jsonl``), see ``modelgate.accuracy.read_lm_eval_native``.
 * The bootstrap seed is fixed per policy and per check, so a verdict is reproducible.
 
 Statistical power (measured with a simulation: one round per variant, lognormal latencies, 2000
