@@ -11,8 +11,13 @@ description:
     rates, statistic, direction, tolerance), deciding from per-request and per-sample data
     (bootstrap confidence intervals, paired comparisons); a check that lacks data is
     inconclusive, never a silent pass.
+  - No pass without evidence. The verdict C(status) is V(pass) only when every dimension the
+    policy names (latency, throughput, errors, accuracy, fidelity) has a check that decided
+    pass and no check failed; V(fail) when a check failed; V(inconclusive) when a dimension
+    has no deciding check and the policy's C(accept_inconclusive) does not list it.
   - Writes C(gate.json) and C(junit.xml) into the run directory, then C(report.html) with its
-    plots, B(before) it fails; the failure message names every failed check with its numbers.
+    plots, B(before) it fails; the failure message names every failed check with its numbers
+    and every dimension without evidence with what is missing and how to get it.
 version_added: "0.1.0"
 author: ModelGate
 options:
@@ -27,7 +32,10 @@ options:
     description: A stored baseline (run directory or raw GuideLLM report) instead of the run's own.
     type: path
   fail_on_regression:
-    description: Fail the task when the verdict is not a pass.
+    description:
+      - Fail the task when the verdict is not a pass (V(fail) or V(inconclusive)).
+      - To let an inconclusive dimension through, list it in the policy's
+        C(accept_inconclusive), not here.
     type: bool
     default: true
 attributes:
@@ -45,8 +53,17 @@ EXAMPLES = r"""
 
 RETURN = r"""
 passed:
-  description: The verdict.
+  description: True only when RV(status) is V(pass).
   type: bool
+  returned: always
+status:
+  description:
+    - The verdict, V(pass), V(fail) or V(inconclusive) (C(modelgate gate) exits 0, 1, 3).
+  type: str
+  returned: always
+message:
+  description: Each failed check and each dimension without evidence, one per line.
+  type: str
   returned: always
 report:
   description: Path of report.html.

@@ -8,7 +8,9 @@ and need the hub.
 
 ``results.json`` keeps a 0/1 score per sample keyed by lm-eval's ``doc_id`` (``doc_id:r``
 for repeat ``r`` when a task is repeated), so the gate can pair samples across variants.
-lm-eval's own output (results + per-sample logs) is kept under ``lm_eval/``.
+lm-eval's own output (results + per-sample logs) is kept under ``lm_eval/``; such a native
+output directory is also read directly (``read_lm_eval_native``), e.g. a baseline measured
+by hand with lm-eval.
 """
 
 from __future__ import annotations
@@ -197,11 +199,29 @@ def _latest(directory: Path, pattern: str) -> Path:
     return found[-1]
 
 
+def sample_value(value: Any) -> float | None:
+    """A per-sample metric value as a number, or None when it is not one (lm-eval's
+    corpus-level metrics such as ``f1``, ``bleu`` or ``mcc`` log a (reference, prediction)
+    pair per sample and aggregate the pairs, so a single sample has no score)."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
 def parse_samples(lines: list[dict[str, Any]], metric: str, filter_name: str,
                   suffix: str = "") -> dict[str, float]:
     """Per-sample scores {doc_id[suffix]: 0.0|1.0} for one filter of one task (pure).
 
-    When the wanted filter is absent and the task has only one, that one is used.
+    When the wanted filter is absent and the task has only one, that one is used. A metric
+    whose per-sample values are not numbers (corpus-level ``f1`` and the like) gives no
+    per-sample scores: an empty mapping, and the caller falls back to lm-eval's aggregate.
     """
     filters = {str(line.get("filter", "none")) for line in lines}
     wanted = filter_name if filter_name in filters else (
@@ -217,8 +237,23 @@ def parse_samples(lines: list[dict[str, Any]], metric: str, filter_name: str,
         if metric not in line:
             raise ModelGateError(f"sample has no metric {metric!r}", field="metric",
                                  fix="set the task preset's metric to one the task reports")
-        out[f"{line['doc_id']}{suffix}"] = float(line[metric])
+        value = sample_value(line[metric])
+        if value is None:
+            return {}
+        out[f"{line['doc_id']}{suffix}"] = value
     return out
+
+
+def binary_f1(pairs: list[tuple[Any, Any]]) -> float | None:
+    """lm-eval's ``f1`` aggregation (sklearn ``f1_score(golds, preds)``, positive label 1)
+    over (gold, prediction) pairs of 0/1 labels; None when the labels are not 0/1."""
+    values = [v for pair in pairs for v in pair]
+    if not pairs or not all(isinstance(v, int | float) and v in (0, 1) for v in values):
+        return None
+    tp = sum(1 for g, p in pairs if g == 1 and p == 1)
+    fp = sum(1 for g, p in pairs if g != 1 and p == 1)
+    fn = sum(1 for g, p in pairs if g == 1 and p != 1)
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
 
 
 def read_lm_eval_output(output_dir: Path, task: AccuracyTask, suffix: str = ""
@@ -234,6 +269,147 @@ def read_lm_eval_output(output_dir: Path, task: AccuracyTask, suffix: str = ""
         value = next((v for k, v in agg.items()
                       if k.startswith(f"{task.metric},") and "_stderr" not in k), None)
     return samples, (float(value) if isinstance(value, int | float) else None)
+
+
+_NATIVE_RESULTS = "results_*.json"
+
+
+def _results_files(directory: Path) -> list[Path]:
+    """lm-eval results files under ``directory`` (itself or a model-name subfolder)."""
+    found = [p for p in directory.rglob(_NATIVE_RESULTS) if p.is_file()]
+    return sorted(found, key=lambda p: (p.name, str(p)))
+
+
+def is_lm_eval_output(directory: str | Path) -> bool:
+    """True when ``directory`` holds lm-eval's own output (``results_*.json``)."""
+    d = Path(directory)
+    return d.is_dir() and bool(_results_files(d))
+
+
+def _task_metric(task: str, results: dict[str, Any]) -> tuple[str, str, Any] | None:
+    """(metric, filter, aggregate) of a task in an lm-eval results file: the config's first
+    metric, with the first filter that reports it."""
+    agg = (results.get("results") or {}).get(task) or {}
+    keys = [k for k in agg if "," in k and "_stderr" not in k]
+    if not keys:
+        return None
+    cfg = (results.get("configs") or {}).get(task) or {}
+    wanted = [m.get("metric") for m in cfg.get("metric_list") or [] if isinstance(m, dict)]
+    for metric in [*(w for w in wanted if isinstance(w, str)), *(k.split(",")[0] for k in keys)]:
+        for key in keys:
+            name, _, flt = key.partition(",")
+            if name == metric:
+                return metric, flt, agg[key]
+    return None
+
+
+def _aggregation(task: str, metric: str, results: dict[str, Any]) -> str | None:
+    cfg = (results.get("configs") or {}).get(task) or {}
+    for m in cfg.get("metric_list") or []:
+        if isinstance(m, dict) and m.get("metric") == metric:
+            agg = m.get("aggregation")
+            return agg if isinstance(agg, str) else None
+    return None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    lines = []
+    for i, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelGateError(f"{path} line {i} is not JSON: {exc}", field="accuracy",
+                                 fix="pass lm-eval's samples_<task>_<time>.jsonl unchanged") \
+                from exc
+        if not isinstance(line, dict) or "doc_id" not in line:
+            raise ModelGateError(f"{path} line {i} is not an lm-eval sample (no doc_id)",
+                                 field="accuracy", fix="pass lm-eval's --log_samples output")
+        lines.append(line)
+    return lines
+
+
+def read_lm_eval_native(directory: str | Path) -> dict[str, Any]:
+    """ModelGate accuracy results from lm-eval's own output directory (lm-eval 0.4 layout:
+    ``results_<time>.json`` + ``samples_<task>_<time>.jsonl``, possibly in a model-name
+    subfolder), so a baseline measured by hand with lm-eval is a valid stored baseline.
+
+    Per-sample numeric scores (acc, exact_match, ...) are kept for the gate's paired
+    comparison. A metric lm-eval aggregates at corpus level from per-sample pairs (``f1``,
+    ``bleu``, ``mcc``, ...) has no per-sample score: binary ``f1`` is recomputed from the pairs
+    the way lm-eval does; otherwise lm-eval's aggregate is used, with a note saying so.
+    The latest results file wins for a task measured more than once.
+    """
+    root = Path(directory)
+    files = _results_files(root)
+    if not files:
+        raise ModelGateError(
+            f"{root} holds no lm-eval results_*.json", field="accuracy",
+            fix="pass lm-eval's --output_path directory (results_<time>.json + "
+                "samples_<task>_<time>.jsonl from --log_samples)")
+    tasks: dict[str, Any] = {}
+    for path in files:
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelGateError(f"cannot read lm-eval results {path}: {exc}",
+                                 field="accuracy", fix="pass lm-eval's results file unchanged") \
+                from exc
+        if not isinstance(results, dict) or not isinstance(results.get("results"), dict):
+            raise ModelGateError(f"{path} is not an lm-eval results file (no 'results' object)",
+                                 field="accuracy", fix="pass lm-eval's --output_path directory")
+        stamp = path.name[len("results_"):-len(".json")]
+        for task in results["results"]:
+            found = _task_metric(task, results)
+            samples_file = path.parent / f"samples_{task}_{stamp}.jsonl"
+            if found is None:
+                continue  # a group's summary row, or a task without a metric
+            metric, flt, aggregate = found
+            entry: dict[str, Any] = {
+                "metric": metric, "filter": flt, "lm_eval_task": task,
+                "lm_eval_score": sample_value(aggregate), "source": str(path),
+                "samples": {},
+            }
+            notes = []
+            if samples_file.is_file():
+                lines = [x for x in _read_jsonl(samples_file)
+                         if str(x.get("filter", flt)) == flt and metric in x]
+                values = [(str(x["doc_id"]), sample_value(x[metric])) for x in lines]
+                if values and all(v is not None for _, v in values):
+                    entry["samples"] = {d: float(v) for d, v in values if v is not None}
+                elif lines:
+                    pairs = [tuple(x[metric]) for x in lines
+                             if isinstance(x[metric], list) and len(x[metric]) == 2]
+                    f1 = (binary_f1([(g, p) for g, p in pairs])
+                          if metric == "f1" and _aggregation(task, metric, results) == "f1"
+                          else None)
+                    if f1 is not None:
+                        entry["lm_eval_score"] = f1
+                        notes.append(f"{metric} recomputed from {len(pairs)} (gold, prediction)"
+                                     " pairs as lm-eval aggregates it")
+                    else:
+                        notes.append(
+                            f"{metric} is aggregated by the task over (reference, prediction) "
+                            "pairs, not per sample: lm-eval's aggregate "
+                            f"{entry['lm_eval_score']} is used and no paired per-sample "
+                            "comparison is possible")
+                    entry["n_logged"] = len(lines)
+            else:
+                notes.append(f"no {samples_file.name} (run lm-eval with --log_samples): "
+                             "lm-eval's aggregate only")
+            n = len(entry["samples"])
+            entry["n"] = n or int(((results.get("n-samples") or {}).get(task) or {})
+                                  .get("effective") or 0)
+            entry["score"] = (sum(entry["samples"].values()) / n if n
+                              else entry["lm_eval_score"])
+            if notes:
+                entry["note"] = "; ".join(notes)
+            tasks[task] = entry
+    if not tasks:
+        raise ModelGateError(f"lm-eval results under {root} name no task with a metric",
+                             field="accuracy", fix="pass lm-eval's --output_path directory")
+    return {"tasks": tasks, "format": "lm-eval native", "source": str(root)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,16 +486,18 @@ def run_accuracy(
                 lm_eval_scores.append(agg)
         timings[task.name] = round(time.monotonic() - started, 1)
         n = len(samples)
+        lm_eval_mean = sum(lm_eval_scores) / len(lm_eval_scores) if lm_eval_scores else None
         results["tasks"][task.name] = {
             "metric": task.metric,
-            "score": sum(samples.values()) / n if n else 0.0,
+            # a corpus-level metric (f1, bleu, ...) has no per-sample scores: lm-eval's own
+            # aggregate stands in, and the gate says it cannot pair samples
+            "score": sum(samples.values()) / n if n else lm_eval_mean,
             "n": n,
             "samples": samples,
             "lm_eval_task": task.lm_eval_task,
             "filter": task.filter,
             "repeats": n_repeats,
-            "lm_eval_score": (sum(lm_eval_scores) / len(lm_eval_scores)
-                              if lm_eval_scores else None),
+            "lm_eval_score": lm_eval_mean,
             "limit": limit,
         }
     (out / "results.json").write_text(json.dumps(results, indent=2))

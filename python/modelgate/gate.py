@@ -21,8 +21,9 @@ rounds; ``results.json`` is round 1). Normalized load results::
     ``blocks`` (written by ``modelgate.loadtest.split_interleaved`` for variants measured
     together through ``modelgate interleave-proxy``) gives each sample's time block of the run.
 
-    ``samples`` hold one value per successful request. A raw GuideLLM 0.8 JSON report (it has
-    ``benchmarks``) is accepted too and normalized by ``modelgate.loadtest``.
+    ``samples`` hold one value per successful request. A raw GuideLLM JSON report of any
+    layout since 0.3 (it has ``benchmarks``) is accepted too and normalized by
+    ``modelgate.loadtest``.
 ``<variant>/accuracy/results.json``::
 
     {"tasks": {"<task>": {"metric": "acc" | "exact_match", "score": float, "n": int,
@@ -65,6 +66,23 @@ Statistics
   bootstrap CI over prompts (token-weighted when ``per_prompt[].tokens`` is given).
 * Missing data, too few samples or rounds: INCONCLUSIVE with the reason, never a silent pass.
   Policy ``inconclusive: fail`` makes an inconclusive check fail the verdict.
+* A report without per-request samples (GuideLLM ``sample_size=0``, or fewer logged than
+  summarised): latency p50 and mean are decided from GuideLLM's summary (standard error from
+  the interquartile range or std_dev / sqrt(n), normal approximation of the log ratio); tail
+  percentiles say by check name that they need samples.
+* Benchmarks without an offered rate are gated as load points of their own ("synchronous",
+  "throughput", "concurrent:<streams>"); load results from GuideLLM versions on both sides of
+  0.7.4 are refused unless ``allow_mixed_guidellm_versions`` (or the CLI flag) is set.
+
+Verdict
+-------
+Each check gives evidence for one dimension: latency (request_latency_s, ttft_ms, itl_ms,
+tpot_ms), throughput, errors (error_rate), accuracy, fidelity. The verdict is ``fail`` when a
+check failed, ``inconclusive`` when a dimension the policy names has no check that decided
+``pass`` (unless listed in the policy's ``accept_inconclusive``), else ``pass``; ``passed`` is
+``status == "pass"``. ``modelgate gate`` exits 0 / 1 / 3 for pass / fail / inconclusive and 2 on
+bad or unreadable input. ``accuracy`` may also be lm-eval's own output directory
+(``results_*.json`` + ``samples_*_*.jsonl``), see ``modelgate.accuracy.read_lm_eval_native``.
 * The bootstrap seed is fixed per policy and per check, so a verdict is reproducible.
 
 Statistical power (measured with a simulation: one round per variant, lognormal latencies, 2000
@@ -96,7 +114,7 @@ import math
 import re
 import xml.etree.ElementTree as ET
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,7 +138,29 @@ _ROUND_FILE_RE = re.compile(r"^results(?:-r(\d+))?\.json$")
 _CHECK_KEYS = {
     "name", "metric", "rates", "statistic", "direction", "tolerance", "min_samples", "description",
 }
-_POLICY_KEYS = {"checks", "inconclusive", "min_rounds", "min_baseline_score", "bootstrap"}
+_POLICY_KEYS = {"checks", "inconclusive", "min_rounds", "min_baseline_score", "bootstrap",
+                "accept_inconclusive", "allow_mixed_guidellm_versions"}
+# What a verdict needs evidence for: each dimension a policy's checks name must have at least
+# one check that decided "pass" and none that failed (see GateVerdict.status).
+DIMENSIONS = ("latency", "throughput", "errors", "accuracy", "fidelity")
+_KIND_DIMENSION = {"latency": "latency", "throughput": "throughput", "error_rate": "errors",
+                   "accuracy": "accuracy", "fidelity": "fidelity"}
+# How to get the data a dimension lacks, for the verdict's message.
+_HOW_TO_GET = {
+    "latency": "run `modelgate loadtest` for both variants, or pass GuideLLM JSON reports / "
+               "guidellm/results.json that keep per-request samples",
+    "throughput": "measure 2+ load-test rounds per variant (`modelgate loadtest --interleave "
+                  "... --round N`)",
+    "errors": "run `modelgate loadtest` for both variants, or pass GuideLLM JSON reports",
+    "accuracy": "run `modelgate accuracy` for both variants, or pass lm-eval's --output_path "
+                "directory (run with --log_samples) / accuracy/results.json",
+    "fidelity": "run `modelgate fidelity collect` on the baseline and the candidate, then "
+                "`modelgate fidelity compare` to write the candidate's fidelity.json",
+}
+# GuideLLM 0.7.4 changed how token events are bounded (DESIGN.md field notes).
+_TOKEN_EVENTS_VERSION = "0.7.4"
+# modelgate gate's exit code per verdict status (2: bad input, from modelgate.cli)
+EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 3}
 _UNITS = {"request_latency_s": "s", "ttft_ms": "ms", "itl_ms": "ms", "tpot_ms": "ms"}
 
 
@@ -140,6 +180,11 @@ class GateCheck:
     direction: str
     tolerance: float
     min_samples: int
+
+    @property
+    def dimension(self) -> str:
+        """The verdict dimension this check gives evidence for (one of DIMENSIONS)."""
+        return _KIND_DIMENSION[self.kind]
 
     @property
     def kind(self) -> str:
@@ -174,10 +219,21 @@ class GatePolicy:
     min_baseline_score: float = 0.02
     bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
     source: str = "default"
+    # dimensions whose lack of a deciding check does not block a pass (e.g. accuracy when a
+    # run measures load only)
+    accept_inconclusive: tuple[str, ...] = ()
+    allow_mixed_guidellm_versions: bool = False
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        """The dimensions this policy's checks name, in DIMENSIONS order."""
+        named = {c.dimension for c in self.checks}
+        return tuple(d for d in DIMENSIONS if d in named)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, recorded in gate.json."""
         data = asdict(self)
+        data["accept_inconclusive"] = list(self.accept_inconclusive)
         data["checks"] = [
             {**asdict(c), "rates": c.rates if isinstance(c.rates, str) else list(c.rates)}
             for c in self.checks
@@ -356,9 +412,25 @@ def parse_policy(data: Any, source: str = "<policy>") -> GatePolicy:
             f"{source}: bootstrap needs resamples >= 200 and 0.5 < confidence < 1",
             field="bootstrap", fix="e.g. resamples: 2000, confidence: 0.95",
         )
+    accept = data.get("accept_inconclusive", [])
+    if isinstance(accept, str):
+        accept = [accept]
+    if not isinstance(accept, list) or not all(a in DIMENSIONS for a in accept):
+        raise ModelGateError(
+            f"{source}: accept_inconclusive must be a list of dimensions, got {accept!r}",
+            field="accept_inconclusive",
+            fix=f"use a list of: {', '.join(DIMENSIONS)} (e.g. accept_inconclusive: [fidelity])",
+        )
+    mixed = data.get("allow_mixed_guidellm_versions", False)
+    if not isinstance(mixed, bool):
+        raise ModelGateError(
+            f"{source}: allow_mixed_guidellm_versions must be true or false",
+            field="allow_mixed_guidellm_versions", fix="allow_mixed_guidellm_versions: false")
     return GatePolicy(
         checks=checks, inconclusive=inconclusive, min_rounds=min_rounds,
         min_baseline_score=float(mbs), bootstrap=boot, source=source,
+        accept_inconclusive=tuple(d for d in DIMENSIONS if d in accept),
+        allow_mixed_guidellm_versions=mixed,
     )
 
 
@@ -373,7 +445,11 @@ class LoadRound:
 
     round_id: str
     path: str
-    rates: dict[float, dict[str, Any]]
+    # keyed by offered rate (constant/poisson), or by "synchronous", "throughput",
+    # "concurrent:<streams>" for benchmarks without one (see _point_key)
+    rates: dict[float | str, dict[str, Any]]
+    # GuideLLM report layout and version (modelgate.loadtest.report_format), when known
+    guidellm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -388,8 +464,22 @@ class VariantResults:
 
     @property
     def rates(self) -> list[float]:
-        """Every rate measured in any round, ascending."""
-        return sorted({r for rnd in self.rounds for r in rnd.rates})
+        """Every offered rate measured in any round, ascending (load points without a rate,
+        such as synchronous, are in ``points``)."""
+        return sorted({r for rnd in self.rounds for r in rnd.rates if isinstance(r, float)})
+
+    @property
+    def points(self) -> list[float | str]:
+        """Every load point of any round: rates ascending, then the named points."""
+        keys = {r for rnd in self.rounds for r in rnd.rates}
+        return [*sorted(k for k in keys if isinstance(k, float)),
+                *sorted(k for k in keys if isinstance(k, str))]
+
+    @property
+    def guidellm_sides(self) -> dict[str, str]:
+        """{round file: "pre-0.7.4" | "0.7.4+"} for rounds whose GuideLLM side is known."""
+        return {rnd.path: rnd.guidellm["token_events"] for rnd in self.rounds
+                if rnd.guidellm.get("token_events")}
 
 
 def _rate_key(rate: Any) -> float:
@@ -397,9 +487,29 @@ def _rate_key(rate: Any) -> float:
     return round(float(rate), 6)
 
 
+def _point_key(entry: dict[str, Any]) -> float | str | None:
+    """Where a benchmark sits in the sweep: its offered rate, else its strategy (a
+    synchronous or throughput benchmark, a concurrent one by its streams); None: not gated."""
+    rate = entry.get("rate")
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+        return _rate_key(rate)
+    profile = entry.get("profile")
+    if profile in ("synchronous", "throughput"):
+        return str(profile)
+    if profile == "concurrent" and isinstance(entry.get("streams"), int):
+        return f"concurrent:{entry['streams']}"
+    return None
+
+
 def _read_json(path: Path, role: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelGateError(
+            f"{role} file {path} is not text (not JSON): {exc.reason}", field=role,
+            fix="pass a JSON results file: guidellm/results.json, a GuideLLM report, "
+                "accuracy/results.json, lm-eval's output directory or fidelity.json",
+        ) from exc
     except OSError as exc:
         raise ModelGateError(
             f"cannot read {role} file {path}: {exc.strerror}", field=role,
@@ -421,23 +531,37 @@ def _load_round(data: Any, path: Path, round_id: str, role: str, variant: str) -
                 f"{path} is a raw GuideLLM report and modelgate.loadtest is unavailable",
                 field=role, fix="pass the normalized results.json instead",
             ) from exc
-        data = normalize_guidellm_report(data, variant)
+        try:
+            data = normalize_guidellm_report(data, variant)
+        except ModelGateError as exc:
+            raise ModelGateError(f"{role} file {path}: {exc.message}", field=role,
+                                 fix=exc.fix) from exc
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ModelGateError(
+                f"{role} file {path} looks like a GuideLLM report but cannot be read: {exc}",
+                field=role, fix="pass the JSON report GuideLLM wrote, unchanged") from exc
     if not isinstance(data, dict) or not isinstance(data.get("rates"), list):
         raise ModelGateError(
             f"{role} load results {path} have no 'rates' list", field=f"{role}: {path}",
             fix="pass a normalized guidellm/results.json or a raw GuideLLM JSON report",
         )
-    rates: dict[float, dict[str, Any]] = {}
+    rates: dict[float | str, dict[str, Any]] = {}
     for i, entry in enumerate(data["rates"]):
-        if isinstance(entry, dict) and entry.get("rate") is None:
-            continue  # a profile without a fixed rate (synchronous, throughput): not gated
-        if not isinstance(entry, dict) or not isinstance(entry.get("rate"), (int, float)):
+        ok_rate = isinstance(entry, dict) and (
+            entry.get("rate") is None or isinstance(entry.get("rate"), (int, float)))
+        if not ok_rate or not isinstance(entry.get("requests", {}), dict) or not isinstance(
+                entry.get("samples", {}) or {}, dict):
             raise ModelGateError(
-                f"{role} load results {path}: rates[{i}] has no numeric 'rate'",
-                field=f"{role}: {path}: rates[{i}].rate", fix="re-run the load test stage",
+                f"{role} load results {path}: rates[{i}] is not a rate entry (numeric 'rate' "
+                "or null, 'requests' and 'samples' objects)",
+                field=f"{role}: {path}: rates[{i}]", fix="re-run the load test stage",
             )
-        rates[_rate_key(entry["rate"])] = entry
-    return LoadRound(round_id=round_id, path=str(path), rates=rates)
+        key = _point_key(entry)
+        if key is None:
+            continue  # a benchmark with neither a rate nor a known strategy: not gated
+        rates[key] = entry
+    fmt = data.get("guidellm") if isinstance(data.get("guidellm"), dict) else {}
+    return LoadRound(round_id=round_id, path=str(path), rates=rates, guidellm=fmt)
 
 
 def _round_files(folder: Path) -> list[tuple[str, Path]]:
@@ -453,6 +577,8 @@ def _classify_file(data: Any) -> str:
     if isinstance(data, dict):
         if "rates" in data or "benchmarks" in data:
             return "load"
+        if isinstance(data.get("results"), dict) and ("configs" in data or "versions" in data):
+            return "lm_eval_results"
         if "tasks" in data:
             return "accuracy"
         if "flip_rate" in data or "per_prompt" in data:
@@ -485,13 +611,17 @@ def load_variant(path: str | Path, *, role: str = "candidate", name: str | None 
         if kind == "load":
             result.rounds.append(_load_round(data, p, "r1", role, result.name))
         elif kind == "accuracy":
-            result.accuracy = data
+            result.accuracy = _checked_accuracy(data, p, role)
+        elif kind == "lm_eval_results":  # one lm-eval results file: read its whole folder
+            result.accuracy = _native_accuracy(p.parent, role)
+            result.name = name or p.parent.name
         elif kind == "fidelity":
             result.fidelity = data
         else:
             raise ModelGateError(
                 f"{role} file {p} is not load, accuracy or fidelity results", field=role,
-                fix="pass results.json (load or accuracy), a GuideLLM report, or fidelity.json",
+                fix="pass results.json (load or accuracy), a GuideLLM report, lm-eval's "
+                    "results_*.json or output directory, or fidelity.json",
             )
         return result
     vname = name or p.name
@@ -503,16 +633,62 @@ def load_variant(path: str | Path, *, role: str = "candidate", name: str | None 
         result.name = name or p.parent.name
     acc = p / "accuracy" / "results.json"
     if acc.is_file():
-        result.accuracy = _read_json(acc, role)
+        result.accuracy = _checked_accuracy(_read_json(acc, role), acc, role)
+    elif not result.rounds:
+        from modelgate.accuracy import is_lm_eval_output
+
+        # lm-eval's own output: the folder itself, or its accuracy/ folder
+        for native in (p / "accuracy", p):
+            if is_lm_eval_output(native):
+                result.accuracy = _native_accuracy(native, role)
+                break
     fid = p / "fidelity.json"
     if fid.is_file():
         result.fidelity = _read_json(fid, role)
+        if not isinstance(result.fidelity, dict):
+            raise ModelGateError(f"{role} file {fid} is not a fidelity object", field=role,
+                                 fix="re-run `modelgate fidelity compare`")
     if not (result.rounds or result.accuracy or result.fidelity) and not allow_missing:
         raise ModelGateError(
-            f"{role} folder {p} holds no results (guidellm/results*.json, accuracy/results.json"
-            " or fidelity.json)", field=role, fix="point at a variant folder of a finished run",
+            f"{role} folder {p} holds no results (guidellm/results*.json, accuracy/results.json,"
+            " lm-eval results_*.json or fidelity.json)", field=role,
+            fix="point at a variant folder of a finished run or lm-eval's output directory",
         )
     return result
+
+
+def _native_accuracy(folder: Path, role: str) -> dict[str, Any]:
+    from modelgate.accuracy import read_lm_eval_native
+
+    try:
+        return read_lm_eval_native(folder)
+    except ModelGateError as exc:
+        raise ModelGateError(f"{role}: {exc.message}", field=role, fix=exc.fix) from exc
+
+
+def _checked_accuracy(data: Any, path: Path, role: str) -> dict[str, Any]:
+    """Accuracy results whose tasks and per-sample scores the checks can read."""
+    tasks = data.get("tasks") if isinstance(data, dict) else None
+    bad = None
+    if not isinstance(tasks, dict):
+        bad = "'tasks' is not an object"
+    else:
+        for task, entry in tasks.items():
+            samples = entry.get("samples") if isinstance(entry, dict) else None
+            if not isinstance(entry, dict) or not isinstance(samples or {}, dict):
+                bad = f"task {task!r} is not an object with a 'samples' object"
+            elif not all(isinstance(v, (int, float)) for v in (samples or {}).values()):
+                bad = f"task {task!r} has non-numeric per-sample scores"
+            elif entry.get("score") is not None and not isinstance(entry["score"], (int, float)):
+                bad = f"task {task!r} has a non-numeric score"
+            if bad:
+                break
+    if bad:
+        raise ModelGateError(
+            f"{role} accuracy results {path}: {bad}", field=role,
+            fix='expected {"tasks": {"<task>": {"metric", "score", "n", "samples": '
+                '{"<doc_id>": 0|1}}}} or lm-eval\'s output directory')
+    return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,15 +830,20 @@ class CheckResult:
     n_baseline: int | None = None
     n_candidate: int | None = None
     confidence: float = 0.95
+    # a load point without an offered rate ("synchronous", "throughput", "concurrent:8")
+    point: str | None = None
+    dimension: str = ""
 
     @property
     def label(self) -> str:
-        """Short human name: metric, statistic and rate."""
+        """Short human name: metric, statistic and rate (or load point)."""
         parts = [self.metric]
         if self.statistic and self.kind == "ratio":
             parts.append(self.statistic)
         if self.rate is not None:
             parts.append(f"@ {float(self.rate)} rps")
+        elif self.point is not None:
+            parts.append(f"@ {self.point}")
         return " ".join(parts)
 
     def describe(self, variant: str) -> str:
@@ -698,7 +879,13 @@ class CheckResult:
 
 @dataclass
 class GateVerdict:
-    """Every check of one candidate against its baseline, and the verdict."""
+    """Every check of one candidate against its baseline, and the verdict.
+
+    ``status``: "fail" when a check failed (or, under ``inconclusive: fail``, was
+    inconclusive); "inconclusive" when a dimension the policy names (latency, throughput,
+    errors, accuracy, fidelity) has no check that decided "pass" and the policy does not list
+    it in ``accept_inconclusive``; "pass" otherwise. ``passed`` is ``status == "pass"``.
+    """
 
     baseline: str
     candidate: str
@@ -706,6 +893,8 @@ class GateVerdict:
     inconclusive_policy: str = "warn"
     notes: list[str] = field(default_factory=list)
     policy: dict[str, Any] = field(default_factory=dict)
+    named_dimensions: tuple[str, ...] = ()
+    accept_inconclusive: tuple[str, ...] = ()
 
     @property
     def counts(self) -> dict[str, int]:
@@ -713,29 +902,62 @@ class GateVerdict:
         return {s: sum(1 for c in self.checks if c.status == s) for s in STATUSES}
 
     @property
+    def dimensions(self) -> dict[str, dict[str, Any]]:
+        """Per dimension the policy names: its status, check counts and, when no check
+        decided, why (the checks' reasons) and how to get the missing data."""
+        named = self.named_dimensions or tuple(
+            d for d in DIMENSIONS if any(c.dimension == d for c in self.checks))
+        out: dict[str, dict[str, Any]] = {}
+        for dim in named:
+            checks = [c for c in self.checks if c.dimension == dim]
+            counts = {s: sum(1 for c in checks if c.status == s) for s in STATUSES}
+            status = "fail" if counts["fail"] else "pass" if counts["pass"] else "inconclusive"
+            info: dict[str, Any] = {"status": status, "counts": counts,
+                                    "accepted_inconclusive": False}
+            if status == "inconclusive":
+                info["accepted_inconclusive"] = dim in self.accept_inconclusive
+                reasons = list(dict.fromkeys(c.reason for c in checks if c.reason))
+                info["missing"] = "; ".join(reasons[:3]) or "no check ran"
+                info["how_to_get"] = _HOW_TO_GET[dim]
+            out[dim] = info
+        return out
+
+    @property
     def status(self) -> str:
-        """fail if any check failed, else inconclusive if any was, else pass."""
+        """The verdict: pass, fail or inconclusive (see the class docstring)."""
         counts = self.counts
-        if counts["fail"]:
+        if counts["fail"] or (self.inconclusive_policy == "fail" and counts["inconclusive"]):
             return "fail"
-        return "inconclusive" if counts["inconclusive"] else "pass"
+        if any(d["status"] == "inconclusive" and not d["accepted_inconclusive"]
+               for d in self.dimensions.values()):
+            return "inconclusive"
+        return "pass"
 
     @property
     def passed(self) -> bool:
-        """True unless a check failed (or was inconclusive under ``inconclusive: fail``)."""
-        counts = self.counts
-        return not counts["fail"] and not (
-            self.inconclusive_policy == "fail" and counts["inconclusive"]
-        )
+        """True only when the verdict is a pass: evidence for every dimension, no failure."""
+        return self.status == "pass"
 
     def blocking(self) -> list[CheckResult]:
         """The checks that make the verdict fail."""
         bad = {"fail", "inconclusive"} if self.inconclusive_policy == "fail" else {"fail"}
         return [c for c in self.checks if c.status in bad]
 
+    def undecided(self) -> list[str]:
+        """One line per dimension without evidence (not accepted): what is missing, how to
+        get it."""
+        return [f"{self.candidate}: {dim}: no check decided ({d['missing']}); to get it: "
+                f"{d['how_to_get']}"
+                for dim, d in self.dimensions.items()
+                if d["status"] == "inconclusive" and not d["accepted_inconclusive"]]
+
     def failure_message(self) -> str:
-        """One line per blocking check, naming it with its numbers (empty when passed)."""
-        return "\n".join(c.describe(self.candidate) for c in self.blocking())
+        """One line per blocking check, naming it with its numbers, then one per dimension
+        without evidence (empty when passed)."""
+        lines = [c.describe(self.candidate) for c in self.blocking()]
+        if self.status != "pass":
+            lines += self.undecided()
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form written to gate.json."""
@@ -745,6 +967,7 @@ class GateVerdict:
             "passed": self.passed,
             "status": self.status,
             "counts": self.counts,
+            "dimensions": self.dimensions,
             "message": self.failure_message(),
             "notes": self.notes,
             "checks": [c.to_dict() for c in self.checks],
@@ -772,12 +995,14 @@ class RunVerdict:
 
     @property
     def passed(self) -> bool:
-        """True when every candidate passed."""
-        return all(v.passed for v in self.verdicts)
+        """True when the run's verdict is a pass (every candidate passed)."""
+        return self.status == "pass"
 
     @property
     def status(self) -> str:
-        """Worst status over the candidates."""
+        """Worst status over the candidates; a run with no candidate is inconclusive."""
+        if not self.verdicts:
+            return "inconclusive"
         statuses = {v.status for v in self.verdicts}
         for s in ("fail", "inconclusive"):
             if s in statuses:
@@ -786,13 +1011,19 @@ class RunVerdict:
 
     @property
     def message(self) -> str:
-        """The failure message of the play, naming each failed check with its numbers."""
+        """The failure message of the play, naming each failed check with its numbers and
+        each dimension without evidence."""
         lines = [line for v in self.verdicts for line in v.failure_message().splitlines()]
-        if not lines:
+        status = self.status
+        if status == "pass":
             counts = sum(v.counts["inconclusive"] for v in self.verdicts)
             extra = f" ({counts} inconclusive checks, see gate.json)" if counts else ""
             return f"gate passed for run {self.run_id}{extra}"
-        return f"gate failed for run {self.run_id}: {len(lines)} check(s)\n" + "\n".join(lines)
+        if not self.verdicts:
+            return f"gate inconclusive for run {self.run_id}: no candidate variant to judge"
+        word = "failed" if status == "fail" else "inconclusive"
+        return (f"gate {word} for run {self.run_id}: {len(lines)} finding(s)\n"
+                + "\n".join(lines))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form written to gate.json."""
@@ -846,6 +1077,24 @@ def _write_junit(path: str | Path, verdicts: list[GateVerdict], inconclusive_pol
                 counts["skipped"] += 1
                 ET.SubElement(case, "skipped", message=f"inconclusive: {c.reason}")
             ET.SubElement(case, "system-out").text = json.dumps(c.to_dict(), sort_keys=True)
+        # one testcase per dimension: a dimension without evidence fails the suite as the
+        # verdict does (exit 3), unless the policy accepts it (skipped)
+        for dim, d in v.dimensions.items():
+            case = ET.SubElement(suite, "testcase", classname=f"modelgate.gate.{v.candidate}",
+                                 name=f"dimension: {dim}")
+            counts["tests"] += 1
+            if d["status"] == "inconclusive" and d["accepted_inconclusive"]:
+                counts["skipped"] += 1
+                ET.SubElement(case, "skipped",
+                              message=f"inconclusive, accepted by policy: {d['missing']}")
+            elif d["status"] == "inconclusive":
+                counts["failures"] += 1
+                failure = ET.SubElement(case, "failure", type="inconclusive",
+                                        message=f"{dim}: no check decided")
+                failure.text = f"{d['missing']}; to get it: {d['how_to_get']}"
+            elif d["status"] == "fail":
+                counts["failures"] += 1
+                ET.SubElement(case, "failure", type="fail", message=f"{dim}: a check failed")
         for key, value in counts.items():
             suite.set(key, str(value))
             totals[key] += value
@@ -871,9 +1120,16 @@ def _decide(lo: float, hi: float, limit: float, upper: bool) -> str:
     return "fail" if hi < limit else "pass" if lo >= limit else "inconclusive"
 
 
-def _target_rates(check: GateCheck, base: VariantResults, cand: VariantResults) -> list[float]:
+def _at(point: float | str) -> str:
+    return f"at {float(point)} rps" if isinstance(point, (int, float)) else f"at {point}"
+
+
+def _target_rates(check: GateCheck, base: VariantResults, cand: VariantResults,
+                  ) -> list[float | str]:
     if check.rates == "all":
-        return sorted(set(base.rates) | set(cand.rates))
+        keys = set(base.points) | set(cand.points)
+        return [*sorted(k for k in keys if isinstance(k, float)),
+                *sorted(k for k in keys if isinstance(k, str))]
     return [_rate_key(r) for r in check.rates]
 
 
@@ -902,6 +1158,111 @@ def _samples_at(variant: VariantResults, rate: float, metric: str,
     return rounds, entries
 
 
+_NEEDS_SAMPLES_FIX = ("re-run GuideLLM keeping per-request samples (GuideLLM 0.8: "
+                      "`--metrics kind=generative,sample_size=N` with N > 0; the default keeps "
+                      "them)")
+
+
+def _summary_estimate(entry: dict[str, Any], metric: str, stat: str,
+                      ) -> tuple[float, float, int] | None:
+    """(statistic, standard error, n) from GuideLLM's summary of one rate entry.
+
+    mean: std_dev / sqrt(n). p50: the sample median's standard error 1 / (2 f sqrt(n)) with
+    the density f at the median estimated from the interquartile range (f ~ 0.5 / IQR), i.e.
+    IQR / sqrt(n): distribution-free, and for a normal distribution 8% wider than exact.
+    Tail percentiles have no such estimate from a summary: None.
+    """
+    m = (entry.get("metrics") or {}).get(metric) or {}
+    count = m.get("count")
+    n = int(count) if isinstance(count, (int, float)) and count > 0 else int(
+        (entry.get("requests") or {}).get("successful") or 0)
+    value = m.get(stat)
+    if not isinstance(value, (int, float)) or n < 2:
+        return None
+    if stat == "mean":
+        sd = m.get("std_dev")
+        se = float(sd) / math.sqrt(n) if isinstance(sd, (int, float)) else None
+    elif stat == "p50":
+        p25, p75 = m.get("p25"), m.get("p75")
+        se = ((float(p75) - float(p25)) / math.sqrt(n)
+              if isinstance(p25, (int, float)) and isinstance(p75, (int, float)) else None)
+    else:
+        se = None
+    return None if se is None else (float(value), se, n)
+
+
+def _summary_count(entries: list[dict[str, Any]], metric: str) -> int:
+    """Requests GuideLLM's summaries of ``metric`` cover, over all rounds."""
+    total = 0
+    for e in entries:
+        count = ((e.get("metrics") or {}).get(metric) or {}).get("count")
+        total += int(count) if isinstance(count, (int, float)) else int(
+            (e.get("requests") or {}).get("successful") or 0)
+    return total
+
+
+def _summary_latency_check(check: GateCheck, result: CheckResult,
+                           b_entries: list[dict[str, Any]], c_entries: list[dict[str, Any]],
+                           stat: str, limit: float, upper: bool, policy: GatePolicy,
+                           who: str, logged: bool = False) -> CheckResult:
+    """Decide a latency check from GuideLLM's summaries when per-request samples are missing
+    (a normal approximation of the log ratio); tail percentiles need samples."""
+    b_sum = _summary_value(b_entries, check.metric, stat)
+    c_sum = _summary_value(c_entries, check.metric, stat)
+    result.baseline, result.candidate = b_sum, c_sum
+    result.ratio = None
+    if b_sum and c_sum is not None:
+        result.ratio = c_sum / b_sum
+    lacking = (f"too few logged per-request samples for the {who}" if logged
+               else f"no per-request samples for the {who}")
+    point = f" (summary ratio {result.ratio:.2f}x)" if result.ratio is not None else ""
+    if stat not in ("mean", "p50"):
+        result.reason = (f"{check.name} needs per-request samples ({lacking}): a "
+                         f"{stat} confidence interval cannot come from GuideLLM's summary"
+                         f"{point}; {_NEEDS_SAMPLES_FIX}")
+        return result
+    sides = []
+    for entries in (b_entries, c_entries):
+        est = [_summary_estimate(e, check.metric, stat) for e in entries]
+        if not est or any(e is None for e in est):
+            result.reason = (f"{lacking.replace('samples', check.metric + ' samples')} "
+                             f"and its summary lacks what a {stat} interval needs{point}; "
+                             f"{_NEEDS_SAMPLES_FIX}")
+            return result
+        k = len(est)
+        sides.append((sum(e[0] for e in est if e) / k,
+                      math.sqrt(sum(e[1] ** 2 for e in est if e)) / k,
+                      sum(e[2] for e in est if e), k))
+    (b, b_se, nb, kb), (c, c_se, nc, kc) = sides
+    result.n_baseline, result.n_candidate = nb, nc
+    if min(nb, nc) < check.min_samples:
+        result.reason = (f"too few requests: baseline {nb}, candidate {nc}, need "
+                         f"{check.min_samples} each (summary-based)")
+        return result
+    if min(kb, kc) < policy.min_rounds:
+        result.reason = (f"too few rounds: baseline {kb}, candidate {kc}, policy min_rounds "
+                         f"{policy.min_rounds}")
+        return result
+    if b <= 0 or c <= 0:
+        result.reason = f"{stat} is not positive: ratio undefined (summary-based)"
+        return result
+    z = _z(policy.bootstrap.confidence)
+    se_log = math.sqrt((b_se / b) ** 2 + (c_se / c) ** 2)
+    log_ratio = math.log(c / b)
+    result.ci_low, result.ci_high = math.exp(log_ratio - z * se_log), math.exp(
+        log_ratio + z * se_log)
+    result.status = _decide(result.ci_low, result.ci_high, limit, upper)
+    verb = {"pass": "within", "fail": "beyond", "inconclusive": "straddles"}[result.status]
+    how = "std_dev / sqrt(n)" if stat == "mean" else "the interquartile range"
+    unit = _UNITS.get(check.metric, "")
+    result.reason = (
+        f"summary-based ({lacking}): {stat} {c:.4g} {unit} vs "
+        f"{b:.4g} {unit}: ratio {result.ratio:.3f}, CI {result.ci_low:.3f}-"
+        f"{result.ci_high:.3f} {verb} limit {limit:.2f}x (n {nb}/{nc}; interval from {how}, "
+        "normal approximation, within-run noise only)")
+    return result
+
+
 def _summary_value(entries: list[dict[str, Any]], metric: str, stat: str) -> float | None:
     vals = [((e.get("metrics") or {}).get(metric) or {}).get(stat) for e in entries]
     vals = [float(v) for v in vals if isinstance(v, (int, float))]
@@ -928,21 +1289,14 @@ def _latency_check(check: GateCheck, base: VariantResults, cand: VariantResults,
     c_rounds, c_entries = _samples_at(cand, rate, check.metric)
     for who, entries in (("baseline", b_entries), ("candidate", c_entries)):
         if not entries:
-            result.reason = f"no load-test results at {float(rate)} rps for the {who}"
+            result.reason = f"no load-test results {_at(rate)} for the {who}"
             return result
     result.n_baseline = sum(len(a) for _, a in b_rounds)
     result.n_candidate = sum(len(a) for _, a in c_rounds)
     if not b_rounds or not c_rounds:
-        b_sum = _summary_value(b_entries, check.metric, stat)
-        c_sum = _summary_value(c_entries, check.metric, stat)
-        result.baseline, result.candidate = b_sum, c_sum
-        point = ""
-        if b_sum and c_sum is not None:
-            result.ratio = c_sum / b_sum
-            point = f"; summary ratio {result.ratio:.2f}x (no confidence interval)"
         who = "baseline" if not b_rounds else "candidate"
-        result.reason = f"no per-request {check.metric} samples for the {who}{point}"
-        return result
+        return _summary_latency_check(check, result, b_entries, c_entries, stat, limit, upper,
+                                      policy, who)
     b_pool = np.concatenate([a for _, a in b_rounds])
     c_pool = np.concatenate([a for _, a in c_rounds])
     result.baseline = _point_stat(b_pool, stat)
@@ -951,6 +1305,16 @@ def _latency_check(check: GateCheck, base: VariantResults, cand: VariantResults,
         result.ratio = result.candidate / result.baseline
     n_min = min(result.n_baseline, result.n_candidate)
     k_min = min(len(b_rounds), len(c_rounds))
+    if n_min < check.min_samples and all(
+            _summary_count(entries, check.metric) >= check.min_samples
+            for entries in (b_entries, c_entries)):
+        # GuideLLM logged only a few of the requests it summarised (a sampled report, such
+        # as 0.3's stripped files): the summary of every request is the better evidence
+        who = " and ".join(w for w, n in (("baseline", result.n_baseline),
+                                          ("candidate", result.n_candidate))
+                           if n < check.min_samples)
+        return _summary_latency_check(check, result, b_entries, c_entries, stat, limit, upper,
+                                      policy, who, logged=True)
     if n_min < check.min_samples:
         result.reason = (f"too few samples: baseline {result.n_baseline}, candidate "
                          f"{result.n_candidate}, need {check.min_samples} each")
@@ -1008,7 +1372,7 @@ def _error_rate_check(check: GateCheck, base: VariantResults, cand: VariantResul
     for who, variant in (("baseline", base), ("candidate", cand)):
         _, entries = _samples_at(variant, rate, "request_latency_s")
         if not entries:
-            result.reason = f"no load-test results at {float(rate)} rps for the {who}"
+            result.reason = f"no load-test results {_at(rate)} for the {who}"
             return result
         errored = sum(int((e.get("requests") or {}).get("errored", 0)) for e in entries)
         total = errored + sum(int((e.get("requests") or {}).get("successful", 0))
@@ -1058,7 +1422,7 @@ def _throughput_check(check: GateCheck, base: VariantResults, cand: VariantResul
             if isinstance(v, (int, float)) and math.isfinite(v):
                 vals.append((rnd.round_id, float(v)))
         if not vals:
-            result.reason = f"no {fld} at {float(rate)} rps for the {who}"
+            result.reason = f"no {fld} {_at(rate)} for the {who}"
             return result
         per_side.append(vals)
     b_vals, c_vals = per_side
@@ -1119,8 +1483,10 @@ def _accuracy_check(check: GateCheck, base: VariantResults, cand: VariantResults
             result.baseline, result.candidate = float(b_score), float(c_score)
             if b_score > 0:
                 result.ratio = c_score / b_score
+        notes = [e["note"] for e in entries if isinstance(e.get("note"), str)]
         result.reason = ("no per-sample results on common doc ids: paired comparison impossible"
-                         + (f" (point recovery {result.ratio:.3f})" if result.ratio else ""))
+                         + (f" (point recovery {result.ratio:.3f})" if result.ratio else "")
+                         + "".join(f"; {n}" for n in dict.fromkeys(notes)))
         return result
     b = np.array([float(b_samples[d]) for d in common])
     c = np.array([float(c_samples[d]) for d in common])
@@ -1204,6 +1570,16 @@ def _fidelity_check(check: GateCheck, cand: VariantResults, policy: GatePolicy) 
 
 def _run_check(check: GateCheck, base: VariantResults, cand: VariantResults,
                policy: GatePolicy) -> list[CheckResult]:
+    results = _run_check_at_points(check, base, cand, policy)
+    for r in results:
+        r.dimension = check.dimension
+        if isinstance(r.rate, str):
+            r.point, r.rate = r.rate, None
+    return results
+
+
+def _run_check_at_points(check: GateCheck, base: VariantResults, cand: VariantResults,
+                         policy: GatePolicy) -> list[CheckResult]:
     kind = check.kind
     if kind == "fidelity":
         return [_fidelity_check(check, cand, policy)]
@@ -1228,7 +1604,10 @@ def _run_check(check: GateCheck, base: VariantResults, cand: VariantResults,
         return [CheckResult(
             name=check.name, metric=check.metric, rate=None, statistic=check.statistic,
             status="inconclusive", tolerance=check.tolerance, kind="ratio",
-            reason="no load-test results for either variant",
+            reason="no load-test results for " + (
+                "either variant" if not (base.points or cand.points) else
+                "a load point both variants share"
+                if check.rates == "all" else "the policy's rates"),
             confidence=policy.bootstrap.confidence,
         )]
     fn = {"latency": _latency_check, "error_rate": _error_rate_check,
@@ -1241,8 +1620,8 @@ def evaluate_variants(base: VariantResults, cand: VariantResults,
                       ) -> GateVerdict:
     """Run every policy check of ``cand`` against ``base`` (already loaded)."""
     pol = load_policy(policy)
+    notes = _guidellm_version_notes(base, cand, pol)
     checks = [r for check in pol.checks for r in _run_check(check, base, cand, pol)]
-    notes = []
     n_rounds = (len(base.rounds), len(cand.rounds))
     if n_rounds[0] and n_rounds[1] and min(n_rounds) < 2:
         notes.append(
@@ -1253,7 +1632,28 @@ def evaluate_variants(base: VariantResults, cand: VariantResults,
     return GateVerdict(
         baseline=base.name, candidate=cand.name, checks=checks,
         inconclusive_policy=pol.inconclusive, notes=notes, policy=pol.to_dict(),
+        named_dimensions=pol.dimensions, accept_inconclusive=pol.accept_inconclusive,
     )
+
+
+def _guidellm_version_notes(base: VariantResults, cand: VariantResults,
+                            policy: GatePolicy) -> list[str]:
+    """Refuse load results from both sides of GuideLLM 0.7.4 (token events bounded
+    differently) unless the policy allows it; then a note says so."""
+    sides = {**{f"baseline {p}": s for p, s in base.guidellm_sides.items()},
+             **{f"candidate {p}": s for p, s in cand.guidellm_sides.items()}}
+    if len(set(sides.values())) < 2:
+        return []
+    detail = ", ".join(f"{who}: {side}" for who, side in sorted(sides.items()))
+    if not policy.allow_mixed_guidellm_versions:
+        raise ModelGateError(
+            f"load results come from GuideLLM versions on both sides of "
+            f"{_TOKEN_EVENTS_VERSION}, which changed how token events are bounded: TTFT/ITL/"
+            f"TPOT are not comparable ({detail})", field="baseline/candidate",
+            fix="measure both variants with the same GuideLLM, or accept it explicitly with "
+                "--allow-mixed-guidellm-versions (policy: allow_mixed_guidellm_versions: true)")
+    return [f"GuideLLM versions on both sides of {_TOKEN_EVENTS_VERSION} accepted by policy "
+            f"(allow_mixed_guidellm_versions): token timings may not be comparable ({detail})"]
 
 
 def evaluate(baseline: str | Path, candidate: str | Path,
@@ -1327,13 +1727,16 @@ def _cli_gate(args: argparse.Namespace) -> int:
     from modelgate.cli import emit
 
     verdict: GateVerdict | RunVerdict
+    policy = load_policy(args.policy)
+    if args.allow_mixed_guidellm_versions:
+        policy = replace(policy, allow_mixed_guidellm_versions=True)
     if args.run_dir:
         if args.baseline or args.candidate:
             raise ModelGateError(
                 "--run-dir cannot be combined with --baseline/--candidate", field="run_dir",
                 fix="use either --run-dir DIR or --baseline PATH --candidate PATH",
             )
-        verdict = evaluate_run(args.run_dir, args.policy)
+        verdict = evaluate_run(args.run_dir, policy)
         out = args.out or Path(args.run_dir) / "gate.json"
         junit = args.junit or Path(args.run_dir) / "junit.xml"
     else:
@@ -1343,7 +1746,7 @@ def _cli_gate(args: argparse.Namespace) -> int:
                 field="baseline" if not args.baseline else "candidate",
                 fix="e.g. modelgate gate --baseline runs/r1/bf16 --candidate runs/r1/w4a16",
             )
-        verdict = evaluate(args.baseline, args.candidate, args.policy)
+        verdict = evaluate(args.baseline, args.candidate, policy)
         out, junit = args.out, args.junit
     # gate.json and junit.xml are written before the exit code can fail anything.
     if out:
@@ -1351,15 +1754,19 @@ def _cli_gate(args: argparse.Namespace) -> int:
     if junit:
         verdict.write_junit(junit)
     emit(verdict.to_dict())
-    return 0 if verdict.passed else 1
+    return EXIT_CODES[verdict.status]
 
 
 def register_cli(subparsers: Any) -> None:
     """Add ``modelgate gate``."""
     parser = subparsers.add_parser(
-        "gate", help="compare candidates with their baseline; exit 1 on a regression",
-        description="Exit 0: passed; 1: a regression (or inconclusive under "
-                    "'inconclusive: fail'); 2: bad input.",
+        "gate", help="compare candidates with their baseline; exit 1 on a regression, "
+                     "3 when inconclusive",
+        description="Exit 0: passed (every dimension the policy names has a check that "
+                    "passed, none failed); 1: a regression (or an inconclusive check under "
+                    "'inconclusive: fail'); 2: bad or unreadable input (a JSON error naming "
+                    "the file); 3: inconclusive (a dimension has no deciding check and the "
+                    "policy's accept_inconclusive does not list it).",
     )
     parser.add_argument("--baseline", help="baseline variant folder or results JSON")
     parser.add_argument("--candidate", help="candidate variant folder or results JSON")
@@ -1367,4 +1774,7 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--policy", help="gate policy YAML (default: the packaged policy)")
     parser.add_argument("--junit", help="write JUnit XML here (run-dir default: junit.xml)")
     parser.add_argument("--out", help="write gate.json here (run-dir default: gate.json)")
+    parser.add_argument("--allow-mixed-guidellm-versions", action="store_true",
+                        help="compare load results from GuideLLM versions on both sides of "
+                             "0.7.4 (policy: allow_mixed_guidellm_versions)")
     parser.set_defaults(func=_cli_gate)

@@ -1,5 +1,7 @@
 """Load tests with GuideLLM 0.8: build the command, run it, normalize its report.
 
+Reports of every layout since GuideLLM 0.3 are read (see ``report_format``).
+
 GuideLLM 0.8 replaced ``guidellm benchmark --rate-type ...`` with ``guidellm run`` whose
 options take ``kind=...,key=value`` strings (lists by index: ``rate[0]=1,rate[1]=2``).
 The raw report is kept beside a normalized ``results.json`` that the gate reads: per rate,
@@ -243,12 +245,23 @@ def _num(value: Any) -> float | None:
 
 
 def _stats(dist: dict[str, Any] | None) -> dict[str, float | None]:
-    """mean + percentiles from one GuideLLM distribution summary."""
+    """mean + percentiles (+ std_dev, count, p25/p75) from one GuideLLM distribution summary.
+
+    GuideLLM 0.3 has no ``p50`` among its percentiles (the median is ``median``); p25/p75,
+    std_dev and count are kept so the gate can decide from the summary when a report holds
+    no per-request samples.
+    """
     dist = dist or {}
     pct = dist.get("percentiles") or {}
     out: dict[str, float | None] = {"mean": _num(dist.get("mean"))}
     for p in PERCENTILES:
         out[p] = _num(pct.get(p))
+    if out["p50"] is None:
+        out["p50"] = _num(dist.get("median"))
+    for extra in ("p25", "p75"):
+        out[extra] = _num(pct.get(extra))
+    out["std_dev"] = _num(dist.get("std_dev"))
+    out["count"] = _num(dist.get("count"))
     return out
 
 
@@ -256,29 +269,89 @@ def _request_sample(req: dict[str, Any], metric: str) -> float | None:
     """One request's value of ``metric`` (a GuideLLM request-stats property), if known."""
     value = req.get(metric)
     if value is None and metric == "request_latency":
-        info = req.get("info") or {}
-        timings = info.get("timings") or {}
-        start, end = timings.get("request_start"), timings.get("request_end")
-        if isinstance(start, int | float) and isinstance(end, int | float):
-            value = end - start
+        # 0.4+: info.timings; 0.3: scheduler_info (request_start / request_end) or the
+        # request's own start_time / end_time
+        for timings in ((req.get("info") or {}).get("timings") or {},
+                        req.get("scheduler_info") or {}):
+            start, end = timings.get("request_start"), timings.get("request_end")
+            if isinstance(start, int | float) and isinstance(end, int | float):
+                value = end - start
+                break
     return _num(value)
 
 
-def _benchmarks(raw: dict[str, Any]) -> list[dict[str, Any]]:
+def _benchmarks(raw: Any) -> list[dict[str, Any]]:
     """The report's benchmarks (one per rate), or a clear error for what is not a report."""
-    benchmarks = raw.get("benchmarks")
-    if not isinstance(benchmarks, list):
+    benchmarks = raw.get("benchmarks") if isinstance(raw, dict) else None
+    if not isinstance(benchmarks, list) or not all(isinstance(b, dict) for b in benchmarks):
         raise ModelGateError(
-            "not a GuideLLM report: no 'benchmarks' list",
+            "not a GuideLLM report: no 'benchmarks' list of objects",
             field="report",
-            fix="pass the JSON file GuideLLM wrote with --output kind=json",
+            fix="pass the JSON file GuideLLM wrote (guidellm benchmark --output-path, or "
+                "guidellm run --output kind=json)",
         )
     return benchmarks
 
 
+# GuideLLM 0.7.4 changed how token events are bounded: numbers from before and after it are
+# not comparable (DESIGN.md field notes).
+TOKEN_EVENTS_CHANGED = (0, 7, 4)
+
+
+def _version_tuple(text: Any) -> tuple[int, ...] | None:
+    """(major, minor, patch) of a version string such as '0.8.1' or '0.7.4.dev3'."""
+    if not isinstance(text, str):
+        return None
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts + [0] * (3 - len(parts))) if parts else None
+
+
+def report_format(raw: dict[str, Any]) -> dict[str, Any]:
+    """Which GuideLLM report layout ``raw`` has, and the GuideLLM version when it is known.
+
+    0.3: ``{benchmarks}`` with ``benchmarks[].args``; 0.4: ``{args, benchmarks}``; 0.5-0.6:
+    ``metadata.version == 1``; 0.7+: ``metadata.version == 2`` with ``config``. Every layout
+    before metadata version 2 is older than 0.7.4, so its side of that boundary is known even
+    without a version string (``token_events``: "pre-0.7.4", "0.7.4+" or None).
+    """
+    _benchmarks(raw)
+    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    schema = meta.get("version")
+    version = meta.get("guidellm_version") if isinstance(meta.get("guidellm_version"), str) \
+        else None
+    if schema == 2 or (schema is None and "config" in raw and "args" not in raw):
+        layout = "0.7+"
+    elif schema == 1:
+        layout = "0.5-0.6"
+    elif "args" in raw:
+        layout = "0.4"
+    else:
+        layout = "0.3"
+    vt = _version_tuple(version)
+    if vt is not None:
+        side: str | None = "0.7.4+" if vt >= TOKEN_EVENTS_CHANGED else "pre-0.7.4"
+    else:
+        side = None if layout == "0.7+" else "pre-0.7.4"
+    return {"layout": layout, "guidellm_version": version, "schema_version": schema,
+            "token_events": side}
+
+
+def _strategy(bench: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark's scheduling strategy: ``config.strategy`` (0.4+), ``args.strategy`` (0.3)."""
+    for holder in (bench.get("config"), bench.get("args")):
+        if isinstance(holder, dict) and isinstance(holder.get("strategy"), dict):
+            return holder["strategy"]
+    return {}
+
+
 def _rate_header(bench: dict[str, Any]) -> dict[str, Any]:
     """What one benchmark says of itself: rate, profile, duration, what ended it."""
-    strategy = (bench.get("config") or {}).get("strategy") or {}
+    strategy = _strategy(bench)
     duration = _num(bench.get("duration"))
     if duration is None:
         start, end = _num(bench.get("start_time")), _num(bench.get("end_time"))
@@ -287,39 +360,50 @@ def _rate_header(bench: dict[str, Any]) -> dict[str, Any]:
     # server could not keep up and the rate's numbers are partial.
     stopped_by = sorted(((bench.get("scheduler_state") or {}).get("end_processing_constraints")
                          or {}).keys())
+    kind = str(strategy.get("type_") or strategy.get("kind") or "unknown")
+    streams = strategy.get("streams")
     return {
-        "rate": _num(strategy.get("rate")),
-        "profile": "constant" if strategy.get("type_") == "constant" else
-        str(strategy.get("type_", "unknown")),
+        # Only constant and poisson strategies have an offered rate; a synchronous or
+        # throughput benchmark has none (its measured rate is an outcome, not an input).
+        "rate": _num(strategy.get("rate")) if kind in ("constant", "poisson") else None,
+        "profile": kind,
+        "streams": int(streams) if isinstance(streams, int) else None,
         "duration_s": duration,
         "stopped_by": stopped_by,
         "over_saturated": "over_saturation" in stopped_by,
     }
 
 
+def _request_totals(bench: dict[str, Any]) -> dict[str, int]:
+    """successful/errored/incomplete counts: ``metrics.request_totals`` (0.4+) or the
+    benchmark's own ``request_totals`` (0.3)."""
+    totals = (bench.get("metrics") or {}).get("request_totals") or bench.get("request_totals")
+    if not isinstance(totals, dict):
+        totals = (bench.get("run_stats") or {}).get("requests_made") or {}
+    return {k: int(totals.get(k) or 0) for k in ("successful", "errored", "incomplete")}
+
+
 def normalize_guidellm_report(raw: dict[str, Any], variant: str) -> dict[str, Any]:
-    """Turn a GuideLLM 0.8 JSON report into ModelGate's per-rate results (pure).
+    """Turn a GuideLLM JSON report (any layout since 0.3) into ModelGate's per-rate results.
 
     Percentiles come from the report's successful-request distributions; the per-request
     samples (successful requests only) are kept so the gate can compute its own
-    confidence intervals and paired comparisons. Note: GuideLLM weights its ITL/TPOT
+    confidence intervals and paired comparisons. A report written without samples keeps
+    ``samples`` empty and ``samples_available: false``: the gate then decides from the
+    summary where it can. Note: GuideLLM weights its ITL/TPOT
     distributions by output tokens, while a sample is one request's own mean ITL/TPOT,
     so the samples' mean differs slightly from ``metrics.itl_ms.mean``.
     """
+    fmt = report_format(raw)
     rates: list[dict[str, Any]] = []
     for bench in _benchmarks(raw):
         metrics = bench.get("metrics") or {}
-        totals = metrics.get("request_totals") or {}
         header = _rate_header(bench)
         normalized: dict[str, Any] = {
             "rate": header["rate"],
             "profile": header["profile"],
             "duration_s": header["duration_s"],
-            "requests": {
-                "successful": int(totals.get("successful") or 0),
-                "errored": int(totals.get("errored") or 0),
-                "incomplete": int(totals.get("incomplete") or 0),
-            },
+            "requests": _request_totals(bench),
             "metrics": {},
             "throughput": {
                 "requests_per_s": _num(
@@ -335,14 +419,37 @@ def normalize_guidellm_report(raw: dict[str, Any], variant: str) -> dict[str, An
             "stopped_by": header["stopped_by"],
             "over_saturated": header["over_saturated"],
         }
+        if header["streams"] is not None:
+            normalized["streams"] = header["streams"]
         successful = ((bench.get("requests") or {}).get("successful")) or []
         for src, dst in METRIC_MAP.items():
             normalized["metrics"][dst] = _stats((metrics.get(src) or {}).get("successful"))
-            samples = [_request_sample(r, src) for r in successful]
+            samples = [_request_sample(r, src) for r in successful if isinstance(r, dict)]
             normalized["samples"][dst] = [s for s in samples if s is not None]
+        normalized["samples_available"] = bool(normalized["samples"]["request_latency_s"])
         rates.append(normalized)
     rates.sort(key=lambda r: (r["rate"] is None, r["rate"] or 0.0))
-    return {"variant": variant, "rates": rates}
+    return {"variant": variant, "guidellm": fmt, "rates": rates}
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """Read a GuideLLM JSON report; a missing, non-JSON or non-report file raises
+    ModelGateError naming the file and what was expected."""
+    p = Path(path)
+    expected = "a GuideLLM JSON report (an object with a 'benchmarks' list)"
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelGateError(f"cannot read GuideLLM report {p}: {exc.strerror}",
+                             field="report", fix=f"pass {expected}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelGateError(f"{p} is not JSON ({exc}); expected {expected}",
+                             field="report", fix="pass the JSON file GuideLLM wrote") from exc
+    try:
+        _benchmarks(raw)
+    except ModelGateError as exc:
+        raise ModelGateError(f"{p}: {exc.message}", field="report", fix=exc.fix) from exc
+    return raw
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -704,8 +811,7 @@ def _cmd_loadtest(args: Any) -> int:
 def _cmd_normalize(args: Any) -> int:
     from modelgate.cli import emit
 
-    raw = json.loads(Path(args.report).read_text())
-    results = normalize_guidellm_report(raw, args.variant)
+    results = normalize_guidellm_report(read_report(args.report), args.variant)
     if args.write:
         Path(args.write).write_text(json.dumps(results, indent=2))
     emit(results if not args.write else {"results": args.write, "rates": len(results["rates"])})

@@ -108,7 +108,7 @@ def judge_run(run_path: Path, policy: str | None = None,
     summary = report.markdown_summary(run_path)
     return {
         "passed": verdict.passed,
-        "status": verdict.status,
+        "status": verdict.status,  # pass | fail | inconclusive (inconclusive: not passed)
         "message": verdict.message,
         "gate": str(run_path / "gate.json"),
         "junit": str(run_path / "junit.xml"),

@@ -23,6 +23,16 @@ assert _spec and _spec.loader
 make_run = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_run)
 
+def default_policy(**extra) -> dict:
+    """The packaged default policy as a dict, with ``extra`` fields."""
+    import yaml
+
+    return {**yaml.safe_load(gate.default_policy_path().read_text()), **extra}
+
+
+# load-only data under the default policy: accuracy and fidelity explicitly accepted as missing
+LOAD_ONLY_DEFAULT = default_policy(accept_inconclusive=["accuracy", "fidelity"])
+
 LATENCY_ONLY = {"checks": [
     {"name": "p50", "metric": "request_latency_s", "statistic": "p50", "tolerance": 0.10,
      "min_samples": 20},
@@ -63,10 +73,14 @@ def test_aa_same_data_twice_passes(tmp_path):
 def test_aa_two_runs_of_the_same_variant_pass(tmp_path):
     base = write_variant(tmp_path, "a", [make_run.load_results("a", 11, n=200, sigma=0.15)])
     cand = write_variant(tmp_path, "b", [make_run.load_results("a", 12, n=200, sigma=0.15)])
-    verdict = gate.evaluate(base, cand, None)  # the default policy
+    verdict = gate.evaluate(base, cand, LOAD_ONLY_DEFAULT)
     assert verdict.passed, verdict.failure_message()
     assert statuses(verdict, "request_latency_s") == ["pass", "pass"]
     assert "fail" not in {c.status for c in verdict.checks}
+    # under the plain default policy accuracy and fidelity lack evidence: inconclusive
+    plain = gate.evaluate(base, cand, None)
+    assert plain.status == "inconclusive" and not plain.passed
+    assert "accuracy: no check decided" in plain.failure_message()
 
 
 @pytest.mark.parametrize("n", [100, 200])
@@ -93,9 +107,9 @@ def test_small_samples_never_fail_an_aa_comparison(tmp_path):
                              [make_run.load_results("a", 100 + seed, n=40, sigma=0.3)])
         cand = write_variant(tmp_path / str(seed), "b",
                              [make_run.load_results("a", 200 + seed, n=40, sigma=0.3)])
-        verdict = gate.evaluate(base, cand, None)
+        verdict = gate.evaluate(base, cand, LOAD_ONLY_DEFAULT)
         assert "fail" not in {c.status for c in verdict.checks}, verdict.failure_message()
-        assert verdict.passed  # inconclusive only warns by default
+        assert verdict.status in ("pass", "inconclusive")  # never a fail
 
 
 def test_verdict_is_deterministic(tmp_path):
@@ -199,7 +213,9 @@ def test_missing_samples_and_rates_are_inconclusive_not_pass(tmp_path):
     assert "no per-request request_latency_s samples for the candidate" in at1.reason
     assert at1.ratio is not None  # the summary ratio is still reported
     assert "no load-test results at 3.0 rps for the candidate" in at3.reason
-    assert verdict.passed  # warn
+    # no latency check decided: the verdict is inconclusive, never a pass
+    assert verdict.status == "inconclusive" and not verdict.passed
+    assert verdict.dimensions["latency"]["status"] == "inconclusive"
     strict = gate.evaluate(base, cand, {**LATENCY_ONLY, "inconclusive": "fail"})
     assert not strict.passed
     assert "no per-request" in strict.failure_message()
@@ -420,10 +436,16 @@ def test_gate_json_and_junit(run_dir, tmp_path):
     root = ET.parse(verdict.write_junit(tmp_path / "junit.xml")).getroot()
     checks = [c for v in verdict.verdicts for c in v.checks]
     assert root.tag == "testsuites"
-    assert len(root.findall("./testsuite/testcase")) == len(checks)
-    assert len(root.findall(".//failure")) == sum(c.status == "fail" for c in checks)
+    dims = [(v, d) for v in verdict.verdicts for d in v.dimensions.values()]
+    # one testcase per check, and one per dimension the policy names
+    assert len(root.findall("./testsuite/testcase")) == len(checks) + len(dims)
+    bad_dims = sum(d["status"] == "fail" or (d["status"] == "inconclusive"
+                                             and not d["accepted_inconclusive"]) for _, d in dims)
+    n_fail = sum(c.status == "fail" for c in checks)
+    assert len(root.findall(".//failure")) == n_fail + bad_dims
     assert len(root.findall(".//skipped")) == sum(c.status == "inconclusive" for c in checks)
-    assert int(root.get("failures")) == sum(c.status == "fail" for c in checks) > 0
+    assert int(root.get("failures")) == n_fail + bad_dims and n_fail > 0
+    assert all("dimensions" in v for v in data["verdicts"])
 
 
 def _cli(argv, capsys):
@@ -468,6 +490,9 @@ def test_rates_without_a_fixed_rate_are_skipped_and_saturation_is_reported(tmp_p
         data["rates"].append({**data["rates"][0], "rate": None, "profile": "synchronous"})
     base = write_variant(tmp_path, "a", [base_data])
     cand = write_variant(tmp_path, "b", [cand_data])
-    [check] = gate.evaluate(base, cand, LATENCY_ONLY).checks
+    # the synchronous benchmark has no offered rate: it is gated as its own load point
+    check, sync = gate.evaluate(base, cand, LATENCY_ONLY).checks
     assert check.rate == 1.0
     assert check.reason.endswith("over-saturated: candidate")
+    assert sync.rate is None and sync.point == "synchronous"
+    assert sync.label.endswith("@ synchronous")

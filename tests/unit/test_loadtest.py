@@ -132,7 +132,9 @@ def test_normalize_real_report(raw_report):
         assert r["metrics"]["request_latency_s"]["p99"] == lat["percentiles"]["p99"]
         assert set(r["metrics"]) == {"request_latency_s", "ttft_ms", "itl_ms", "tpot_ms"}
         for name, stats in r["metrics"].items():
-            assert set(stats) == {"mean", "p50", "p90", "p95", "p99"}, name
+            # the gate's statistics, plus what a summary-based decision needs
+            assert set(stats) == {"mean", "p50", "p90", "p95", "p99", "p25", "p75", "std_dev",
+                                  "count"}, name
             assert stats["p50"] <= stats["p90"] <= stats["p95"] <= stats["p99"]
             # one sample per successful request; they reproduce GuideLLM's mean exactly for
             # per-request metrics, closely for ITL/TPOT (which GuideLLM weights by tokens)
