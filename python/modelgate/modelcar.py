@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
-from modelgate.digest import sha256_file, sha256_json, tree_digest
+from modelgate.digest import file_digests, sha256_json, tree_digest, tree_files
 from modelgate.errors import ModelGateError, ToolError
 from modelgate.oci_push import (
     DEFAULT_PARALLEL,
@@ -449,18 +449,15 @@ def _epoch(created: str) -> int:
 
 
 def _checkpoint_files(checkpoint: Path) -> list[tuple[str, Path]]:
-    """(relative POSIX path, source path) of every file, sorted; symlinks are dereferenced."""
+    """(relative POSIX path, source path) of every file, sorted; symlinks are dereferenced.
+
+    The same listing as the checkpoint digest (:func:`modelgate.digest.tree_files`), so the
+    image packs, as plain files, exactly the content that the digest and the tag name.
+    """
     if not checkpoint.is_dir():
         raise ModelGateError(f"checkpoint {checkpoint} is not a directory", field="checkpoint",
                              fix="pass the directory the quantize stage wrote")
-    out = []
-    for p in sorted(checkpoint.rglob("*")):
-        if p.is_dir():
-            continue
-        if not p.is_file():
-            raise ModelGateError(f"{p} is neither a file nor a directory (dangling link?)",
-                                 field="checkpoint", fix="remove it from the checkpoint")
-        out.append((p.relative_to(checkpoint).as_posix(), p))
+    out = tree_files(checkpoint)
     if not out:
         raise ModelGateError(f"checkpoint {checkpoint} is empty", field="checkpoint")
     return out
@@ -819,13 +816,8 @@ def _model_members(layout: Path, manifest: dict) -> Iterable[tuple[tarfile.TarFi
 def verify_pushed(ref: str, checkpoint_dir: Path, *, tls_verify: bool = True,
                   username: str | None = None, password: str | None = None) -> VerifyResult:
     """Pull ``ref`` back and compare the sha256 of each file under /models with the checkpoint."""
-    from modelgate.digest import file_digests
-
     checkpoint = Path(checkpoint_dir)
-    expected = file_digests(checkpoint)
-    for rel, src in _checkpoint_files(checkpoint):  # symlinked files count as files too
-        if rel not in expected:
-            expected[rel] = sha256_file(src)
+    expected = file_digests(checkpoint)  # symlinked files by their targets' content
     found: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="modelgate-verify-") as tmp:
         layout = Path(tmp) / "oci"

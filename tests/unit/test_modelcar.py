@@ -260,3 +260,34 @@ def test_credentials_need_both_parts():
 def test_extract_refuses_entries_escaping_models(name):
     with pytest.raises(ModelGateError, match="escapes"):
         modelcar._safe_member(tarfile.TarInfo(name), name)
+
+
+def test_symlinked_checkpoint_packs_target_content_and_matches_plain_copy(tmp_path, base_layout):
+    # A Hugging Face cache snapshot: files are links into blobs/, outside the snapshot.
+    plain = make_checkpoint(tmp_path / "plain")
+    snapshot = tmp_path / "cache" / "snapshots" / "rev"
+    for p in sorted(plain.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(plain)
+            blob = tmp_path / "cache" / "blobs" / rel.as_posix().replace("/", "_")
+            _write(blob, p.read_bytes())
+            (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+            (snapshot / rel).symlink_to(os.path.relpath(blob, (snapshot / rel).parent))
+    from_links = modelcar.build_modelcar(snapshot, base_layout, tmp_path / "out-links")
+    from_plain = modelcar.build_modelcar(plain, base_layout, tmp_path / "out-plain")
+    assert from_links.manifest_digest == from_plain.manifest_digest
+    # the tag the module computes before building names the same checkpoint
+    from modelgate.digest import tree_digest
+    assert from_links.checkpoint_digest == tree_digest(snapshot) == tree_digest(plain)
+    small_files = _blob(tmp_path / "out-links", from_links.layers[0].digest)
+    with tarfile.open(small_files) as tar:
+        member = tar.getmember(f"{modelcar.MODELS_DIR}/config.json")
+        assert member.isfile()
+        assert tar.extractfile(member).read() == (plain / "config.json").read_bytes()
+
+
+def test_build_rejects_dangling_link(tmp_path, base_layout):
+    ck = make_checkpoint(tmp_path / "ck")
+    (ck / "generation_config.json").symlink_to(tmp_path / "gone.json")
+    with pytest.raises(ModelGateError, match="dangling symlink"):
+        modelcar.build_modelcar(ck, base_layout, tmp_path / "out")

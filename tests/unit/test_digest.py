@@ -1,0 +1,85 @@
+"""Unit tests for content digests of model and checkpoint trees, including symlinked ones.
+
+The Hugging Face cache stores a snapshot as links into a blob store
+(``snapshots/<rev>/<file> -> ../../blobs/<sha>``); its digest must be that of the content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from modelgate.digest import file_digests, tree_digest, tree_files
+from modelgate.errors import ModelGateError
+from modelgate.quantize import model_digest
+
+FILES = {
+    "config.json": b'{"model_type": "nemotron_h"}\n',
+    "model.safetensors": b"weights-A",
+    "tokenizer/tokenizer.json": b'{"version": "1.0"}\n',
+}
+
+
+def hf_snapshot(cache: Path, files: dict[str, bytes], rev: str = "0123abc") -> Path:
+    """A Hugging Face cache repo: every snapshot file a relative link to its blob."""
+    snapshot = cache / "snapshots" / rev
+    for rel, data in files.items():
+        blob = cache / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return snapshot
+
+
+def plain_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def test_symlinked_snapshots_with_different_blobs_get_different_digests(tmp_path):
+    a = hf_snapshot(tmp_path / "models--org--a", FILES)
+    b = hf_snapshot(tmp_path / "models--org--b", {**FILES, "model.safetensors": b"weights-B"})
+    assert sorted(file_digests(a)) == sorted(FILES)  # the links are listed, not skipped
+    assert model_digest(a) != model_digest(b)
+    assert tree_digest(a) != tree_digest(b)
+
+
+def test_links_and_plain_files_with_the_same_content_get_the_same_digest(tmp_path):
+    # The modelcar packs link targets as plain files, so its extracted copy must digest the same.
+    linked = hf_snapshot(tmp_path / "cache", FILES)
+    plain = plain_tree(tmp_path / "plain", FILES)
+    assert file_digests(linked) == file_digests(plain)
+    assert model_digest(linked) == model_digest(plain)
+
+
+def test_tree_files_names_files_by_link_and_reads_the_target(tmp_path):
+    snapshot = hf_snapshot(tmp_path / "cache", FILES)
+    listed = dict(tree_files(snapshot))
+    assert sorted(listed) == sorted(FILES)
+    assert listed["model.safetensors"].read_bytes() == b"weights-A"
+
+
+def test_dangling_link_is_a_clear_error(tmp_path):
+    snapshot = hf_snapshot(tmp_path / "cache", FILES)
+    (snapshot / "model.safetensors").resolve().unlink()  # blob gone, link left
+    with pytest.raises(ModelGateError, match=r"model\.safetensors is a dangling symlink"):
+        file_digests(snapshot)
+
+
+def test_link_to_a_directory_is_an_error(tmp_path):
+    root = plain_tree(tmp_path / "model", FILES)
+    other = plain_tree(tmp_path / "elsewhere", {"extra.bin": b"x"})
+    (root / "linked").symlink_to(other, target_is_directory=True)
+    with pytest.raises(ModelGateError, match="symlink to a directory"):
+        file_digests(root)
+
+
+def test_missing_directory_is_an_error(tmp_path):
+    with pytest.raises(ModelGateError, match="is not a directory"):
+        file_digests(tmp_path / "absent")
