@@ -31,11 +31,19 @@ options:
   baseline:
     description: A stored baseline (run directory or raw GuideLLM report) instead of the run's own.
     type: path
+  accept_inconclusive:
+    description:
+      - Dimensions (latency, throughput, errors, accuracy, fidelity) whose lack of a deciding
+        check does not block a pass, added to the policy's own C(accept_inconclusive); for
+        example V(accuracy) for a model that answers at chance.
+    type: list
+    elements: str
+    default: []
   fail_on_regression:
     description:
       - Fail the task when the verdict is not a pass (V(fail) or V(inconclusive)).
-      - To let an inconclusive dimension through, list it in the policy's
-        C(accept_inconclusive), not here.
+      - To let an inconclusive dimension through, list it in O(accept_inconclusive) or in the
+        policy's C(accept_inconclusive), not here.
     type: bool
     default: true
 attributes:
@@ -85,6 +93,7 @@ def main() -> None:
             "run_path": {"type": "path", "required": True},
             "policy": {"type": "path"},
             "baseline": {"type": "path"},
+            "accept_inconclusive": {"type": "list", "elements": "str", "default": []},
             "fail_on_regression": {"type": "bool", "default": True},
         },
     )
@@ -96,7 +105,8 @@ def main() -> None:
 
         p = module.params
         outcome = judge_run(Path(p["run_path"]), policy=p["policy"] or None,
-                            baseline=p["baseline"] or None)
+                            baseline=p["baseline"] or None,
+                            accept_inconclusive=p["accept_inconclusive"])
         if p["fail_on_regression"] and not outcome["passed"]:
             module.fail_json(msg=outcome["message"], **{k: v for k, v in outcome.items()
                                                         if k != "message"})

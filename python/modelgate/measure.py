@@ -84,24 +84,39 @@ def measure_variant(
 
 
 def judge_run(run_path: Path, policy: str | None = None,
-              baseline: str | None = None) -> dict[str, Any]:
+              baseline: str | None = None,
+              accept_inconclusive: list[str] | None = None) -> dict[str, Any]:
     """Gate every candidate of the run, write gate.json + junit.xml, then the report.
 
-    Artifacts are written before the caller fails anything, so a failing gate still leaves the
-    whole record behind.
+    ``accept_inconclusive`` adds dimensions to the policy's own ``accept_inconclusive`` (an
+    inventory's "accuracy is at chance here", without copying the whole policy). Artifacts are
+    written before the caller fails anything, so a failing gate still leaves the whole record.
     """
+    from dataclasses import replace
+
     from modelgate import gate, report
+
+    loaded = gate.load_policy(policy)
+    extra = list(accept_inconclusive or [])
+    unknown = [d for d in extra if d not in gate.DIMENSIONS]
+    if unknown:
+        raise ModelGateError(f"unknown gate dimensions {unknown}", field="accept_inconclusive",
+                             fix=f"use some of {', '.join(gate.DIMENSIONS)}")
+    if extra:
+        merged = set(loaded.accept_inconclusive) | set(extra)
+        loaded = replace(loaded, accept_inconclusive=tuple(
+            d for d in gate.DIMENSIONS if d in merged))
 
     if baseline:
         manifest = gate.read_manifest(run_path)
-        verdicts = [gate.evaluate(baseline, run_path / v["name"], policy)
+        verdicts = [gate.evaluate(baseline, run_path / v["name"], loaded)
                     for v in manifest["variants"] if not v.get("baseline")]
         verdict: Any = gate.RunVerdict(run_id=run_path.name, baseline=str(baseline),
                                        verdicts=verdicts,
                                        notes=[f"stored baseline: {baseline}"],
-                                       policy=gate.load_policy(policy).to_dict())
+                                       policy=loaded.to_dict())
     else:
-        verdict = gate.evaluate_run(run_path, policy)
+        verdict = gate.evaluate_run(run_path, loaded)
     verdict.write_gate_json(run_path / "gate.json")
     verdict.write_junit(run_path / "junit.xml")
     rendered = report.render_report(run_path)
