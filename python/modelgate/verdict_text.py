@@ -38,7 +38,21 @@ def _check_text(check: dict[str, Any]) -> str:
     return f"{label}: {check.get('reason', '')}".rstrip(": ")
 
 
+def _dimensions_text(verdict: dict[str, Any]) -> str:
+    """``; by dimension: latency pass, fidelity fail, accuracy inconclusive (accepted)``."""
+    dims = verdict.get("dimensions") or {}
+    parts = [f"{d} {info.get('status')}" + (" (accepted)" if info.get("accepted_inconclusive")
+                                            and info.get("status") == "inconclusive" else "")
+             for d, info in dims.items()]
+    return f"; by dimension: {', '.join(parts)}" if parts else ""
+
+
 def _sentence(verdict: dict[str, Any]) -> str:
+    """One sentence: what was decided, why, and each dimension's status."""
+    return _verdict_sentence(verdict).rstrip(".") + _dimensions_text(verdict) + "."
+
+
+def _verdict_sentence(verdict: dict[str, Any]) -> str:
     name, base = verdict.get("candidate", "?"), verdict.get("baseline", "?")
     checks = verdict.get("checks") or []
     by_status: dict[str, list[dict[str, Any]]] = {}
@@ -57,9 +71,12 @@ def _sentence(verdict: dict[str, Any]) -> str:
     if verdict.get("passed"):
         return (f"{name}: passed against {base} with {n_inc} inconclusive checks "
                 f"({n_pass} passed, none failed; the policy accepts them).")
-    reason = verdict.get("message") or "no check decided"
+    undecided = [d for d, info in (verdict.get("dimensions") or {}).items()
+                 if info.get("status") == "inconclusive" and not info.get("accepted_inconclusive")]
+    what = (f"no check decided {', '.join(undecided)}" if undecided else
+            (verdict.get("message") or "no check decided").splitlines()[0])
     return (f"{name}: not shipped: inconclusive against {base} ({n_pass} passed, "
-            f"{n_inc} inconclusive; {reason.splitlines()[0]}).")
+            f"{n_inc} inconclusive; {what}).")
 
 
 def explain_run(run_dir: str | Path) -> dict[str, Any]:
