@@ -73,8 +73,15 @@ phase bootstrap make bootstrap || exit 1
 phase provision make provision || exit 1
 phase "$1" make "$1"
 INNER
+# The network's CA bundle, as pip uses it here: where a site's TLS-inspecting proxy signs the
+# registries' certificates, every machine on that network trusts its CA, and a fresh one would
+# be given it the same way. Only pip is pointed at it; nothing else of this host's set-up goes in.
+ca=${PIP_CERT:-$(pip config get global.cert 2>/dev/null || true)}
+net=()
+[[ -n $ca && -f $ca ]] && net+=(-v "$ca:/etc/ssl/certs/network-ca.crt:ro"
+                               -e PIP_CERT=/etc/ssl/certs/network-ca.crt)
 tar -C "$clone" -c modelgate fresh-inner.sh \
-    | podman run -i --name "$name" --network slirp4netns --shm-size 4g \
+    | podman run -i --name "$name" --network slirp4netns --shm-size 4g "${net[@]}" \
         -v "$home/pip-cache:/root/.cache/pip" ${CI:+-e CI="$CI"} "$image" \
         bash -c 'mkdir -p /root && tar -x -C /root && exec bash /root/fresh-inner.sh "$0"' \
         "$target" 2>&1 \
