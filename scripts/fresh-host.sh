@@ -18,7 +18,8 @@ home=${MODELGATE_FRESH_HOME:-$repo/.modelgate/fresh-host}
 suite=bookworm
 mirror=${MODELGATE_DEBIAN_MIRROR:-$(awk '/^URIs:/ {print $2; exit}' \
     /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
-mirror=${mirror:-http://deb.debian.org/debian}
+# debootstrap takes http(s) mirrors only (cloud images name a mirror+file:// list)
+[[ $mirror == http://* || $mirror == https://* ]] || mirror=http://deb.debian.org/debian
 # What a new user's Debian 12 has before the quick start: git to clone, make to run it, and
 # python3 (every Debian 12 image has it). Not python3-venv, podman, or anything else.
 include=ca-certificates,git,make,python3
@@ -30,12 +31,17 @@ for tool in podman debootstrap git; do
         echo "missing tool: $tool (make provision installs podman and debootstrap)" >&2; exit 2; }
 done
 mkdir -p "$home/pip-cache" "$home/logs"
+work="" clone="" name=""
+cleanup() {
+    rm -rf "${work:-}" "${clone:-}"
+    [[ -z $name || ${MODELGATE_FRESH_KEEP:-0} == 1 ]] || podman rm -f "$name" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 
 if podman image exists "$image"; then
     echo ">>> fresh Debian 12 image: $image (cached)"
 else
     work=$(mktemp -d /var/tmp/modelgate-fresh.XXXXXX)
-    trap 'rm -rf "$work"' EXIT
     t0=$(date +%s)
     echo ">>> debootstrap $suite from $mirror (once; about 2 minutes)"
     debootstrap --variant=minbase --include="$include" "$suite" "$work/rootfs" "$mirror" \
@@ -49,11 +55,6 @@ fi
 # The committed checkout, as `git clone` gives it: uncommitted work does not travel.
 clone=$(mktemp -d /var/tmp/modelgate-fresh-clone.XXXXXX)
 name=modelgate-fresh-$(date +%Y%m%d%H%M%S)
-cleanup() {
-    rm -rf "$clone"
-    [[ ${MODELGATE_FRESH_KEEP:-0} == 1 ]] || podman rm -f "$name" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
 git clone -q "$repo" "$clone/modelgate"
 commit=$(git -C "$clone/modelgate" rev-parse --short HEAD)
 log="$home/logs/$name.log"
@@ -79,7 +80,9 @@ torch_pin=$(awk -F'==' '$1 == "torch" {print $2; exit}' "$repo/requirements/serv
 wheels="$home/torch-cpu-wheels"
 if ! ls "$wheels"/torch-"${torch_pin%%+*}"+cpu-*.whl >/dev/null 2>&1; then
     mkdir -p "$wheels"
-    pip download -q --no-deps -d "$wheels" "torch==${torch_pin%%+*}+cpu" \
+    # for the container's Python (Debian 12: CPython 3.11), not this host's
+    pip download -q --no-deps --only-binary=:all: --python-version 3.11 --implementation cp \
+        --platform "manylinux_2_28_$(uname -m)" -d "$wheels" "torch==${torch_pin%%+*}+cpu" \
         || echo ">>> no CPU build of torch $torch_pin here: the serve virtualenv will need PyTorch's CPU index" >&2
 fi
 # The network's CA bundle, as pip uses it here: where a site's TLS-inspecting proxy signs the

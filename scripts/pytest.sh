@@ -16,7 +16,8 @@ if [ -x "$MODELGATE_QUANTIZE_PYTHON" ]; then
     'import json,sys; print(json.load(sys.stdin)["path"])')
   export MODELGATE_TEST_MODEL
 fi
-"$home/venvs/controller/bin/python" -m pytest "$@"
+# a module skipped at import fails under CI (tests/conftest.py): report it and run the rest
+"$home/venvs/controller/bin/python" -m pytest --continue-on-collection-errors "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "error: pytest collected no tests in: $*" >&2

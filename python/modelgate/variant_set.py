@@ -114,6 +114,10 @@ def check_variant_set(variants: Any, *, backend: str | None = None,
                 field=f"modelgate_variants ({v['name']})",
                 fix="change its recipe or target, or mark it if_servable: true to leave it "
                 "out where it cannot be served")
+    if not kept:
+        raise ModelGateError(
+            "every variant was left out (" + "; ".join(d["reason"] for d in left_out) + ")",
+            field="modelgate_variants", fix="add a variant this host can serve")
     if not any(not v.get("baseline") for v in kept) and not stored_baseline:
         raise ModelGateError(
             "no candidate is left to compare with the baseline"

@@ -65,12 +65,9 @@ def _verdict_sentence(verdict: dict[str, Any]) -> str:
         more = f"; and {len(failed) - NAMED_CHECKS} more" if len(failed) > NAMED_CHECKS else ""
         return (f"{name}: refused by the gate against {base}: {len(failed)} of {len(checks)} "
                 f"checks failed ({named}{more}).")
-    if verdict.get("passed") and verdict.get("status", "pass") == "pass":
-        return (f"{name}: passed against {base}: {n_pass} checks passed, none failed"
-                + (f", {n_inc} inconclusive." if n_inc else "."))
     if verdict.get("passed"):
-        return (f"{name}: passed against {base} with {n_inc} inconclusive checks "
-                f"({n_pass} passed, none failed; the policy accepts them).")
+        return (f"{name}: passed against {base}: {n_pass} checks passed, none failed"
+                + (f", {n_inc} inconclusive (accepted by the policy)." if n_inc else "."))
     undecided = [d for d, info in (verdict.get("dimensions") or {}).items()
                  if info.get("status") == "inconclusive" and not info.get("accepted_inconclusive")]
     what = (f"no check decided {', '.join(undecided)}" if undecided else
@@ -88,13 +85,17 @@ def explain_run(run_dir: str | Path) -> dict[str, Any]:
     for left in (manifest.get("inputs") or {}).get("left_out") or []:
         sentences.append(f"{left.get('name')}: left out before the run: {left.get('reason')}")
     passed = bool(gate.get("passed"))
+    status = gate.get("status") or ("pass" if passed else "fail")
     if passed:
         bottom = "Every candidate passed the gate: it may ship."
+    elif status == "inconclusive":
+        bottom = ("The gate could not decide for at least one candidate, so the play failed: "
+                  "no proof is no deployment; the sentences say which data was missing.")
     else:
         bottom = ("The gate refused at least one candidate, so the play failed: that is the "
                   "pipeline doing its job (no proof, no deployment), not a breakage.")
     report = path / "report.html"
-    return {"run_dir": str(path.resolve()), "passed": passed, "status": gate.get("status"),
+    return {"run_dir": str(path.resolve()), "passed": passed, "status": status,
             "sentences": sentences, "bottom_line": bottom,
             "report": str(report.resolve()) if report.is_file() else None}
 
@@ -104,7 +105,8 @@ def register_cli(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "verdict", help="say what the gate decided for a run, one sentence per candidate",
         description="Reads RUN_DIR/gate.json and manifest.json. Exit 0 when every candidate "
-        "passed, 1 when the gate refused one, 2 on bad input.")
+        "passed, 1 when the gate refused one, 3 when it could not decide, 2 on bad input "
+        "(as modelgate gate).")
     p.add_argument("run_dir", help="a run directory (e.g. runs/latest)")
     p.add_argument("--text", action="store_true", help="plain sentences instead of JSON")
     p.set_defaults(func=_cli_verdict)
@@ -121,4 +123,4 @@ def _cli_verdict(args: argparse.Namespace) -> int:
             print(f"Report: {said['report']}")
     else:
         emit(said)
-    return 0 if said["passed"] else 1
+    return {"pass": 0, "inconclusive": 3}.get(said["status"], 1)

@@ -8,6 +8,7 @@ requirements, no tools): every command's ``--help``, then one real call each of 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -24,9 +25,11 @@ def plain_modelgate(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     """The ``modelgate`` script of a fresh virtualenv with only ``pip install ./python``."""
     env_dir = tmp_path_factory.mktemp("plain") / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
-    # a copy, not the checkout: a non-editable install must not depend on the source tree
+    # a copy, not the checkout: the build writes build/ and egg-info beside the sources
+    src = shutil.copytree(repo_root / "python", env_dir.parent / "src",
+                          ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     proc = subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q",
-                           "--disable-pip-version-check", str(repo_root / "python")],
+                           "--disable-pip-version-check", str(src)],
                           capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return env_dir / "bin" / "modelgate"

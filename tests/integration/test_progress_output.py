@@ -35,6 +35,12 @@ PLAY = """
       retries: 30
       delay: 1
 
+    - name: Make a file three seconds from now
+      ansible.builtin.shell: sleep 3 && touch {marker}
+      async: 60
+      poll: 0
+      changed_when: false
+
     - name: Wait for a file the job made
       ansible.builtin.stat:
         path: {marker}
@@ -48,8 +54,7 @@ PLAY = """
 
 def test_waits_print_progress_and_never_failed(repo_root: Path, tmp_path: Path) -> None:
     progress, marker = tmp_path / "progress.log", tmp_path / "marker"
-    # the marker appears after the first poll, so the stat task is retried at least once
-    subprocess.Popen(["bash", "-c", f"sleep 6; touch {marker}"])
+    # the play makes the marker 3 s after it starts waiting, so the stat task is retried
     play = tmp_path / "play.yml"
     play.write_text(PLAY.format(progress=progress, marker=marker))
     bin_dir = Path(sys.executable).parent

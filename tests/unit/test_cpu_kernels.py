@@ -119,3 +119,21 @@ def test_recipe_schemes() -> None:
     assert recipe_scheme(build_recipe("w8a8-int8")) == "w8a8-int8"
     assert recipe_scheme(build_recipe("fp8-dynamic")) == "fp8"
     assert recipe_scheme(build_recipe("none")) is None
+
+
+def test_no_serving_virtualenv_yet_is_not_checked(tmp_path: Path) -> None:
+    from modelgate.cpu_kernels import detect
+
+    lib = detect(str(tmp_path / "venvs" / "serve" / "bin" / "python"))
+    assert lib.path is None and "no serving Python" in lib.source
+    assert servable(build_recipe("w4a16"), lib).reason.startswith("not checked")
+
+
+def test_a_scheme_without_known_kernels_is_not_claimed(vllm_dir: Path, tmp_path: Path) -> None:
+    recipe_file = tmp_path / "w8a16.yaml"
+    recipe_file.write_text(
+        "quant_stage:\n  quant_modifiers:\n    QuantizationModifier:\n      config_groups:\n"
+        "        group_0:\n          targets: [Linear]\n          weights: {num_bits: 8, "
+        "type: int, strategy: channel}\n")
+    verdict = servable(build_recipe(str(recipe_file)), _lib(vllm_dir, avx512=False))
+    assert verdict.servable and verdict.reason.startswith("not checked")

@@ -99,3 +99,9 @@ def test_preflight_refuses_what_the_kernels_lack(tmp_path: Path) -> None:
     # with the kernel there, only the layer shapes decide: group 64 fits every 9B layer
     fits = run_preflight(geometry, recipe, "vllm-cpu", kernels=_kernels(avx512, True))
     assert fits.ok, fits.summary
+
+
+def test_every_variant_left_out_is_an_error_even_with_a_stored_baseline(tmp_path: Path) -> None:
+    with pytest.raises(ModelGateError, match="every variant was left out"):
+        check_variant_set([DEFAULT[2]], backend="vllm-cpu", kernels=_kernels(tmp_path, False),
+                          stored_baseline=True)
