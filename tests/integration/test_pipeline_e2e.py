@@ -128,8 +128,10 @@ def test_second_run_changes_nothing_in_quantize_and_modelcar(
 def test_degraded_candidate_fails_the_play_with_the_gate_message(tmp_path: Path) -> None:
     require_tools()
     tmp = tmp_path
-    # The same W4A16 checkpoint, served so that requests queue one by one, under rates above
-    # what one sequence at a time can serve: a real latency regression of a deployed candidate.
+    # A quantized checkpoint served so that requests queue one by one, under rates above what
+    # one sequence at a time can serve: a real latency regression of a deployed candidate. The
+    # tiny model answers 32 tokens in ~0.1 s here, so 8 RPS would not queue: 128-token answers
+    # (~0.4 s each, ~2.5 RPS for one sequence) make 4 and 8 RPS several times its capacity.
     variants = [
         {"name": "bf16", "recipe": "none", "baseline": True},
         # W8A8 int8: the candidate every x86-64 build of vLLM CPU serves
@@ -138,7 +140,9 @@ def test_degraded_candidate_fails_the_play_with_the_gate_message(tmp_path: Path)
     ]
     runner = run_playbook(tmp / "negative", "negative", extravars={
         "modelgate_variants": variants, "modelgate_accuracy_tasks": [],
-        "modelgate_validate_rounds": 1, "modelgate_load_overrides": {"rates": [4, 8]}})
+        "modelgate_validate_rounds": 1, "modelgate_load_overrides": {
+            "rates": [4, 8], "output_tokens": 128, "output_tokens_stdev": 8,
+            "output_tokens_min": 112, "output_tokens_max": 144}})
     text = runner_text(runner)
     assert runner.rc != 0, text[-4000:]
     run_dir = (tmp / "negative" / "runs" / "latest").resolve()
