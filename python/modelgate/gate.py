@@ -1874,8 +1874,9 @@ def _slo_error_rate(slo: GateSLO, cand: VariantResults, point: float | str,
         result.reason = f"too few requests: {total}, need {slo.min_samples}"
         return result
     result.candidate = errored / total
-    result.ci_low, result.ci_high = wilson_interval(errored, total,
-                                                    _z(policy.bootstrap.confidence))
+    lo, hi = wilson_interval(errored, total, _z(policy.bootstrap.confidence))
+    # rounding can put a bound of the score interval a hair past the observed share
+    result.ci_low, result.ci_high = min(lo, result.candidate), max(hi, result.candidate)
     return _slo_verdict(result, f"{errored}/{total} errored, Wilson interval")
 
 
@@ -1957,7 +1958,7 @@ def _slo_attainment(slo: GateSLO, cand: VariantResults, point: float | str,
         b_lo, b_hi = _ci(star, policy.bootstrap.confidence)
         lo, hi = min(lo, b_lo), max(hi, b_hi)
         design = f"Wilson interval widened by a bootstrap over {len(arrays)} rounds/blocks"
-    result.ci_low, result.ci_high = lo, hi
+    result.ci_low, result.ci_high = min(lo, result.candidate), max(hi, result.candidate)
     return _slo_verdict(result, f"{met}/{n} requests met {objectives} (errored count as "
                                 f"missed); {design}")
 
