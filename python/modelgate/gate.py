@@ -1,5 +1,7 @@
 """The gate: compare each candidate variant with its baseline and decide pass / fail / inconclusive.
 
+It also checks absolute service levels (``slos:``) on the candidate alone, see "SLOs" below.
+
 Inputs (the run directory ``runs/<run_id>/``, one folder per variant)
 ----------------------------------------------------------------------
 ``manifest.json``
@@ -21,9 +23,11 @@ rounds; ``results.json`` is round 1). Normalized load results::
     ``blocks`` (written by ``modelgate.loadtest.split_interleaved`` for variants measured
     together through ``modelgate interleave-proxy``) gives each sample's time block of the run.
 
-    ``samples`` hold one value per successful request. A raw GuideLLM JSON report of any
-    layout since 0.3 (it has ``benchmarks``) is accepted too and normalized by
-    ``modelgate.loadtest``.
+    ``samples`` hold one value per successful request; ``samples_aligned`` (written by
+    ``modelgate.loadtest``) says whether every metric has one, in the same order, so a
+    request's metrics can be read together (SLO attainment needs that). A raw GuideLLM
+    JSON report of any layout since 0.3 (it has ``benchmarks``) is accepted too and
+    normalized by ``modelgate.loadtest``.
 ``<variant>/accuracy/results.json``::
 
     {"tasks": {"<task>": {"metric": "acc" | "exact_match", "score": float, "n": int,
@@ -74,15 +78,61 @@ Statistics
   "throughput", "concurrent:<streams>"); load results from GuideLLM versions on both sides of
   0.7.4 are refused unless ``allow_mixed_guidellm_versions`` (or the CLI flag) is set.
 
+SLOs (absolute service levels)
+------------------------------
+Next to the relative checks ("no worse than the baseline"), a policy may state service levels
+("good enough for this product") in ``slos:``, each decided on the candidate alone (no
+baseline is read; none is evaluated for the baseline either, so a baseline missing an SLO
+fails nothing). Spelling::
+
+    slos:
+      - {name: ttft-p95-5rps, metric: ttft_ms, statistic: p95, rates: [5], max: 200}
+      - {name: itl-p50, metric: itl_ms, statistic: p50, rates: all, max: 30}
+      - {name: e2e-p99, metric: request_latency_s, statistic: p99, rates: [5], max: 2.0,
+         min_samples: 200}
+      - {name: chat, metric: attainment, limits: {ttft_ms: 200, itl_ms: 50}, min: 0.99}
+      - {name: errors, metric: error_rate, max: 0.01}
+      - {name: tput, metric: throughput, rates: [5], min: 500}  # or throughput:requests_per_s
+
+``max`` for latencies (ms, or s for request_latency_s; ``statistic`` required) and
+error_rate; ``min`` for attainment (a share) and throughput. ``rates``: ``all`` (every load
+point of the candidate) or a list; ``min_samples`` (default 20) counts requests. One result
+per load point, ``kind: "slo"``: PASS when the CI lies within the limit, FAIL when entirely
+beyond, INCONCLUSIVE otherwise or without the data.
+
+* Latency: bootstrap CI of the statistic over the candidate's per-request samples,
+  hierarchical over rounds (over time blocks for interleaved runs; ``min_rounds`` counts
+  them, as for the relative checks). Without samples, p50 and mean come from GuideLLM's
+  summary (as above, value +/- z * standard error); a tail statistic says by SLO name that it
+  needs samples.
+* error_rate: errored / (successful + errored), Wilson score interval (0 errors in 400
+  requests proves <= 1%; in 100 it cannot).
+* attainment: the share of requests meeting every per-request limit in ``limits``
+  (ttft_ms, itl_ms, tpot_ms, request_latency_s); errored requests count as missed,
+  incomplete ones (cut off by the run's end) are left out, as GuideLLM defines SLO
+  attainment. GuideLLM's stored JSON reports (through 0.8.1, the version this project
+  captured) carry no attainment or goodput field, so it is computed from the per-request
+  samples: without them, or when the samples are not one per request for every limit
+  (``samples_aligned``), it is inconclusive. Note GuideLLM's own ``slo`` ``tpot_ms`` excludes
+  the first token: that is ``itl_ms`` here. CI: Wilson interval on the pooled counts, widened
+  by a bootstrap over rounds/blocks when there are 2+.
+* throughput: mean of the per-round values, bootstrap over rounds; one round: inconclusive.
+
+Dimensions: a latency SLO and attainment are latency evidence, error_rate errors,
+throughput throughput; they count toward the verdict exactly as checks do (below). A policy
+of SLOs alone is valid (``checks`` may then be omitted) and ``modelgate gate --candidate X
+--policy P`` needs no ``--baseline``.
+
 Verdict
 -------
 Each check gives evidence for one dimension: latency (request_latency_s, ttft_ms, itl_ms,
-tpot_ms), throughput, errors (error_rate), accuracy, fidelity. The verdict is ``fail`` when a
-check failed, ``inconclusive`` when a dimension the policy names has no check that decided
-``pass`` (unless listed in the policy's ``accept_inconclusive``), else ``pass``; ``passed`` is
-``status == "pass"``. ``modelgate gate`` exits 0 / 1 / 3 for pass / fail / inconclusive and 2 on
-bad or unreadable input. ``accuracy`` may also be lm-eval's own output directory
-(``results_*.json`` + ``samples_*_*.jsonl``), see ``modelgate.accuracy.read_lm_eval_native``.
+tpot_ms; SLOs on them and attainment), throughput, errors (error_rate), accuracy, fidelity.
+The verdict is ``fail`` when a check failed, ``inconclusive`` when a dimension the policy
+names has no check that decided ``pass`` (unless listed in the policy's
+``accept_inconclusive``), else ``pass``; ``passed`` is ``status == "pass"``. ``modelgate
+gate`` exits 0 / 1 / 3 for pass / fail / inconclusive and 2 on bad or unreadable input.
+``accuracy`` may also be lm-eval's own output directory (``results_*.json`` +
+``samples_*_*.jsonl``), see ``modelgate.accuracy.read_lm_eval_native``.
 * The bootstrap seed is fixed per policy and per check, so a verdict is reproducible.
 
 Statistical power (measured with a simulation: one round per variant, lognormal latencies, 2000
