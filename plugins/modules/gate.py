@@ -11,6 +11,11 @@ description:
     rates, statistic, direction, tolerance), deciding from per-request and per-sample data
     (bootstrap confidence intervals, paired comparisons); a check that lacks data is
     inconclusive, never a silent pass.
+  - The policy may also state absolute service levels in C(slos) (for example TTFT p95 at
+    most 200 ms at 5 requests/s, or 99% of requests meeting per-request limits), decided on
+    each candidate alone, noise-aware in the same way; they count toward the same
+    dimensions (latency, errors, throughput). See C(modelgate/gate.py) and the commented
+    example in the default policy.
   - No pass without evidence. The verdict C(status) is V(pass) only when every dimension the
     policy names (latency, throughput, errors, accuracy, fidelity) has a check that decided
     pass and no check failed; V(fail) when a check failed; V(inconclusive) when a dimension

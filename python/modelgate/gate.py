@@ -1,5 +1,7 @@
 """The gate: compare each candidate variant with its baseline and decide pass / fail / inconclusive.
 
+It also checks absolute service levels (``slos:``) on the candidate alone, see "SLOs" below.
+
 Inputs (the run directory ``runs/<run_id>/``, one folder per variant)
 ----------------------------------------------------------------------
 ``manifest.json``
@@ -21,9 +23,11 @@ rounds; ``results.json`` is round 1). Normalized load results::
     ``blocks`` (written by ``modelgate.loadtest.split_interleaved`` for variants measured
     together through ``modelgate interleave-proxy``) gives each sample's time block of the run.
 
-    ``samples`` hold one value per successful request. A raw GuideLLM JSON report of any
-    layout since 0.3 (it has ``benchmarks``) is accepted too and normalized by
-    ``modelgate.loadtest``.
+    ``samples`` hold one value per successful request; ``samples_aligned`` (written by
+    ``modelgate.loadtest``) says whether every metric has one, in the same order, so a
+    request's metrics can be read together (SLO attainment needs that). A raw GuideLLM
+    JSON report of any layout since 0.3 (it has ``benchmarks``) is accepted too and
+    normalized by ``modelgate.loadtest``.
 ``<variant>/accuracy/results.json``::
 
     {"tasks": {"<task>": {"metric": "acc" | "exact_match", "score": float, "n": int,
@@ -74,15 +78,61 @@ Statistics
   "throughput", "concurrent:<streams>"); load results from GuideLLM versions on both sides of
   0.7.4 are refused unless ``allow_mixed_guidellm_versions`` (or the CLI flag) is set.
 
+SLOs (absolute service levels)
+------------------------------
+Next to the relative checks ("no worse than the baseline"), a policy may state service levels
+("good enough for this product") in ``slos:``, each decided on the candidate alone (no
+baseline is read; none is evaluated for the baseline either, so a baseline missing an SLO
+fails nothing). Spelling::
+
+    slos:
+      - {name: ttft-p95-5rps, metric: ttft_ms, statistic: p95, rates: [5], max: 200}
+      - {name: itl-p50, metric: itl_ms, statistic: p50, rates: all, max: 30}
+      - {name: e2e-p99, metric: request_latency_s, statistic: p99, rates: [5], max: 2.0,
+         min_samples: 200}
+      - {name: chat, metric: attainment, limits: {ttft_ms: 200, itl_ms: 50}, min: 0.99}
+      - {name: errors, metric: error_rate, max: 0.01}
+      - {name: tput, metric: throughput, rates: [5], min: 500}  # or throughput:requests_per_s
+
+``max`` for latencies (ms, or s for request_latency_s; ``statistic`` required) and
+error_rate; ``min`` for attainment (a share) and throughput. ``rates``: ``all`` (every load
+point of the candidate) or a list; ``min_samples`` (default 20) counts requests. One result
+per load point, ``kind: "slo"``: PASS when the CI lies within the limit, FAIL when entirely
+beyond, INCONCLUSIVE otherwise or without the data.
+
+* Latency: bootstrap CI of the statistic over the candidate's per-request samples,
+  hierarchical over rounds (over time blocks for interleaved runs; ``min_rounds`` counts
+  them, as for the relative checks). Without samples, p50 and mean come from GuideLLM's
+  summary (as above, value +/- z * standard error); a tail statistic says by SLO name that it
+  needs samples.
+* error_rate: errored / (successful + errored), Wilson score interval (0 errors in 400
+  requests proves <= 1%; in 100 it cannot).
+* attainment: the share of requests meeting every per-request limit in ``limits``
+  (ttft_ms, itl_ms, tpot_ms, request_latency_s); errored requests count as missed,
+  incomplete ones (cut off by the run's end) are left out, as GuideLLM defines SLO
+  attainment. GuideLLM's stored JSON reports (through 0.8.1, the version this project
+  captured) carry no attainment or goodput field, so it is computed from the per-request
+  samples: without them, or when the samples are not one per request for every limit
+  (``samples_aligned``), it is inconclusive. Note GuideLLM's own ``slo`` ``tpot_ms`` excludes
+  the first token: that is ``itl_ms`` here. CI: Wilson interval on the pooled counts, widened
+  by a bootstrap over rounds/blocks when there are 2+.
+* throughput: mean of the per-round values, bootstrap over rounds; one round: inconclusive.
+
+Dimensions: a latency SLO and attainment are latency evidence, error_rate errors,
+throughput throughput; they count toward the verdict exactly as checks do (below). A policy
+of SLOs alone is valid (``checks`` may then be omitted) and ``modelgate gate --candidate X
+--policy P`` needs no ``--baseline``.
+
 Verdict
 -------
 Each check gives evidence for one dimension: latency (request_latency_s, ttft_ms, itl_ms,
-tpot_ms), throughput, errors (error_rate), accuracy, fidelity. The verdict is ``fail`` when a
-check failed, ``inconclusive`` when a dimension the policy names has no check that decided
-``pass`` (unless listed in the policy's ``accept_inconclusive``), else ``pass``; ``passed`` is
-``status == "pass"``. ``modelgate gate`` exits 0 / 1 / 3 for pass / fail / inconclusive and 2 on
-bad or unreadable input. ``accuracy`` may also be lm-eval's own output directory
-(``results_*.json`` + ``samples_*_*.jsonl``), see ``modelgate.accuracy.read_lm_eval_native``.
+tpot_ms; SLOs on them and attainment), throughput, errors (error_rate), accuracy, fidelity.
+The verdict is ``fail`` when a check failed, ``inconclusive`` when a dimension the policy
+names has no check that decided ``pass`` (unless listed in the policy's
+``accept_inconclusive``), else ``pass``; ``passed`` is ``status == "pass"``. ``modelgate
+gate`` exits 0 / 1 / 3 for pass / fail / inconclusive and 2 on bad or unreadable input.
+``accuracy`` may also be lm-eval's own output directory (``results_*.json`` +
+``samples_*_*.jsonl``), see ``modelgate.accuracy.read_lm_eval_native``.
 * The bootstrap seed is fixed per policy and per check, so a verdict is reproducible.
 
 Statistical power (measured with a simulation: one round per variant, lognormal latencies, 2000
@@ -138,8 +188,14 @@ _ROUND_FILE_RE = re.compile(r"^results(?:-r(\d+))?\.json$")
 _CHECK_KEYS = {
     "name", "metric", "rates", "statistic", "direction", "tolerance", "min_samples", "description",
 }
-_POLICY_KEYS = {"checks", "inconclusive", "min_rounds", "min_baseline_score", "bootstrap",
-                "accept_inconclusive", "allow_mixed_guidellm_versions"}
+_POLICY_KEYS = {"checks", "slos", "inconclusive", "min_rounds", "min_baseline_score",
+                "bootstrap", "accept_inconclusive", "allow_mixed_guidellm_versions"}
+_SLO_KEYS = {"name", "metric", "statistic", "rates", "max", "min", "limits", "min_samples",
+             "description"}
+# SLO metrics and the one bound each takes: latencies and the error rate have a ceiling,
+# attainment and throughput a floor.
+SLO_METRICS = (*LATENCY_METRICS, "error_rate", "attainment", "throughput",
+               "throughput:output_tokens_per_s", "throughput:requests_per_s")
 # What a verdict needs evidence for: each dimension a policy's checks name must have at least
 # one check that decided "pass" and none that failed (see GateVerdict.status).
 DIMENSIONS = ("latency", "throughput", "errors", "accuracy", "fidelity")
@@ -162,6 +218,9 @@ _TOKEN_EVENTS_VERSION = "0.7.4"
 # modelgate gate's exit code per verdict status (2: bad input, from modelgate.cli)
 EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 3}
 _UNITS = {"request_latency_s": "s", "ttft_ms": "ms", "itl_ms": "ms", "tpot_ms": "ms"}
+_SLO_UNITS = {**{k: f" {v}" for k, v in _UNITS.items()}, "throughput": " tokens/s",
+              "throughput:output_tokens_per_s": " tokens/s",
+              "throughput:requests_per_s": " requests/s"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,6 +260,49 @@ class GateCheck:
 
 
 @dataclass(frozen=True)
+class GateSLO:
+    """One absolute service level, decided on the candidate alone (no baseline).
+
+    ``bound`` is "max" (latency, error_rate: the value must stay at or below ``limit``) or
+    "min" (attainment, throughput: at or above). ``limits`` (attainment only) are the
+    per-request objectives, {latency metric: ceiling}, that a request must all meet.
+    """
+
+    name: str
+    metric: str
+    statistic: str | None
+    rates: str | tuple[float, ...]
+    bound: str
+    limit: float
+    min_samples: int
+    limits: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """latency, error_rate, attainment or throughput."""
+        if self.metric in LATENCY_METRICS:
+            return "latency"
+        if self.metric.startswith("throughput"):
+            return "throughput"
+        return self.metric
+
+    @property
+    def dimension(self) -> str:
+        """The verdict dimension: a latency SLO and an attainment SLO (the share of requests
+        meeting latency objectives) are latency evidence; error_rate is errors; throughput
+        is throughput."""
+        return {"latency": "latency", "attainment": "latency", "error_rate": "errors",
+                "throughput": "throughput"}[self.kind]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, recorded in gate.json."""
+        return {"name": self.name, "metric": self.metric, "statistic": self.statistic,
+                "rates": self.rates if isinstance(self.rates, str) else list(self.rates),
+                self.bound: self.limit, "min_samples": self.min_samples,
+                **({"limits": dict(self.limits)} if self.limits else {})}
+
+
+@dataclass(frozen=True)
 class BootstrapSettings:
     """Bootstrap parameters; the fixed seed makes every verdict reproducible."""
 
@@ -223,11 +325,13 @@ class GatePolicy:
     # run measures load only)
     accept_inconclusive: tuple[str, ...] = ()
     allow_mixed_guidellm_versions: bool = False
+    # absolute service levels, decided on the candidate alone
+    slos: tuple[GateSLO, ...] = ()
 
     @property
     def dimensions(self) -> tuple[str, ...]:
-        """The dimensions this policy's checks name, in DIMENSIONS order."""
-        named = {c.dimension for c in self.checks}
+        """The dimensions this policy's checks and SLOs name, in DIMENSIONS order."""
+        named = {c.dimension for c in self.checks} | {s.dimension for s in self.slos}
         return tuple(d for d in DIMENSIONS if d in named)
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,6 +342,7 @@ class GatePolicy:
             {**asdict(c), "rates": c.rates if isinstance(c.rates, str) else list(c.rates)}
             for c in self.checks
         ]
+        data["slos"] = [s.to_dict() for s in self.slos]
         return data
 
 
@@ -369,6 +474,121 @@ def _parse_check(raw: Any, index: int, source: str) -> GateCheck:
     )
 
 
+def _slo_number(raw: dict[str, Any], key: str, where: str, source: str, ok: Any,
+                what: str, example: str) -> float:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise ModelGateError(
+            f"{source}: {where}.{key} must be {what}, got {value!r}", field=f"{where}.{key}",
+            fix=f"e.g. {key}: {example}")
+    return float(value)
+
+
+def _parse_slo(raw: Any, index: int, source: str) -> GateSLO:
+    where = f"slos[{index}]"
+    if not isinstance(raw, dict):
+        raise ModelGateError(
+            f"{source}: {where} must be a mapping", field=where,
+            fix="e.g. {name: ttft-p95, metric: ttft_ms, statistic: p95, rates: [5], max: 200}")
+    unknown = sorted(set(raw) - _SLO_KEYS)
+    if unknown:
+        raise ModelGateError(
+            f"{source}: unknown field {unknown[0]!r} in {where}", field=f"{where}.{unknown[0]}",
+            fix=f"accepted fields: {', '.join(sorted(_SLO_KEYS))}")
+    metric = raw.get("metric")
+    if metric not in SLO_METRICS:
+        raise ModelGateError(
+            f"{source}: unknown SLO metric {metric!r} in {where}", field=f"{where}.metric",
+            fix=f"use one of {', '.join(SLO_METRICS)}")
+    floor = metric == "attainment" or metric.startswith("throughput")
+    bound, other = ("min", "max") if floor else ("max", "min")
+    if other in raw:
+        side = "higher" if floor else "lower"
+        raise ModelGateError(
+            f"{source}: {where}: {metric} is {side}-is-better, so its SLO is a {bound}, "
+            f"not a {other}", field=f"{where}.{other}",
+            fix=f"state {bound}: <limit> instead of {other}")
+    if bound not in raw:
+        raise ModelGateError(
+            f"{source}: {where} has no {bound} (the service level to meet)",
+            field=f"{where}.{bound}",
+            fix={"attainment": "e.g. min: 0.99 (share of requests meeting every limit)",
+                 "error_rate": "e.g. max: 0.01 (at most 1% errored requests)"}.get(
+                metric, "e.g. min: 500 (output tokens/s)" if floor else
+                f"e.g. max: {2.0 if metric == 'request_latency_s' else 200} "
+                f"({_UNITS.get(metric, '')})"))
+    if metric == "attainment":
+        limit = _slo_number(raw, "min", where, source, lambda v: 0 < v <= 1,
+                            "a share in (0, 1]", "0.99")
+    elif metric == "error_rate":
+        limit = _slo_number(raw, "max", where, source, lambda v: 0 <= v < 1,
+                            "a fraction in [0, 1)", "0.01")
+    else:
+        unit = _UNITS.get(metric, "tokens/s" if metric != "throughput:requests_per_s"
+                          else "requests/s")
+        limit = _slo_number(raw, bound, where, source, lambda v: v > 0,
+                            f"a positive number in {unit}", "200" if unit == "ms" else "2.0")
+    statistic: str | None = None
+    if metric in LATENCY_METRICS:
+        statistic = raw.get("statistic")
+        if statistic not in STATISTICS:
+            raise ModelGateError(
+                f"{source}: {where}: a latency SLO needs a statistic, got {statistic!r}",
+                field=f"{where}.statistic",
+                fix=f"use one of {', '.join(STATISTICS)} (e.g. statistic: p95)")
+    elif "statistic" in raw:
+        raise ModelGateError(
+            f"{source}: {where}: {metric} takes no statistic", field=f"{where}.statistic",
+            fix="remove statistic (it applies to request_latency_s, ttft_ms, itl_ms, tpot_ms)")
+    limits: tuple[tuple[str, float], ...] = ()
+    if metric == "attainment":
+        lim_raw = raw.get("limits")
+        if not isinstance(lim_raw, dict) or not lim_raw:
+            raise ModelGateError(
+                f"{source}: {where}: attainment needs limits, the per-request objectives",
+                field=f"{where}.limits", fix="e.g. limits: {ttft_ms: 200, itl_ms: 50}")
+        for key, value in lim_raw.items():
+            if key not in LATENCY_METRICS:
+                raise ModelGateError(
+                    f"{source}: {where}.limits: unknown metric {key!r}",
+                    field=f"{where}.limits.{key}",
+                    fix=f"use some of {', '.join(LATENCY_METRICS)} (GuideLLM's slo tpot_ms, "
+                        "which excludes the first token, is itl_ms here)")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ModelGateError(
+                    f"{source}: {where}.limits.{key} must be a positive number, got {value!r}",
+                    field=f"{where}.limits.{key}",
+                    fix=f"e.g. {key}: {2.0 if key == 'request_latency_s' else 200} "
+                        f"({_UNITS[key]})")
+        limits = tuple((m, float(lim_raw[m])) for m in LATENCY_METRICS if m in lim_raw)
+    elif "limits" in raw:
+        raise ModelGateError(
+            f"{source}: {where}: limits belong to metric: attainment", field=f"{where}.limits",
+            fix="remove limits, or use metric: attainment with min: <share>")
+    rates_raw = raw.get("rates", "all")
+    rates: str | tuple[float, ...]
+    if rates_raw == "all":
+        rates = "all"
+    elif isinstance(rates_raw, list) and rates_raw and all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in rates_raw
+    ):
+        rates = tuple(float(r) for r in rates_raw)
+    else:
+        raise ModelGateError(
+            f"{source}: {where}.rates must be 'all' or a list of positive numbers, got "
+            f"{rates_raw!r}", field=f"{where}.rates",
+            fix="e.g. rates: all, or rates: [5] (requests per second)")
+    min_samples = raw.get("min_samples", 20)
+    if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
+        raise ModelGateError(
+            f"{source}: {where}.min_samples must be a positive integer, got {min_samples!r}",
+            field=f"{where}.min_samples", fix="e.g. min_samples: 100")
+    default_name = "-".join(x for x in ("slo", metric.replace(":", "-"), statistic) if x)
+    return GateSLO(name=str(raw.get("name") or default_name), metric=metric,
+                   statistic=statistic, rates=rates, bound=bound, limit=limit,
+                   min_samples=min_samples, limits=limits)
+
+
 def parse_policy(data: Any, source: str = "<policy>") -> GatePolicy:
     """Validate a policy mapping; a wrong field raises ModelGateError naming it."""
     if not isinstance(data, dict):
@@ -379,9 +599,24 @@ def parse_policy(data: Any, source: str = "<policy>") -> GatePolicy:
             f"{source}: unknown policy field {unknown[0]!r}", field=unknown[0],
             fix=f"accepted fields: {', '.join(sorted(_POLICY_KEYS))}",
         )
-    raw_checks = data.get("checks")
-    if not isinstance(raw_checks, list) or not raw_checks:
-        raise ModelGateError(f"{source}: checks must be a non-empty list", field="checks")
+    raw_slos = data.get("slos") or []
+    if not isinstance(raw_slos, list):
+        raise ModelGateError(
+            f"{source}: slos must be a list", field="slos",
+            fix="e.g. slos: [{name: ttft-p95, metric: ttft_ms, statistic: p95, max: 200}]")
+    slos = tuple(_parse_slo(s, i, source) for i, s in enumerate(raw_slos))
+    names = [s.name for s in slos]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ModelGateError(
+            f"{source}: two SLOs are named {dup!r}",
+            field=f"slos[{names.index(dup, names.index(dup) + 1)}].name",
+            fix="give each SLO its own name")
+    raw_checks = data.get("checks", [] if slos else None)
+    if not isinstance(raw_checks, list) or not (raw_checks or slos):
+        raise ModelGateError(
+            f"{source}: checks must be a non-empty list (or slos must name one)",
+            field="checks", fix=f"see {default_policy_path()} for the accepted fields")
     checks = tuple(_parse_check(c, i, source) for i, c in enumerate(raw_checks))
     inconclusive = data.get("inconclusive", "warn")
     if inconclusive not in ("warn", "fail"):
@@ -430,7 +665,7 @@ def parse_policy(data: Any, source: str = "<policy>") -> GatePolicy:
         checks=checks, inconclusive=inconclusive, min_rounds=min_rounds,
         min_baseline_score=float(mbs), bootstrap=boot, source=source,
         accept_inconclusive=tuple(d for d in DIMENSIONS if d in accept),
-        allow_mixed_guidellm_versions=mixed,
+        allow_mixed_guidellm_versions=mixed, slos=slos,
     )
 
 
@@ -826,19 +1061,21 @@ class CheckResult:
     tolerance: float | None = None
     reason: str = ""
     limit: float | None = None
-    kind: str = "ratio"  # ratio | recovery | difference | absolute
+    kind: str = "ratio"  # ratio | recovery | difference | absolute | slo
     n_baseline: int | None = None
     n_candidate: int | None = None
     confidence: float = 0.95
     # a load point without an offered rate ("synchronous", "throughput", "concurrent:8")
     point: str | None = None
     dimension: str = ""
+    # an SLO's side: "max" (value <= limit) or "min" (value >= limit); None for other kinds
+    bound: str | None = None
 
     @property
     def label(self) -> str:
         """Short human name: metric, statistic and rate (or load point)."""
         parts = [self.metric]
-        if self.statistic and self.kind == "ratio":
+        if self.statistic and self.kind in ("ratio", "slo"):
             parts.append(self.statistic)
         if self.rate is not None:
             parts.append(f"@ {float(self.rate)} rps")
@@ -862,6 +1099,14 @@ class CheckResult:
             return (f"{head} is {self.candidate:.3f} vs baseline {self.baseline:.3f} "
                     f"(difference {self.ratio:+.3f}, {pct} {self.ci_low:+.3f} to "
                     f"{self.ci_high:+.3f}), limit {self.limit:+.3f}")
+        if self.kind == "slo" and self.candidate is not None and have_ci:
+            unit = _SLO_UNITS.get(self.metric, "")
+            op = "<=" if self.bound == "max" else ">="
+            return (f"{variant}: SLO {self.name}: {self.label} is {self.candidate:.4g}{unit} "
+                    f"({pct} {self.ci_low:.4g}-{self.ci_high:.4g}), SLO {op} "
+                    f"{self.limit:.4g}{unit}")
+        if self.kind == "slo":
+            return f"{variant}: SLO {self.name}: {self.label}: {self.reason}"
         if self.kind == "absolute" and self.candidate is not None and have_ci:
             return (f"{head} is {self.candidate:.4f} ({pct} {self.ci_low:.4f}-"
                     f"{self.ci_high:.4f}), limit {self.limit:.4f}")
@@ -1568,6 +1813,250 @@ def _fidelity_check(check: GateCheck, cand: VariantResults, policy: GatePolicy) 
     return result
 
 
+# --------------------------------------------------------------------------------------------
+# SLOs: absolute service levels, decided on the candidate alone
+# --------------------------------------------------------------------------------------------
+
+
+def _slo_result(slo: GateSLO, point: float | str | None, policy: GatePolicy) -> CheckResult:
+    return CheckResult(
+        name=slo.name, metric=slo.metric, rate=point, statistic=slo.statistic,
+        status="inconclusive", limit=slo.limit, kind="slo", bound=slo.bound,
+        confidence=policy.bootstrap.confidence, dimension=slo.dimension,
+    )
+
+
+def _slo_verdict(result: CheckResult, detail: str) -> CheckResult:
+    """Decide from the CI in ``result`` and write the reason."""
+    upper = result.bound == "max"
+    lo, hi = result.ci_low, result.ci_high
+    assert lo is not None and hi is not None and result.limit is not None
+    result.status = _decide(lo, hi, result.limit, upper)
+    verb = {"pass": "within", "fail": "beyond", "inconclusive": "straddles"}[result.status]
+    unit = _SLO_UNITS.get(result.metric, "")
+    op = "<=" if upper else ">="
+    result.reason = (f"{result.candidate:.4g}{unit}, CI {lo:.4g}-{hi:.4g} {verb} SLO {op} "
+                     f"{result.limit:.4g}{unit} ({detail})")
+    return result
+
+
+def _slo_latency(slo: GateSLO, cand: VariantResults, point: float | str,
+                 policy: GatePolicy) -> CheckResult:
+    np = _np()
+    stat = slo.statistic or "p50"
+    result = _slo_result(slo, point, policy)
+    rounds, entries = _samples_at(cand, point, slo.metric)
+    if not entries:
+        result.reason = f"no load-test results {_at(point)} for the candidate"
+        return result
+    n = sum(len(a) for _, a in rounds)
+    result.n_candidate = n
+    summary_n = _summary_count(entries, slo.metric)
+    if not rounds or (n < slo.min_samples <= summary_n):
+        # no (or too few logged) per-request samples: GuideLLM's summary, as the relative
+        # checks do; a tail statistic cannot get an interval from it
+        return _slo_from_summary(slo, result, entries, stat, policy, logged=bool(rounds))
+    pool = np.concatenate([a for _, a in rounds])
+    result.candidate = _point_stat(pool, stat)
+    if n < slo.min_samples:
+        result.reason = (f"too few samples: {n}, need {slo.min_samples} (point {stat} "
+                         f"{result.candidate:.4g}{_SLO_UNITS[slo.metric]})")
+        return result
+    if len(rounds) < policy.min_rounds:
+        result.reason = (f"too few rounds: {len(rounds)}, policy min_rounds {policy.min_rounds}"
+                         f" (point {stat} {result.candidate:.4g}{_SLO_UNITS[slo.metric]})")
+        return result
+    rng = _rng(policy, f"slo|{slo.name}|{slo.metric}|{stat}|{point}")
+    star = _resample_stat([a for _, a in rounds], stat, rng, policy.bootstrap.resamples)
+    result.ci_low, result.ci_high = _ci(star, policy.bootstrap.confidence)
+    blocked = any(".b" in rid for rid, _ in rounds)
+    design = f"{len(rounds)} {'time blocks' if blocked else 'rounds'}"
+    return _slo_verdict(result, f"{stat} of {n} requests, {design}")
+
+
+def _slo_from_summary(slo: GateSLO, result: CheckResult, entries: list[dict[str, Any]],
+                      stat: str, policy: GatePolicy, logged: bool) -> CheckResult:
+    lacking = ("too few logged per-request samples" if logged
+               else "no per-request samples for the candidate")
+    value = _summary_value(entries, slo.metric, stat)
+    result.candidate = value
+    unit = _SLO_UNITS[slo.metric]
+    point = f" (summary {stat} {value:.4g}{unit})" if value is not None else ""
+    if stat not in ("mean", "p50"):
+        result.reason = (f"SLO {slo.name} needs per-request samples ({lacking}): a {stat} "
+                         f"confidence interval cannot come from GuideLLM's summary{point}; "
+                         f"{_NEEDS_SAMPLES_FIX}")
+        return result
+    est = [_summary_estimate(e, slo.metric, stat) for e in entries]
+    if any(e is None for e in est):
+        result.reason = (f"{lacking} and the summary lacks what a {stat} interval needs"
+                         f"{point}; {_NEEDS_SAMPLES_FIX}")
+        return result
+    k = len(est)
+    value = sum(e[0] for e in est if e) / k
+    se = math.sqrt(sum(e[1] ** 2 for e in est if e)) / k
+    n = sum(e[2] for e in est if e)
+    result.candidate, result.n_candidate = value, n
+    if n < slo.min_samples:
+        result.reason = f"too few requests: {n}, need {slo.min_samples} (summary-based)"
+        return result
+    if k < policy.min_rounds:
+        result.reason = f"too few rounds: {k}, policy min_rounds {policy.min_rounds}"
+        return result
+    z = _z(policy.bootstrap.confidence)
+    result.ci_low, result.ci_high = value - z * se, value + z * se
+    how = "std_dev / sqrt(n)" if stat == "mean" else "the interquartile range"
+    return _slo_verdict(result, f"summary-based ({lacking}): {stat} of {n} requests, interval "
+                                f"from {how}, normal approximation, within-run noise only")
+
+
+def _slo_error_rate(slo: GateSLO, cand: VariantResults, point: float | str,
+                    policy: GatePolicy) -> CheckResult:
+    result = _slo_result(slo, point, policy)
+    _, entries = _samples_at(cand, point, "request_latency_s")
+    if not entries:
+        result.reason = f"no load-test results {_at(point)} for the candidate"
+        return result
+    errored = sum(int((e.get("requests") or {}).get("errored", 0)) for e in entries)
+    total = errored + sum(int((e.get("requests") or {}).get("successful", 0)) for e in entries)
+    result.n_candidate = total
+    if total < slo.min_samples:
+        result.reason = f"too few requests: {total}, need {slo.min_samples}"
+        return result
+    result.candidate = errored / total
+    lo, hi = wilson_interval(errored, total, _z(policy.bootstrap.confidence))
+    # rounding can put a bound of the score interval a hair past the observed share
+    result.ci_low, result.ci_high = min(lo, result.candidate), max(hi, result.candidate)
+    return _slo_verdict(result, f"{errored}/{total} errored, Wilson interval")
+
+
+def _attainment_groups(slo: GateSLO, cand: VariantResults, point: float | str,
+                       ) -> tuple[dict[str, list[float]] | None, str]:
+    """Per round (or time block) one 0/1 value per request: 1 when a successful request
+    met every limit; errored requests count 0; incomplete ones are left out. None and the
+    reason when the samples cannot say."""
+    groups: dict[str, list[float]] = {}
+    seen = False
+    metrics = [m for m, _ in slo.limits]
+    for rnd in cand.rounds:
+        entry = rnd.rates.get(point)
+        if entry is None:
+            continue
+        seen = True
+        requests = entry.get("requests") or {}
+        successful, errored = int(requests.get("successful") or 0), int(
+            requests.get("errored") or 0)
+        samples = entry.get("samples") or {}
+        cols = [samples.get(m) or [] for m in metrics]
+        if successful and not any(cols):
+            return None, "no per-request samples for the candidate"
+        lengths = {len(c) for c in cols}
+        if len(lengths) != 1 or entry.get("samples_aligned") is False:
+            return None, (f"per-request samples of {', '.join(metrics)} in {rnd.path} are not "
+                          "one per request (a request lacked one of them), so a request's "
+                          "limits cannot be checked together")
+        blocks = (entry.get("blocks") or {}).get(metrics[0])
+        if not isinstance(blocks, list) or len(blocks) != len(cols[0]):
+            blocks = [None] * len(cols[0])
+        ids: list[str] = []
+        for i, blk in enumerate(blocks):
+            met = all(isinstance(c[i], (int, float)) and math.isfinite(c[i]) and c[i] <= lim
+                      for c, (_, lim) in zip(cols, slo.limits, strict=True))
+            rid = rnd.round_id if blk is None else f"{rnd.round_id}.b{int(blk)}"
+            groups.setdefault(rid, []).append(1.0 if met else 0.0)
+            if rid not in ids:
+                ids.append(rid)
+        # errored requests carry no time block: spread evenly over the round's blocks
+        ids = sorted(ids) or [rnd.round_id]
+        for j in range(errored):
+            groups.setdefault(ids[j % len(ids)], []).append(0.0)
+    if not seen:
+        return None, f"no load-test results {_at(point)} for the candidate"
+    return groups, ""
+
+
+def _slo_attainment(slo: GateSLO, cand: VariantResults, point: float | str,
+                    policy: GatePolicy) -> CheckResult:
+    np = _np()
+    result = _slo_result(slo, point, policy)
+    groups, why = _attainment_groups(slo, cand, point)
+    objectives = ", ".join(f"{m} <= {v:g}{_SLO_UNITS[m]}" for m, v in slo.limits)
+    if groups is None:
+        result.reason = (why if why.startswith("no load-test") else
+                         f"SLO {slo.name} needs per-request samples: {why}; "
+                         f"{_NEEDS_SAMPLES_FIX}")
+        return result
+    arrays = [np.asarray(v) for v in groups.values() if v]
+    n = sum(len(a) for a in arrays)
+    met = int(sum(a.sum() for a in arrays))
+    result.n_candidate = n
+    if n < slo.min_samples:
+        result.reason = f"too few requests: {n}, need {slo.min_samples} ({objectives})"
+        return result
+    result.candidate = met / n
+    if len(arrays) < policy.min_rounds:
+        result.reason = (f"too few rounds: {len(arrays)}, policy min_rounds {policy.min_rounds}"
+                         f" (attainment {result.candidate:.4f})")
+        return result
+    lo, hi = wilson_interval(met, n, _z(policy.bootstrap.confidence))
+    design = "Wilson interval"
+    if len(arrays) > 1:
+        # rounds (or blocks) differ: the hierarchical bootstrap sees that spread; the Wilson
+        # interval keeps an all-conforming sample from claiming certainty
+        rng = _rng(policy, f"slo|{slo.name}|attainment|{point}")
+        star = _resample_stat(arrays, "mean", rng, policy.bootstrap.resamples)
+        b_lo, b_hi = _ci(star, policy.bootstrap.confidence)
+        lo, hi = min(lo, b_lo), max(hi, b_hi)
+        design = f"Wilson interval widened by a bootstrap over {len(arrays)} rounds/blocks"
+    result.ci_low, result.ci_high = min(lo, result.candidate), max(hi, result.candidate)
+    return _slo_verdict(result, f"{met}/{n} requests met {objectives} (errored count as "
+                                f"missed); {design}")
+
+
+def _slo_throughput(slo: GateSLO, cand: VariantResults, point: float | str,
+                    policy: GatePolicy) -> CheckResult:
+    np = _np()
+    fld = slo.metric.split(":", 1)[1] if ":" in slo.metric else "output_tokens_per_s"
+    result = _slo_result(slo, point, policy)
+    result.statistic = "mean"
+    vals = []
+    for rnd in cand.rounds:
+        v = ((rnd.rates.get(point) or {}).get("throughput") or {}).get(fld)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            vals.append(float(v))
+    if not vals:
+        result.reason = f"no {fld} {_at(point)} for the candidate"
+        return result
+    result.candidate, result.n_candidate = sum(vals) / len(vals), len(vals)
+    if len(vals) < max(2, policy.min_rounds):
+        result.reason = (f"throughput is one number per round; {len(vals)} round(s) give no "
+                         f"confidence interval (point {result.candidate:.4g}"
+                         f"{_SLO_UNITS[slo.metric]})")
+        return result
+    rng = _rng(policy, f"slo|{slo.name}|{slo.metric}|{point}")
+    arr = np.asarray(vals)
+    idx = rng.integers(0, len(arr), size=(policy.bootstrap.resamples, len(arr)))
+    result.ci_low, result.ci_high = _ci(arr[idx].mean(axis=1), policy.bootstrap.confidence)
+    return _slo_verdict(result, f"mean of {len(vals)} rounds, bootstrap over rounds")
+
+
+def _run_slo(slo: GateSLO, cand: VariantResults, policy: GatePolicy) -> list[CheckResult]:
+    """Every load point an SLO names, decided on the candidate's own results."""
+    points: list[float | str] = (list(cand.points) if slo.rates == "all"
+                                 else [_rate_key(r) for r in slo.rates])
+    if not points:
+        result = _slo_result(slo, None, policy)
+        result.reason = "no load-test results for the candidate"
+        return [result]
+    fn = {"latency": _slo_latency, "error_rate": _slo_error_rate,
+          "attainment": _slo_attainment, "throughput": _slo_throughput}[slo.kind]
+    results = [fn(slo, cand, p, policy) for p in points]
+    for r in results:
+        if isinstance(r.rate, str):
+            r.point, r.rate = r.rate, None
+    return results
+
+
 def _run_check(check: GateCheck, base: VariantResults, cand: VariantResults,
                policy: GatePolicy) -> list[CheckResult]:
     results = _run_check_at_points(check, base, cand, policy)
@@ -1622,6 +2111,7 @@ def evaluate_variants(base: VariantResults, cand: VariantResults,
     pol = load_policy(policy)
     notes = _guidellm_version_notes(base, cand, pol)
     checks = [r for check in pol.checks for r in _run_check(check, base, cand, pol)]
+    checks += [r for slo in pol.slos for r in _run_slo(slo, cand, pol)]
     n_rounds = (len(base.rounds), len(cand.rounds))
     if n_rounds[0] and n_rounds[1] and min(n_rounds) < 2:
         notes.append(
@@ -1629,6 +2119,10 @@ def evaluate_variants(base: VariantResults, cand: VariantResults,
             "confidence intervals cover within-run noise only; measure 2+ interleaved rounds "
             "per variant on a shared or noisy host"
         )
+    if pol.slos and len(cand.rounds) == 1:
+        notes.append(
+            "1 load-test round of the candidate: SLO confidence intervals cover within-run "
+            "noise only; measure 2+ rounds to see run-to-run spread")
     return GateVerdict(
         baseline=base.name, candidate=cand.name, checks=checks,
         inconclusive_policy=pol.inconclusive, notes=notes, policy=pol.to_dict(),
@@ -1656,10 +2150,21 @@ def _guidellm_version_notes(base: VariantResults, cand: VariantResults,
             f"(allow_mixed_guidellm_versions): token timings may not be comparable ({detail})"]
 
 
-def evaluate(baseline: str | Path, candidate: str | Path,
+def evaluate(baseline: str | Path | None, candidate: str | Path,
              policy: GatePolicy | dict[str, Any] | str | Path | None = None) -> GateVerdict:
-    """Compare a candidate with a baseline, each a variant folder, guidellm folder or JSON file."""
+    """Compare a candidate with a baseline, each a variant folder, guidellm folder or JSON file.
+
+    ``baseline`` may be None when the policy has SLOs and no relative checks: SLOs are
+    decided on the candidate alone.
+    """
     pol = load_policy(policy)
+    if baseline is None:
+        if pol.checks:
+            raise ModelGateError(
+                "the policy's checks compare with a baseline, and none was given",
+                field="baseline", fix="pass --baseline, or use a policy with slos only")
+        cand = load_variant(candidate, role="candidate")
+        return evaluate_variants(VariantResults(name="(none)", source=""), cand, pol)
     base = load_variant(baseline, role="baseline")
     cand = load_variant(candidate, role="candidate")
     return evaluate_variants(base, cand, pol)
@@ -1702,7 +2207,8 @@ def evaluate_run(run_dir: str | Path,
                         allow_missing=True)
     notes = []
     if not (base.rounds or base.accuracy):
-        notes.append(f"baseline {baselines[0]} has no results: every check is inconclusive")
+        notes.append(f"baseline {baselines[0]} has no results: every check against it is "
+                     "inconclusive (SLOs are decided on the candidates alone)")
     verdicts = []
     for v in variants:
         if v.get("baseline"):
@@ -1740,7 +2246,7 @@ def _cli_gate(args: argparse.Namespace) -> int:
         out = args.out or Path(args.run_dir) / "gate.json"
         junit = args.junit or Path(args.run_dir) / "junit.xml"
     else:
-        if not (args.baseline and args.candidate):
+        if not args.candidate or not (args.baseline or not policy.checks):
             raise ModelGateError(
                 "gate needs --run-dir, or both --baseline and --candidate",
                 field="baseline" if not args.baseline else "candidate",
@@ -1768,7 +2274,8 @@ def register_cli(subparsers: Any) -> None:
                     "the file); 3: inconclusive (a dimension has no deciding check and the "
                     "policy's accept_inconclusive does not list it).",
     )
-    parser.add_argument("--baseline", help="baseline variant folder or results JSON")
+    parser.add_argument("--baseline", help="baseline variant folder or results JSON (not "
+                                           "needed when the policy has slos only)")
     parser.add_argument("--candidate", help="candidate variant folder or results JSON")
     parser.add_argument("--run-dir", help="a run directory: every candidate vs its baseline")
     parser.add_argument("--policy", help="gate policy YAML (default: the packaged policy)")

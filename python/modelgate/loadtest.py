@@ -427,6 +427,11 @@ def normalize_guidellm_report(raw: dict[str, Any], variant: str) -> dict[str, An
             samples = [_request_sample(r, src) for r in successful if isinstance(r, dict)]
             normalized["samples"][dst] = [s for s in samples if s is not None]
         normalized["samples_available"] = bool(normalized["samples"]["request_latency_s"])
+        # one value of every metric per successful request, in the same order: a request's
+        # metrics can be read together (the gate's SLO attainment needs that)
+        ok = [r for r in successful if isinstance(r, dict)]
+        normalized["samples_aligned"] = all(
+            len(v) == len(ok) for v in normalized["samples"].values())
         rates.append(normalized)
     rates.sort(key=lambda r: (r["rate"] is None, r["rate"] or 0.0))
     return {"variant": variant, "guidellm": fmt, "rates": rates}
@@ -541,6 +546,7 @@ def split_interleaved(raw: dict[str, Any], routes: list[dict[str, Any]], variant
                 entry["samples"][dst] = [v for v, _ in pairs]
                 entry["blocks"][dst] = [_block(r, start, block_s) for _, r in pairs]
                 entry["metrics"][dst] = _sample_stats(entry["samples"][dst])
+            entry["samples_aligned"] = all(len(v) == len(ok) for v in entry["samples"].values())
             out[variant]["rates"].append(entry)
     for results in out.values():
         results["rates"].sort(key=lambda r: (r["rate"] is None, r["rate"] or 0.0))

@@ -271,6 +271,10 @@ def _fmt_check(c: dict[str, Any]) -> tuple[str, str, str]:
                 f"{lo:+.4f} to {hi:+.4f}" if have_ci else "n/a",
                 f"&le; {lim:+.3f}" if lim is not None else "n/a")
     cand = c.get("candidate")
+    if kind == "slo":  # an absolute service level: the candidate's own value
+        op = "&ge;" if c.get("bound") == "min" else "&le;"
+        return (_fmt(cand), f"{_fmt(lo)}&ndash;{_fmt(hi)}" if have_ci else "n/a",
+                f"{op} {_fmt(lim)}" if lim is not None else "n/a")
     return (f"{cand:.4f}" if cand is not None else "n/a",
             f"{lo:.4f}&ndash;{hi:.4f}" if have_ci else "n/a",
             f"&le; {lim:.4f}" if lim is not None else "n/a")

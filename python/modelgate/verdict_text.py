@@ -33,6 +33,9 @@ def _check_text(check: dict[str, Any]) -> str:
     ratio, limit = check.get("ratio"), check.get("limit")
     if check.get("kind", "ratio") == "ratio" and ratio is not None and limit is not None:
         return f"{label} {ratio:.2f}x (limit {limit:.2f}x)"
+    if check.get("kind") == "slo" and check.get("candidate") is not None and limit is not None:
+        op = ">=" if check.get("bound") == "min" else "<="
+        return f"SLO {check.get('name')}: {label} {check['candidate']:.4g} (SLO {op} {limit:.4g})"
     if ratio is not None and limit is not None:
         return f"{label} {ratio:.3f} (limit {limit:.3f})"
     return f"{label}: {check.get('reason', '')}".rstrip(": ")
