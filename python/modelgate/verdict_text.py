@@ -7,7 +7,6 @@ was decided, including the candidates left out before the run started, and never
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,14 @@ from modelgate.errors import ModelGateError
 NAMED_CHECKS = 2
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
+def _read_gate(path: Path) -> dict[str, Any]:
+    """gate.json, read as the gate reads its inputs; a run not judged yet says so."""
+    from modelgate.gate import _read_json
+
+    if not path.is_file():
         raise ModelGateError(f"{path} does not exist", field="run_dir",
-                             fix="give a run directory the validate stage has judged") from exc
-    except (OSError, ValueError) as exc:
-        raise ModelGateError(f"{path} is not readable JSON: {exc}", field="run_dir",
-                             fix="re-run the validate stage") from exc
+                             fix="give a run directory the validate stage has judged")
+    return _read_json(path, "gate")
 
 
 def _check_text(check: dict[str, Any]) -> str:
@@ -82,8 +80,10 @@ def _verdict_sentence(verdict: dict[str, Any]) -> str:
 def explain_run(run_dir: str | Path) -> dict[str, Any]:
     """The verdict of a judged run as sentences: one per candidate, then the bottom line."""
     path = Path(run_dir)
-    gate = _read(path / "gate.json")
-    manifest = _read(path / "manifest.json") if (path / "manifest.json").is_file() else {}
+    from modelgate.gate import read_manifest
+
+    gate = _read_gate(path / "gate.json")
+    manifest = read_manifest(path) if (path / "manifest.json").is_file() else {}
     sentences = [_sentence(v) for v in gate.get("verdicts", [])]
     for left in (manifest.get("inputs") or {}).get("left_out") or []:
         sentences.append(f"{left.get('name')}: left out before the run: {left.get('reason')}")
