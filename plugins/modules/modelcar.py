@@ -98,6 +98,10 @@ digest:
   description: The manifest digest.
   type: str
   returned: state=present
+checkpoint_bytes_read:
+  description: Checkpoint bytes hashed by this call (0 when their digests are remembered).
+  type: int
+  returned: state=present, not in check mode
 record:
   description:
     - The variant's modelcar record as C({variant, stage, data}), for the controller to store

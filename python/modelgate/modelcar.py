@@ -931,9 +931,11 @@ def publish_modelcar(*, checkpoint: Path, variant: str, layout_dir: Path, base: 
     ``record`` (``{variant, stage: modelcar, data}``) for the controller to store. In check
     mode nothing is built, pulled or sent: only the registry is asked for the tag's digest.
     """
+    from modelgate.digest import bytes_read
     from modelgate.registry import check_reachable
     from modelgate.rundir import stage_record
 
+    read_before = bytes_read()
     creds = {"username": username or None, "password": password or None}
     check_reachable(registry, tls_verify=tls_verify)  # before any build
     ckpt_digest = tree_digest(checkpoint)
@@ -970,7 +972,9 @@ def publish_modelcar(*, checkpoint: Path, variant: str, layout_dir: Path, base: 
                    for lyr in image.layers],
         "push": pushed.to_dict(), "verify": verified.to_dict(),
     }
+    # checkpoint bytes hashed here: none when the digests are remembered (a second run)
     return {"changed": image.changed or pushed.changed, **data,
+            "checkpoint_bytes_read": bytes_read() - read_before,
             "record": stage_record(variant, "modelcar", data)}
 
 
