@@ -217,6 +217,13 @@ _HOW_TO_GET = {
     "fidelity": "run `modelgate fidelity collect` on the baseline and the candidate, then "
                 "`modelgate fidelity compare` to write the candidate's fidelity.json",
 }
+# A latency check of one round per variant measured one after the other (see _judge_ratio):
+# why it is undecided without the policy's single_round_drift, and what decides it.
+_SINGLE_ROUND_CAUSE = ("one round per variant, measured one after the other: a within-run "
+                       "interval cannot see the drift between runs")
+_SINGLE_ROUND_FIX = ("measure 2+ rounds per variant (inventory: modelgate_validate_rounds: 2) "
+                     "or the variants together (modelgate loadtest --interleave), or set "
+                     "single_round_drift in the gate policy (such as 1.5)")
 # GuideLLM 0.7.4 changed how token events are bounded (DESIGN.md field notes).
 _TOKEN_EVENTS_VERSION = "0.7.4"
 # modelgate gate's exit code per verdict status (2: bad input, from modelgate.cli)
@@ -1095,6 +1102,12 @@ class CheckResult:
     drift_allowance: float | None = None
 
     @property
+    def undecided_one_round(self) -> bool:
+        """Inconclusive only because one round per variant cannot see the drift between runs
+        and the policy sets no single_round_drift."""
+        return self.status == "inconclusive" and self.one_round and self.drift_allowance is None
+
+    @property
     def label(self) -> str:
         """Short human name: metric, statistic and rate (or load point)."""
         parts = [self.metric]
@@ -1191,9 +1204,16 @@ class GateVerdict:
                                     "accepted_inconclusive": False}
             if status == "inconclusive":
                 info["accepted_inconclusive"] = dim in self.accept_inconclusive
-                reasons = list(dict.fromkeys(c.reason for c in checks if c.reason))
+                # one-round checks share one cause (their numbers stay in their reasons)
+                one_round = [c.undecided_one_round for c in checks]
+                reasons = list(dict.fromkeys(
+                    _SINGLE_ROUND_CAUSE if single else c.reason
+                    for c, single in zip(checks, one_round, strict=True) if c.reason))
                 info["missing"] = "; ".join(reasons[:3]) or "no check ran"
-                info["how_to_get"] = _HOW_TO_GET[dim]
+                info["how_to_get"] = (
+                    _SINGLE_ROUND_FIX if checks and all(one_round) else
+                    f"{_HOW_TO_GET[dim]}; for one round per variant: {_SINGLE_ROUND_FIX}"
+                    if any(one_round) else _HOW_TO_GET[dim])
             out[dim] = info
         return out
 
@@ -1548,11 +1568,6 @@ def _ratio_limit(check: GateCheck) -> tuple[float, bool]:
     if check.direction == "lower_is_better":
         return 1.0 + check.tolerance, True
     return max(0.0, 1.0 - check.tolerance), False
-
-
-_SINGLE_ROUND_FIX = ("measure 2+ rounds per variant (inventory: modelgate_validate_rounds: 2) "
-                     "or the variants together (modelgate loadtest --interleave), or set "
-                     "single_round_drift in the gate policy (e.g. 1.5)")
 
 
 def _rounds_behind(ids: list[str]) -> int:

@@ -89,7 +89,12 @@ def test_a_drifted_aa_pair_is_inconclusive_by_default_naming_cause_and_fix(drift
     for fix in ("modelgate_validate_rounds: 2", "--interleave", "single_round_drift"):
         assert fix in p50.reason
     assert "undecided: one round per variant" in p50.describe("b")
-    assert "one round per variant" in verdict.dimensions["latency"]["missing"]
+    # the verdict's message gives the cause once for every such check, and the fix
+    latency = verdict.dimensions["latency"]
+    assert latency["missing"] == ("one round per variant, measured one after the other: a "
+                                  "within-run interval cannot see the drift between runs")
+    assert latency["how_to_get"].startswith("measure 2+ rounds per variant")
+    assert verdict.failure_message().count("one round per variant") == 1
     # trusting the within-run interval (d = 1, what the gate did before) fails this A/A pair
     trusted = checks(gate.evaluate(base, cand, policy(single_round_drift=1)))["p50"]
     assert trusted.status == "fail"
