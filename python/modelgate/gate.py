@@ -54,6 +54,25 @@ Statistics
   few slow seconds of the host fall on both alike; ``min_rounds`` then counts blocks.
   Decision for ``lower_is_better`` with tolerance t: FAIL when the CI's low end is above 1+t
   (the regression is proven), PASS when its high end is at most 1+t, INCONCLUSIVE otherwise.
+* One round per variant, measured one after the other (the play's ``modelgate_validate_rounds:
+  1``; or one variant with 2+ rounds against one with a single round): that interval covers the
+  noise within each run, not the drift of the host between the two runs (the same server's
+  median moved up to 1.38x from one run to the next on the 2-core CI host, while each run's
+  interval was a few percent wide: a sequential A/A pair failed on it). By default such a
+  latency check is INCONCLUSIVE, whatever its interval says, with the cause and the fix (2+
+  rounds per variant, or the variants measured together) in its reason; its numbers stay in
+  the result (``one_round: true``). A policy's ``single_round_drift: d`` (a factor from 1 to
+  10) states how far one run may drift from another: the interval [lo, hi] is widened to
+  [lo / d, hi * d] and decided as above, so a one-round comparison FAILS only when even d of
+  drift cannot explain the regression (low end above (1+t) * d) and PASSES only when it is
+  within the limit with d of drift against it (high end at most (1+t) / d); an A/A pair
+  drifted by less than d never fails, a 2-3x regression still does with d = 1.5.
+  ``single_round_drift: 1`` trusts the within-run interval. Not affected: 2+ rounds per
+  variant (the hierarchical bootstrap sees the between-run spread) and variants measured
+  together (their time blocks share the drift); ``min_rounds`` above 1 still makes one round
+  INCONCLUSIVE first ("too few rounds"). The same holds for the summary-based p50 and mean
+  below. Throughput with one round is inconclusive anyway (no interval), and SLOs, decided
+  on the candidate alone, are not affected.
 * error_rate = errored / (successful + errored) per rate (incomplete requests, cut off by the
   end of the run, are not errors). Newcombe's hybrid-score CI of the difference candidate -
   baseline: FAIL when its low end exceeds the absolute slack, PASS when the observed increase is
@@ -151,9 +170,11 @@ ever failed):
 Request latency with fixed-length outputs spreads like sigma ~0.15; TTFT under load spreads more.
 So: 100+ requests per rate decide a 10% p50 tolerance; with fewer the gate says "inconclusive"
 rather than guessing, and tail statistics (p95/p99) need several times more samples than p50.
-A single round per variant only measures within-run noise: on a noisy shared host (run-to-run
-medians differing by up to 1.38x, see DESIGN.md field notes) set ``min_rounds: 2`` or more and
-measure the variants interleaved, so the hierarchical bootstrap sees the between-run spread.
+The table measures within-run noise only: it is what one round per variant can decide when the
+host does not drift between runs (``single_round_drift: 1``). On a noisy shared host (run-to-run
+medians differing by up to 1.38x) measure 2+ rounds per variant, order flipped, or the variants
+together through the interleaving proxy, so the bootstrap sees the between-run spread; the
+default makes a lone round's latency checks inconclusive (see above).
 """
 
 from __future__ import annotations
