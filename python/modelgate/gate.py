@@ -92,7 +92,9 @@ Statistics
 * A report without per-request samples (GuideLLM ``sample_size=0``, or fewer logged than
   summarised): latency p50 and mean are decided from GuideLLM's summary (standard error from
   the interquartile range or std_dev / sqrt(n), normal approximation of the log ratio); tail
-  percentiles say by check name that they need samples.
+  percentiles say by check name that they need samples. That interval combines the rounds'
+  standard errors, so it is within-run even with 2+ rounds; one round per variant is treated
+  as above.
 * Benchmarks without an offered rate are gated as load points of their own ("synchronous",
   "throughput", "concurrent:<streams>"); load results from GuideLLM versions on both sides of
   0.7.4 are refused unless ``allow_mixed_guidellm_versions`` (or the CLI flag) is set.
@@ -1574,7 +1576,7 @@ def _summary_latency_check(check: GateCheck, result: CheckResult,
                  head=(f"summary-based ({lacking}): {stat} {c:.4g} {unit} vs {b:.4g} {unit}: "
                        f"ratio {result.ratio:.3f}"),
                  counts=f"n {nb}/{nc}, rounds {kb}/{kc}; interval from {how}, normal "
-                        "approximation",
+                        "approximation, within-run noise only",
                  one_round=_drift_unseen(kb, kc, together))
     return result
 
