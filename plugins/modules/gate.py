@@ -16,6 +16,12 @@ description:
     each candidate alone, noise-aware in the same way; they count toward the same
     dimensions (latency, errors, throughput). See C(modelgate/gate.py) and the commented
     example in the default policy.
+  - With one load-test round per variant, measured one after the other, a latency check's
+    interval sees the noise within each run but not the drift of the host between runs, so
+    the check is V(inconclusive), naming the cause and the fix (two or more rounds per
+    variant, or the variants measured together), unless the policy's C(single_round_drift)
+    (a factor from 1 to 10, for example 1.5) allows for that drift; the interval is then
+    widened by the factor on both sides before it is decided.
   - No pass without evidence. The verdict C(status) is V(pass) only when every dimension the
     policy names (latency, throughput, errors, accuracy, fidelity) has a check that decided
     pass and no check failed; V(fail) when a check failed; V(inconclusive) when a dimension

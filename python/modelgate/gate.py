@@ -54,6 +54,25 @@ Statistics
   few slow seconds of the host fall on both alike; ``min_rounds`` then counts blocks.
   Decision for ``lower_is_better`` with tolerance t: FAIL when the CI's low end is above 1+t
   (the regression is proven), PASS when its high end is at most 1+t, INCONCLUSIVE otherwise.
+* One round per variant, measured one after the other (the play's ``modelgate_validate_rounds:
+  1``; or one variant with 2+ rounds against one with a single round): that interval covers the
+  noise within each run, not the drift of the host between the two runs (the same server's
+  median moved up to 1.38x from one run to the next on the 2-core CI host, while each run's
+  interval was a few percent wide: a sequential A/A pair failed on it). By default such a
+  latency check is INCONCLUSIVE, whatever its interval says, with the cause and the fix (2+
+  rounds per variant, or the variants measured together) in its reason; its numbers stay in
+  the result (``one_round: true``). A policy's ``single_round_drift: d`` (a factor from 1 to
+  10) states how far one run may drift from another: the interval [lo, hi] is widened to
+  [lo / d, hi * d] and decided as above, so a one-round comparison FAILS only when even d of
+  drift cannot explain the regression (low end above (1+t) * d) and PASSES only when it is
+  within the limit with d of drift against it (high end at most (1+t) / d); an A/A pair
+  drifted by less than d never fails, a 2-3x regression still does with d = 1.5.
+  ``single_round_drift: 1`` trusts the within-run interval. Not affected: 2+ rounds per
+  variant (the hierarchical bootstrap sees the between-run spread) and variants measured
+  together (their time blocks share the drift); ``min_rounds`` above 1 still makes one round
+  INCONCLUSIVE first ("too few rounds"). The same holds for the summary-based p50 and mean
+  below. Throughput with one round is inconclusive anyway (no interval), and SLOs, decided
+  on the candidate alone, are not affected.
 * error_rate = errored / (successful + errored) per rate (incomplete requests, cut off by the
   end of the run, are not errors). Newcombe's hybrid-score CI of the difference candidate -
   baseline: FAIL when its low end exceeds the absolute slack, PASS when the observed increase is
@@ -73,7 +92,9 @@ Statistics
 * A report without per-request samples (GuideLLM ``sample_size=0``, or fewer logged than
   summarised): latency p50 and mean are decided from GuideLLM's summary (standard error from
   the interquartile range or std_dev / sqrt(n), normal approximation of the log ratio); tail
-  percentiles say by check name that they need samples.
+  percentiles say by check name that they need samples. That interval combines the rounds'
+  standard errors, so it is within-run even with 2+ rounds; one round per variant is treated
+  as above.
 * Benchmarks without an offered rate are gated as load points of their own ("synchronous",
   "throughput", "concurrent:<streams>"); load results from GuideLLM versions on both sides of
   0.7.4 are refused unless ``allow_mixed_guidellm_versions`` (or the CLI flag) is set.
@@ -151,9 +172,11 @@ ever failed):
 Request latency with fixed-length outputs spreads like sigma ~0.15; TTFT under load spreads more.
 So: 100+ requests per rate decide a 10% p50 tolerance; with fewer the gate says "inconclusive"
 rather than guessing, and tail statistics (p95/p99) need several times more samples than p50.
-A single round per variant only measures within-run noise: on a noisy shared host (run-to-run
-medians differing by up to 1.38x, see DESIGN.md field notes) set ``min_rounds: 2`` or more and
-measure the variants interleaved, so the hierarchical bootstrap sees the between-run spread.
+The table measures within-run noise only: it is what one round per variant can decide when the
+host does not drift between runs (``single_round_drift: 1``). On a noisy shared host (run-to-run
+medians differing by up to 1.38x) measure 2+ rounds per variant, order flipped, or the variants
+together through the interleaving proxy, so the bootstrap sees the between-run spread; the
+default makes a lone round's latency checks inconclusive (see above).
 """
 
 from __future__ import annotations
@@ -189,7 +212,11 @@ _CHECK_KEYS = {
     "name", "metric", "rates", "statistic", "direction", "tolerance", "min_samples", "description",
 }
 _POLICY_KEYS = {"checks", "slos", "inconclusive", "min_rounds", "min_baseline_score",
-                "bootstrap", "accept_inconclusive", "allow_mixed_guidellm_versions"}
+                "bootstrap", "accept_inconclusive", "allow_mixed_guidellm_versions",
+                "single_round_drift"}
+# The widest drift allowance a policy may set: larger values read like a percentage (40 for
+# 40%) and would make a one-round latency check unable ever to fail.
+_MAX_SINGLE_ROUND_DRIFT = 10.0
 _SLO_KEYS = {"name", "metric", "statistic", "rates", "max", "min", "limits", "min_samples",
              "description"}
 # SLO metrics and the one bound each takes: latencies and the error rate have a ceiling,
@@ -213,6 +240,13 @@ _HOW_TO_GET = {
     "fidelity": "run `modelgate fidelity collect` on the baseline and the candidate, then "
                 "`modelgate fidelity compare` to write the candidate's fidelity.json",
 }
+# A latency check of one round per variant measured one after the other (see _judge_ratio):
+# why it is undecided without the policy's single_round_drift, and what decides it.
+_SINGLE_ROUND_CAUSE = ("one round per variant, measured one after the other: a within-run "
+                       "interval cannot see the drift between runs")
+_SINGLE_ROUND_FIX = ("measure 2+ rounds per variant (inventory: modelgate_validate_rounds: 2) "
+                     "or the variants together (modelgate loadtest --interleave), or set "
+                     "single_round_drift in the gate policy (such as 1.5)")
 # GuideLLM 0.7.4 changed how token events are bounded (DESIGN.md field notes).
 _TOKEN_EVENTS_VERSION = "0.7.4"
 # modelgate gate's exit code per verdict status (2: bad input, from modelgate.cli)
@@ -327,6 +361,10 @@ class GatePolicy:
     allow_mixed_guidellm_versions: bool = False
     # absolute service levels, decided on the candidate alone
     slos: tuple[GateSLO, ...] = ()
+    # How far (a factor >= 1) one run of a server may drift from another; applied to latency
+    # checks with one round per variant measured one after the other. None: such a check is
+    # inconclusive, since its within-run interval cannot see that drift.
+    single_round_drift: float | None = None
 
     @property
     def dimensions(self) -> tuple[str, ...]:
@@ -661,11 +699,21 @@ def parse_policy(data: Any, source: str = "<policy>") -> GatePolicy:
         raise ModelGateError(
             f"{source}: allow_mixed_guidellm_versions must be true or false",
             field="allow_mixed_guidellm_versions", fix="allow_mixed_guidellm_versions: false")
+    drift = data.get("single_round_drift")
+    if drift is not None and (isinstance(drift, bool) or not isinstance(drift, (int, float))
+                              or not 1.0 <= drift <= _MAX_SINGLE_ROUND_DRIFT):
+        raise ModelGateError(
+            f"{source}: single_round_drift must be a factor from 1 to "
+            f"{_MAX_SINGLE_ROUND_DRIFT:g} (or null), got {drift!r}", field="single_round_drift",
+            fix="e.g. single_round_drift: 1.5 (one run of a server may be up to 1.5x slower or "
+                "faster than another); 1 trusts the within-run interval; null (default) makes "
+                "one-round latency checks inconclusive")
     return GatePolicy(
         checks=checks, inconclusive=inconclusive, min_rounds=min_rounds,
         min_baseline_score=float(mbs), bootstrap=boot, source=source,
         accept_inconclusive=tuple(d for d in DIMENSIONS if d in accept),
         allow_mixed_guidellm_versions=mixed, slos=slos,
+        single_round_drift=None if drift is None else float(drift),
     )
 
 
@@ -1070,6 +1118,17 @@ class CheckResult:
     dimension: str = ""
     # an SLO's side: "max" (value <= limit) or "min" (value >= limit); None for other kinds
     bound: str | None = None
+    # a latency check of one round per variant measured one after the other: its interval
+    # cannot see the drift between runs; drift_allowance is the policy's single_round_drift
+    # applied to it (None: none set, so the check is inconclusive)
+    one_round: bool = False
+    drift_allowance: float | None = None
+
+    @property
+    def undecided_one_round(self) -> bool:
+        """Inconclusive only because one round per variant cannot see the drift between runs
+        and the policy sets no single_round_drift."""
+        return self.status == "inconclusive" and self.one_round and self.drift_allowance is None
 
     @property
     def label(self) -> str:
@@ -1089,8 +1148,15 @@ class CheckResult:
         head = f"{variant}: {self.label}"
         have_ci = self.ci_low is not None and self.ci_high is not None
         if self.kind == "ratio" and self.ratio is not None and have_ci and self.limit is not None:
-            return (f"{head} is {self.ratio:.2f}x baseline ({pct} {self.ci_low:.2f}-"
+            line = (f"{head} is {self.ratio:.2f}x baseline ({pct} {self.ci_low:.2f}-"
                     f"{self.ci_high:.2f}), limit {self.limit:.2f}x")
+            if self.one_round and self.drift_allowance is None:
+                return line.replace(f"({pct}", f"(within-run {pct}") + (
+                    "; undecided: one round per variant cannot see the drift between runs")
+            if self.one_round and self.drift_allowance and self.drift_allowance > 1:
+                return line.replace("), limit", f", widened by single_round_drift "
+                                    f"{self.drift_allowance:g} for one round), limit")
+            return line
         if self.kind == "recovery" and self.ratio is not None and have_ci:
             return (f"{head} recovery is {self.ratio:.3f} ({pct} {self.ci_low:.3f}-"
                     f"{self.ci_high:.3f}), minimum {self.limit:.3f} (baseline {self.baseline:.3f},"
@@ -1161,9 +1227,16 @@ class GateVerdict:
                                     "accepted_inconclusive": False}
             if status == "inconclusive":
                 info["accepted_inconclusive"] = dim in self.accept_inconclusive
-                reasons = list(dict.fromkeys(c.reason for c in checks if c.reason))
+                # one-round checks share one cause (their numbers stay in their reasons)
+                one_round = [c.undecided_one_round for c in checks]
+                reasons = list(dict.fromkeys(
+                    _SINGLE_ROUND_CAUSE if single else c.reason
+                    for c, single in zip(checks, one_round, strict=True) if c.reason))
                 info["missing"] = "; ".join(reasons[:3]) or "no check ran"
-                info["how_to_get"] = _HOW_TO_GET[dim]
+                info["how_to_get"] = (
+                    _SINGLE_ROUND_FIX if checks and all(one_round) else
+                    f"{_HOW_TO_GET[dim]}; for one round per variant: {_SINGLE_ROUND_FIX}"
+                    if any(one_round) else _HOW_TO_GET[dim])
             out[dim] = info
         return out
 
@@ -1496,15 +1569,15 @@ def _summary_latency_check(check: GateCheck, result: CheckResult,
     log_ratio = math.log(c / b)
     result.ci_low, result.ci_high = math.exp(log_ratio - z * se_log), math.exp(
         log_ratio + z * se_log)
-    result.status = _decide(result.ci_low, result.ci_high, limit, upper)
-    verb = {"pass": "within", "fail": "beyond", "inconclusive": "straddles"}[result.status]
+    together = _measured_together(b_entries) and _measured_together(c_entries)
     how = "std_dev / sqrt(n)" if stat == "mean" else "the interquartile range"
     unit = _UNITS.get(check.metric, "")
-    result.reason = (
-        f"summary-based ({lacking}): {stat} {c:.4g} {unit} vs "
-        f"{b:.4g} {unit}: ratio {result.ratio:.3f}, CI {result.ci_low:.3f}-"
-        f"{result.ci_high:.3f} {verb} limit {limit:.2f}x (n {nb}/{nc}; interval from {how}, "
-        "normal approximation, within-run noise only)")
+    _judge_ratio(result, limit, upper, policy,
+                 head=(f"summary-based ({lacking}): {stat} {c:.4g} {unit} vs {b:.4g} {unit}: "
+                       f"ratio {result.ratio:.3f}"),
+                 counts=f"n {nb}/{nc}, rounds {kb}/{kc}; interval from {how}, normal "
+                        "approximation, within-run noise only",
+                 one_round=_drift_unseen(kb, kc, together))
     return result
 
 
@@ -1518,6 +1591,63 @@ def _ratio_limit(check: GateCheck) -> tuple[float, bool]:
     if check.direction == "lower_is_better":
         return 1.0 + check.tolerance, True
     return max(0.0, 1.0 - check.tolerance), False
+
+
+def _rounds_behind(ids: list[str]) -> int:
+    """Load-test rounds behind sample groups: "r1", or an interleaved round's blocks "r1.b0"."""
+    return len({rid.split(".b", 1)[0] for rid in ids})
+
+
+def _measured_together(entries: list[dict[str, Any]]) -> bool:
+    """Every entry comes from a run through ``modelgate interleave-proxy`` (split_interleaved)."""
+    return bool(entries) and all(isinstance(e.get("interleaved"), dict) for e in entries)
+
+
+def _drift_unseen(b_rounds: int, c_rounds: int, together: bool) -> bool:
+    """True when the interval cannot see the drift of a server between runs: a variant has one
+    round and the variants were measured one after the other. Two rounds or more per variant
+    put the between-run spread into the hierarchical bootstrap; variants measured together
+    share every time block, so the drift falls on both alike."""
+    return not together and min(b_rounds, c_rounds) < 2
+
+
+def _judge_ratio(result: CheckResult, limit: float, upper: bool, policy: GatePolicy,
+                 head: str, counts: str, one_round: bool) -> None:
+    """Decide a ratio check from the CI in ``result`` and write its reason.
+
+    ``one_round``: the CI covers one run's noise only (see _drift_unseen). Without the
+    policy's ``single_round_drift`` such a check is then inconclusive, whatever the interval
+    says. With it (factor d) the drift between runs may have moved the ratio by up to d
+    either way, so the interval is widened to [low / d, high * d] and decided as usual: FAIL
+    only when even d of drift cannot explain the regression, PASS only when the candidate is
+    within the limit with d of drift against it. d = 1 trusts the within-run interval.
+    """
+    assert result.ci_low is not None and result.ci_high is not None
+    verbs = {"pass": "within", "fail": "beyond", "inconclusive": "straddles"}
+    within = f"CI {result.ci_low:.3f}-{result.ci_high:.3f}"
+    result.one_round = one_round
+    drift = policy.single_round_drift if one_round else None
+    result.drift_allowance = drift
+    if one_round and drift is None:
+        would = _decide(result.ci_low, result.ci_high, limit, upper)
+        result.status = "inconclusive"
+        result.reason = (
+            f"one round per variant, measured one after the other, cannot see the drift "
+            f"between runs (the same server's median moved up to 1.38x from run to run on a "
+            f"shared 2-core host): {head}, within-run {within} {verbs[would]} limit "
+            f"{limit:.2f}x ({counts}); to decide, {_SINGLE_ROUND_FIX}")
+        return
+    note = ""
+    if drift is not None and drift > 1:
+        result.ci_low, result.ci_high = result.ci_low / drift, result.ci_high * drift
+        note = (f"; one round per variant, measured one after the other: within-run {within} "
+                f"widened by the policy's single_round_drift {drift:g}")
+    elif drift is not None:
+        note = ("; one round per variant, measured one after the other: the policy's "
+                "single_round_drift 1 trusts the within-run interval")
+    result.status = _decide(result.ci_low, result.ci_high, limit, upper)
+    result.reason = (f"{head}, CI {result.ci_low:.3f}-{result.ci_high:.3f} "
+                     f"{verbs[result.status]} limit {limit:.2f}x ({counts}{note})")
 
 
 def _latency_check(check: GateCheck, base: VariantResults, cand: VariantResults, rate: float,
@@ -1573,7 +1703,8 @@ def _latency_check(check: GateCheck, base: VariantResults, cand: VariantResults,
         return result
     rng = _rng(policy, f"{check.name}|{check.metric}|{stat}|{rate}")
     n_boot = policy.bootstrap.resamples
-    blocked = any(".b" in rid for rid, _ in b_rounds)
+    # measured together: both variants' samples carry the time blocks of the same run
+    blocked = all(any(".b" in rid for rid, _ in rounds) for rounds in (b_rounds, c_rounds))
     if blocked:
         # interleaved blocks pair by id; a block one variant has no sample in (a very low
         # rate) cannot be paired and is left out of the resampling, not of the point ratio
@@ -1588,16 +1719,15 @@ def _latency_check(check: GateCheck, base: VariantResults, cand: VariantResults,
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.where(b_star > 0, c_star / b_star, np.inf)
     result.ci_low, result.ci_high = _ci(ratios, policy.bootstrap.confidence)
-    result.status = _decide(result.ci_low, result.ci_high, limit, upper)
     design = (f"{len(b_rounds)} paired {'interleaved blocks' if blocked else 'rounds'}"
               if paired else f"rounds {len(b_rounds)}/{len(c_rounds)}")
     unit = _UNITS.get(check.metric, "")
-    verb = {"pass": "within", "fail": "beyond", "inconclusive": "straddles"}[result.status]
-    result.reason = (
-        f"{stat} {result.candidate:.4g} {unit} vs {result.baseline:.4g} {unit}: ratio "
-        f"{result.ratio:.3f}, CI {result.ci_low:.3f}-{result.ci_high:.3f} {verb} limit "
-        f"{limit:.2f}x (n {result.n_baseline}/{result.n_candidate}, {design})"
-    )
+    _judge_ratio(result, limit, upper, policy,
+                 head=(f"{stat} {result.candidate:.4g} {unit} vs {result.baseline:.4g} {unit}: "
+                       f"ratio {result.ratio:.3f}"),
+                 counts=f"n {result.n_baseline}/{result.n_candidate}, {design}",
+                 one_round=_drift_unseen(_rounds_behind(b_ids),
+                                         _rounds_behind([rid for rid, _ in c_rounds]), blocked))
     saturated = [who for who, entries in (("baseline", b_entries), ("candidate", c_entries))
                  if any(e.get("over_saturated") for e in entries)]
     if saturated:

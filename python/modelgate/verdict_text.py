@@ -69,12 +69,20 @@ def _verdict_sentence(verdict: dict[str, Any]) -> str:
     if verdict.get("passed"):
         return (f"{name}: passed against {base}: {n_pass} checks passed, none failed"
                 + (f", {n_inc} inconclusive (accepted by the policy)." if n_inc else "."))
-    undecided = [d for d, info in (verdict.get("dimensions") or {}).items()
-                 if info.get("status") == "inconclusive" and not info.get("accepted_inconclusive")]
-    what = (f"no check decided {', '.join(undecided)}" if undecided else
-            (verdict.get("message") or "no check decided").splitlines()[0])
+    undecided = {d: info for d, info in (verdict.get("dimensions") or {}).items()
+                 if info.get("status") == "inconclusive" and not info.get("accepted_inconclusive")}
+    what = (f"no check decided {'; '.join(_why_undecided(d, i) for d, i in undecided.items())}"
+            if undecided else (verdict.get("message") or "no check decided").splitlines()[0])
     return (f"{name}: not shipped: inconclusive against {base} ({n_pass} passed, "
             f"{n_inc} inconclusive; {what}).")
+
+
+def _why_undecided(dimension: str, info: dict[str, Any]) -> str:
+    """``latency (why no check decided; to get it: how)``, from gate.json's dimensions."""
+    missing, how = info.get("missing"), info.get("how_to_get")
+    if not missing:
+        return dimension
+    return f"{dimension} ({missing}" + (f"; to get it: {how})" if how else ")")
 
 
 def explain_run(run_dir: str | Path) -> dict[str, Any]:

@@ -33,7 +33,12 @@ def default_policy(**extra) -> dict:
 # load-only data under the default policy: accuracy and fidelity explicitly accepted as missing
 LOAD_ONLY_DEFAULT = default_policy(accept_inconclusive=["accuracy", "fidelity"])
 
-LATENCY_ONLY = {"checks": [
+# The tests of one round per variant below are about the statistics of one run, so their
+# policies trust the within-run interval (single_round_drift: 1); what the default makes of
+# one round per variant is tested in test_gate_single_round.py.
+ONE_RUN = {"single_round_drift": 1.0}
+
+LATENCY_ONLY = {**ONE_RUN, "checks": [
     {"name": "p50", "metric": "request_latency_s", "statistic": "p50", "tolerance": 0.10,
      "min_samples": 20},
 ]}
@@ -73,7 +78,7 @@ def test_aa_same_data_twice_passes(tmp_path):
 def test_aa_two_runs_of_the_same_variant_pass(tmp_path):
     base = write_variant(tmp_path, "a", [make_run.load_results("a", 11, n=200, sigma=0.15)])
     cand = write_variant(tmp_path, "b", [make_run.load_results("a", 12, n=200, sigma=0.15)])
-    verdict = gate.evaluate(base, cand, LOAD_ONLY_DEFAULT)
+    verdict = gate.evaluate(base, cand, {**LOAD_ONLY_DEFAULT, **ONE_RUN})
     assert verdict.passed, verdict.failure_message()
     assert statuses(verdict, "request_latency_s") == ["pass", "pass"]
     assert "fail" not in {c.status for c in verdict.checks}
@@ -394,7 +399,8 @@ def test_single_result_files_are_accepted(tmp_path):
 
 @pytest.fixture
 def run_dir(tmp_path):
-    return make_run.make_run(tmp_path / "run-1", n=60)
+    # two rounds per variant, as the play measures them (modelgate_validate_rounds: 2)
+    return make_run.make_run(tmp_path / "run-1", n=60, rounds=2)
 
 
 def test_evaluate_run(run_dir):

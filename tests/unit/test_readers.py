@@ -24,6 +24,9 @@ V03 = GLM / "v0.3_benchmarks_stripped_a1fe883a.json"
 V03_FIRST = GLM / "v0.3_benchmarks_stripped_379c64fd.json"
 NO_SAMPLES = GLM / "v0.8.1_no_samples.json"
 LOAD_ONLY = {"accept_inconclusive": ["accuracy", "fidelity"]}
+# The reports here are one run per variant; these tests are about reading them, so their
+# policies trust the within-run interval (the default's one-round rule: test_gate_single_round)
+ONE_RUN = {"single_round_drift": 1.0}
 
 # file, layout, token-events side, [(rate, profile, successful, request latency p50, samples)]
 CI_RATES = [(1.0, "constant", 20, 0.27846813201904297, 20),
@@ -101,7 +104,7 @@ def test_cli_normalize_v03(capsys):
 
 
 def test_v03_pair_gates_to_a_real_verdict():
-    verdict = gate.evaluate(V03_FIRST, V03, _policy(**LOAD_ONLY))
+    verdict = gate.evaluate(V03_FIRST, V03, _policy(**LOAD_ONLY, **ONE_RUN))
     by = {c.name: c for c in verdict.checks}
     assert {c.point for c in verdict.checks if c.dimension != "accuracy"} >= {"synchronous"}
     # one logged sample each: the p50 checks decide from the summary (46 requests)
@@ -111,16 +114,19 @@ def test_v03_pair_gates_to_a_real_verdict():
     assert by["ttft-p95"].status == "inconclusive"
     assert "ttft-p95 needs per-request samples" in by["ttft-p95"].reason
     assert verdict.status == "pass" and verdict.passed
-    # the default policy also wants accuracy and fidelity: inconclusive, saying so
+    # the default policy also wants accuracy and fidelity, and does not judge latency from
+    # one round per variant: inconclusive, saying so
     plain = gate.evaluate(V03_FIRST, V03, None)
     assert plain.status == "inconclusive"
-    assert set(d for d, v in plain.dimensions.items() if v["status"] == "pass") == {
-        "latency", "errors"}
+    assert set(d for d, v in plain.dimensions.items() if v["status"] == "pass") == {"errors"}
+    p50 = next(c for c in plain.checks if c.name == "request-latency-p50")
+    assert p50.status == "inconclusive" and "summary-based" in p50.reason
+    assert "one round per variant" in p50.reason and "single_round_drift" in p50.reason
     assert "modelgate accuracy" in plain.failure_message()
 
 
 def test_no_samples_report_decides_from_the_summary_and_names_what_needs_samples():
-    policy = {"checks": [
+    policy = {**ONE_RUN, "checks": [
         {"name": "p50-wide", "metric": "request_latency_s", "tolerance": 0.5, "min_samples": 20},
         {"name": "p50-10pct", "metric": "request_latency_s", "tolerance": 0.1, "min_samples": 20},
         {"name": "ttft-p95", "metric": "ttft_ms", "statistic": "p95", "tolerance": 0.15}]}
@@ -265,7 +271,7 @@ def test_all_inconclusive_is_inconclusive_exit_3(tmp_path, capsys):
 def test_policy_accepting_an_inconclusive_dimension_passes(capsys, tmp_path):
     policy = tmp_path / "p.yaml"
     policy.write_text(json.dumps({
-        "accept_inconclusive": ["accuracy"],
+        "accept_inconclusive": ["accuracy"], **ONE_RUN,
         "checks": [{"metric": "request_latency_s", "tolerance": 0.1, "min_samples": 20},
                    {"metric": "accuracy:*", "tolerance": 0.99}]}))
     rc, out = _cli(["gate", "--baseline", str(V03_FIRST), "--candidate", str(V03),
@@ -286,8 +292,8 @@ def test_a_failed_check_still_fails_with_exit_1(tmp_path, capsys):
     cand = tmp_path / "slow.json"
     cand.write_text(json.dumps(slow))
     policy = tmp_path / "p.yaml"
-    policy.write_text(json.dumps({"checks": [{"metric": "request_latency_s", "tolerance": 0.1,
-                                              "min_samples": 20}]}))
+    policy.write_text(json.dumps({**ONE_RUN, "checks": [
+        {"metric": "request_latency_s", "tolerance": 0.1, "min_samples": 20}]}))
     rc, out = _cli(["gate", "--baseline", str(NO_SAMPLES), "--candidate", str(cand),
                     "--policy", str(policy)], capsys)
     assert rc == 1 and json.loads(out.out)["status"] == "fail"

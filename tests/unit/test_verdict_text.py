@@ -64,3 +64,18 @@ def test_a_run_not_judged_yet_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ModelGateError, match=r"gate\.json does not exist"):
         explain_run(tmp_path)
     assert main(["verdict", str(tmp_path)]) == 2
+
+
+def test_an_undecided_dimension_says_why(tmp_path: Path) -> None:
+    # one round per variant, measured one after the other: the default policy does not judge
+    # latency from it, and the sentence says so with the fix
+    root = make_run.make_run(tmp_path / "run-1", n=80, rounds=1)
+    gate.evaluate_run(root).write_gate_json(root / "gate.json")
+    said = explain_run(root)
+    [w4a16] = [s for s in said["sentences"] if s.startswith("w4a16: ")]
+    assert "not shipped: inconclusive against bf16" in w4a16
+    assert ("no check decided latency (one round per variant, measured one after the other: "
+            "a within-run interval cannot see the drift between runs; to get it: measure 2+ "
+            "rounds per variant (inventory: modelgate_validate_rounds: 2)") in w4a16
+    assert "single_round_drift" in w4a16
+    assert w4a16.count(". ") == 0 and "latency inconclusive" in w4a16
