@@ -106,18 +106,14 @@ def run_play(tmp: Path, name: str, store: Path,
 
 
 def by_hand(tmp: Path, store: Path, repository: str) -> dict[str, float]:
-    """The same stages, the same tools, called directly (no Ansible)."""
+    """The same stages, called directly (no Ansible): the stage functions the modules call."""
     from modelgate import measure, modelcar
-    from modelgate.digest import tree_digest
-    from modelgate.model_source import resolve_model, write_corpus
-    from modelgate.quantize import CalibrationSpec, quantize_variant
-    from modelgate.rundir import RunDir
-    from modelgate.serving import (
-        derive_serving_args,
-        local_server_spec,
-        start_local_server,
-        stop_local_server,
-    )
+    from modelgate.model_source import resolve_model
+    from modelgate.process import ProcessSpec
+    from modelgate.quantize import quantize_stage
+    from modelgate.recipes import build_recipe
+    from modelgate.rundir import RunDir, store_records
+    from modelgate.serving import serve_local, server_name, stop_local_server
 
     times: dict[str, float] = dict.fromkeys(STAGES, 0.0)
 
@@ -132,40 +128,34 @@ def by_hand(tmp: Path, store: Path, repository: str) -> dict[str, float]:
                 {"name": "w4a16", "recipe": "w4a16", "group_size": 64}]
     run, _ = RunDir.open(tmp / "runs-by-hand")
     run.update(variants=variants)
+    work = tmp / "work-by-hand"
     model = timed("model", lambda: resolve_model(
         "generated", store_dir=store, generator_python=str(venvs / "quantize/bin/python")))
-    from modelgate.recipes import build_recipe
-
-    corpus = write_corpus(store / "calibration" / "modelgate-corpus.jsonl")
     ckpts = {}
     for v in variants:
-        recipe = build_recipe(v["recipe"], group_size=v.get("group_size"))
-        ckpts[v["name"]] = timed("quantize", lambda r=recipe: quantize_variant(
-            model.path, store / "checkpoints", r, CalibrationSpec([corpus], 32, 128),
-            str(venvs / "quantize/bin/python"))).path
-    base = store / "oci" / "base-busybox"
+        out = timed("quantize", lambda v=v: quantize_stage(
+            model=model.path, variant=v["name"],
+            recipe=build_recipe(v["recipe"], group_size=v.get("group_size")),
+            store_dir=store / "checkpoints", calibration_files=[], num_samples=32,
+            max_seq_length=128, python=str(venvs / "quantize/bin/python"),
+            model_digest=model.digest))
+        store_records(run, [out["record"]])
+        ckpts[v["name"]] = Path(out["path"])
     refs = {}
     for name, ckpt in ckpts.items():
-        def package(ckpt: str = ckpt) -> str:
-            modelcar.build_busybox_base(base)
-            tag = modelcar.image_tag(tree_digest(Path(ckpt)))
-            modelcar.build_modelcar(Path(ckpt), base, store / "oci" / tag)
-            ref = f"127.0.0.1:5000/{repository}:{tag}"
-            pushed = modelcar.push_modelcar(store / "oci" / tag, ref, tls_verify=False)
-            modelcar.verify_pushed(ref, Path(ckpt), tls_verify=False)
-            return f"127.0.0.1:5000/{repository}@{pushed.digest}"
-        refs[name] = timed("modelcar", package)
+        out = timed("modelcar", lambda name=name, ckpt=ckpt: modelcar.publish_modelcar(
+            checkpoint=ckpt, variant=name, layout_dir=store / "oci", base="busybox",
+            registry="127.0.0.1:5000", repository=repository, tls_verify=False))
+        store_records(run, [out["record"]])
+        refs[name] = str(out["ref_by_digest"])
 
-    def serve(name: str) -> Any:
-        path = modelcar.extract_models(refs[name], store / "served" / name, tls_verify=False)
-        args = derive_serving_args(path, device="cpu", gpu_memory_gib=4,
-                                   overrides={"max-model-len": 1024},
-                                   served_model_name="tiny-nemotron-h")
-        spec = local_server_spec(path, "tiny-nemotron-h", 8000,
-                                 str(venvs / "serve/bin/python"), args, HOME / "state",
-                                 cpu_threads=1)
-        start_local_server(spec, 600)
-        return spec, path
+    def serve(name: str) -> tuple[ProcessSpec, str]:
+        path = str(modelcar.extract_stage(ref=refs[name], dest=store / "served" / name,
+                                          tls_verify=False)["path"])
+        serve_local(model=path, served_name="tiny-nemotron-h", port=8000,
+                    python=str(venvs / "serve/bin/python"), state_dir=HOME / "state",
+                    memory_gib=4, overrides={"max-model-len": 1024}, cpu_threads=1)
+        return ProcessSpec(name=server_name(8000), argv=[], state_dir=HOME / "state"), path
 
     for v in variants:  # deploy: start, prove, stop
         spec, _ = timed("deploy", lambda v=v: serve(v["name"]))
@@ -174,13 +164,15 @@ def by_hand(tmp: Path, store: Path, repository: str) -> dict[str, float]:
         spec, path = timed("validate", lambda v=v: serve(v["name"]))
         try:
             timed("validate", lambda v=v, path=path: measure.measure_variant(
-                run_path=run.path, variant=v["name"],
+                work_dir=work, variant=v["name"],
                 baseline="" if v.get("baseline") else "bf16",
                 base_url="http://127.0.0.1:8000", served_name="tiny-nemotron-h",
-                processor=str(path), bench_bin_dir=venvs / "bench/bin",
+                processor=path, bench_bin_dir=venvs / "bench/bin",
                 accuracy_tasks=["modelgate_choice"], cpu_affinity=[1]))
         finally:
             timed("validate", lambda spec=spec: stop_local_server(spec))
+        timed("validate", lambda v=v: shutil.copytree(work / v["name"], run.path / v["name"],
+                                                       dirs_exist_ok=True))
     timed("validate", lambda: measure.judge_run(run.path))
     return times
 

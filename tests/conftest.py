@@ -35,10 +35,12 @@ def require_tools() -> None:
 
 def run_playbook(tmp: Path, name: str, playbook: str = "site.yml", *,
                  extravars: dict[str, Any] | None = None, tags: str | None = None,
-                 verbosity: int = 0) -> Any:
-    """Run a playbook of the repo on the local inventory through ansible-runner.
+                 verbosity: int = 0, inventory: Path | None = None,
+                 cmdline: str | None = None) -> Any:
+    """Run a playbook of the repo through ansible-runner (default: on the local inventory).
 
-    Runs go to ``tmp/runs``; the store and the virtualenvs are the project's own.
+    Runs go to ``tmp/runs``; on the local inventory the store and the virtualenvs are the
+    project's own. ``cmdline`` adds ansible-playbook options (e.g. ``--check``).
     """
     import ansible_runner
 
@@ -49,7 +51,8 @@ def run_playbook(tmp: Path, name: str, playbook: str = "site.yml", *,
         private_data_dir=str(private),
         project_dir=str(REPO),
         playbook=playbook,
-        inventory=str(REPO / "inventories" / "local"),
+        inventory=str(inventory or REPO / "inventories" / "local"),
+        cmdline=cmdline,
         extravars={"modelgate_runs_dir": str(tmp / "runs"), **(extravars or {})},
         envvars={
             "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),

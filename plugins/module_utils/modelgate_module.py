@@ -37,5 +37,7 @@ def run(module: AnsibleModule, action: Callable[[], dict[str, Any]]) -> None:
         result = action()
     except ModelGateError as exc:  # type: ignore[misc]
         details = exc.to_dict() if hasattr(exc, "to_dict") else {}
+        if getattr(exc, "log", None):  # a tool's log on this host, for the play to fetch
+            details["log"] = exc.log
         module.fail_json(msg=str(exc), **{k: v for k, v in details.items() if k != "error"})
     module.exit_json(**result)

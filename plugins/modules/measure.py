@@ -7,17 +7,21 @@ DOCUMENTATION = r"""
 module: measure
 short_description: Measure one served variant for the gate
 description:
+  - Runs on the serving host and writes into O(work_dir), laid out as the run directory is;
+    returns C(files), which the pipeline fetches into the controller's C(<run>/<variant>/).
   - Runs a GuideLLM load sweep (a preset, with overrides) against the served endpoint and
-    writes the raw report and normalized results into C(<run>/<variant>/guidellm/).
-  - Runs lm-eval tasks through the endpoint into C(<run>/<variant>/accuracy/) (first round).
-  - Scores a fixed prompt set's next-token distributions into C(<run>/<variant>/logprobs.json);
+    writes the raw report and normalized results into C(<work_dir>/<variant>/guidellm/).
+  - Runs lm-eval tasks through the endpoint into C(<work_dir>/<variant>/accuracy/) (first round).
+  - Scores a fixed prompt set's next-token distributions into C(<variant>/logprobs.json);
     a candidate scores the baseline's exact token sequences and gets C(fidelity.json).
   - Round N > 1 adds C(results-rN.json) only, for interleaved repeated measurement.
 version_added: "0.1.0"
 author: ModelGate
 options:
-  run_path:
-    description: The run directory.
+  work_dir:
+    description:
+      - This host's work directory for the run (the baseline must have been measured into the
+        same one, for fidelity).
     type: path
     required: true
   variant:
@@ -82,7 +86,7 @@ attributes:
 EXAMPLES = r"""
 - name: Measure the W4A16 variant
   modelgate.pipeline.measure:
-    run_path: /srv/modelgate/runs/20261130T101010Z-ab12
+    work_dir: /srv/modelgate/work/20261130T101010Z-ab12
     variant: w4a16
     baseline: bf16
     base_url: http://127.0.0.1:8000
@@ -104,6 +108,11 @@ fidelity:
   description: Flip rate and KL against the baseline.
   type: dict
   returned: for a candidate
+files:
+  description: Every file under C(<work_dir>/<variant>/), relative, for the play to fetch.
+  type: list
+  elements: str
+  returned: always
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -113,7 +122,7 @@ from ansible_collections.modelgate.pipeline.plugins.module_utils.modelgate_modul
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "run_path": {"type": "path", "required": True},
+            "work_dir": {"type": "path", "required": True},
             "variant": {"type": "str", "required": True},
             "baseline": {"type": "str", "default": ""},
             "base_url": {"type": "str", "required": True},
@@ -138,7 +147,7 @@ def main() -> None:
 
         p = module.params
         result = measure_variant(
-            run_path=Path(p["run_path"]), variant=p["variant"], baseline=p["baseline"],
+            work_dir=Path(p["work_dir"]), variant=p["variant"], baseline=p["baseline"],
             base_url=p["base_url"], served_name=p["served_name"], processor=p["processor"],
             bench_bin_dir=Path(p["bench_bin_dir"]), load_profile=p["load_profile"],
             load_overrides=p["load_overrides"], accuracy_tasks=p["accuracy_tasks"],

@@ -23,8 +23,8 @@ options:
     default: present
   checkpoint:
     description:
-      - The checkpoint directory (C(state=present)); default, the path the run's quantize
-        record names for C(variant).
+      - The checkpoint directory on this host (C(state=present)), the path the variant's
+        quantize record names.
     type: path
   variant:
     description: The variant's name (for the record and the title label).
@@ -69,9 +69,6 @@ options:
     description: Provenance for the labels (source model, revision, recipe hash, ...).
     type: dict
     default: {}
-  run_path:
-    description: Run directory to record C(<variant>/modelcar.json) into.
-    type: path
 attributes:
   check_mode:
     support: full
@@ -101,6 +98,16 @@ digest:
   description: The manifest digest.
   type: str
   returned: state=present
+checkpoint_bytes_read:
+  description: Checkpoint bytes hashed by this call (0 when their digests are remembered).
+  type: int
+  returned: state=present, not in check mode
+record:
+  description:
+    - The variant's modelcar record as C({variant, stage, data}), for the controller to store
+      in the run directory (M(modelgate.pipeline.run_dir) I(records)).
+  type: dict
+  returned: state=present, not in check mode
 path:
   description: The unpacked model directory.
   type: str
@@ -128,13 +135,11 @@ def main() -> None:
             "password": {"type": "str", "default": "", "no_log": True},
             "tls_verify": {"type": "bool", "default": True},
             "provenance": {"type": "dict", "default": {}},
-            "run_path": {"type": "path"},
         },
         required_if=[
-            ("state", "present", ["layout_dir", "registry", "repository"]),
+            ("state", "present", ["checkpoint", "layout_dir", "registry", "repository"]),
             ("state", "extracted", ["ref", "dest"]),
         ],
-        required_one_of=[("checkpoint", "run_path", "ref")],
         supports_check_mode=True,
     )
 
@@ -142,75 +147,16 @@ def main() -> None:
         from pathlib import Path
 
         from modelgate import modelcar
-        from modelgate.digest import tree_digest
-        from modelgate.rundir import RunDir
 
         p = module.params
-        creds = {"username": p["username"] or None, "password": p["password"] or None}
+        creds = {"username": p["username"], "password": p["password"],
+                 "tls_verify": p["tls_verify"], "check_mode": module.check_mode}
         if p["state"] == "extracted":
-            dest = Path(p["dest"])
-            before = modelcar.extracted_digest(dest)
-            if module.check_mode:
-                remote = modelcar.remote_digest(p["ref"], tls_verify=p["tls_verify"], **creds)
-                return {"changed": before != remote, "path": str(dest), "digest": remote}
-            path = modelcar.extract_models(p["ref"], dest, tls_verify=p["tls_verify"], **creds)
-            after = modelcar.extracted_digest(dest)
-            return {"changed": before != after, "path": str(path), "digest": after}
-
-        from modelgate.registry import check_reachable
-
-        check_reachable(p["registry"], tls_verify=p["tls_verify"])  # before any build
-        run_dir = RunDir(Path(p["run_path"])) if p["run_path"] and p["variant"] else None
-        if p["checkpoint"]:
-            checkpoint = Path(p["checkpoint"])
-        else:
-            if run_dir is None:
-                module.fail_json(msg="give checkpoint, or run_path and variant")
-            if module.check_mode and not (run_dir.path / p["variant"] / "quantize.json").exists():
-                return {"changed": True, "msg": f"{p['variant']} is not quantized yet: "
-                                                "its modelcar would be built and pushed"}
-            checkpoint = Path(run_dir.read(p["variant"], "quantize")["path"])
-        layouts = Path(p["layout_dir"])
-        if p["base"] == "busybox":
-            base_layout = layouts / "base-busybox"
-            modelcar.build_busybox_base(base_layout)
-        else:
-            base_layout = layouts / ("base-" + p["base"].replace("/", "_").replace(":", "_")
-                                     .replace("@", "_"))
-            modelcar.pull_base(p["base"], base_layout, tls_verify=p["tls_verify"], **creds)
-        ckpt_digest = tree_digest(checkpoint)
-        prov = modelcar.Provenance.from_dict({
-            "title": p["variant"] or checkpoint.name, "checkpoint_digest": ckpt_digest,
-            **p["provenance"],
-        })
-        tag = p["tag"] or modelcar.image_tag(ckpt_digest)
-        ref = f"{p['registry']}/{p['repository']}:{tag}"
-        if module.check_mode:
-            remote = modelcar.remote_digest(ref, tls_verify=p["tls_verify"], **creds)
-            local = None
-            if (layouts / tag / "index.json").exists():
-                local = modelcar.read_layout_manifest(layouts / tag)[0]
-            return {"changed": remote is None or remote != local, "ref": ref, "digest": local}
-        image = modelcar.build_modelcar(checkpoint, base_layout, layouts / tag,
-                                        labels=modelcar.provenance_labels(prov))
-        pushed = modelcar.push_modelcar(layouts / tag, ref, tls_verify=p["tls_verify"], **creds)
-        verified = modelcar.verify_pushed(ref, checkpoint, tls_verify=p["tls_verify"], **creds)
-        if not verified.ok:
-            module.fail_json(msg=f"the pushed image {ref} does not carry the checkpoint: "
-                                 f"mismatched {verified.mismatched}, missing {verified.missing}",
-                             verify=verified.to_dict())
-        record = {
-            "variant": p["variant"], "ref": ref,
-            "ref_by_digest": f"{p['registry']}/{p['repository']}@{pushed.digest}",
-            "digest": pushed.digest, "tag": tag, "checkpoint_digest": ckpt_digest,
-            "labels": image.labels,
-            "layers": [{"digest": lyr.digest, "size": lyr.size, "files": lyr.files}
-                       for lyr in image.layers],
-            "push": pushed.to_dict(), "verify": verified.to_dict(),
-        }
-        if run_dir is not None:
-            run_dir.record(p["variant"], "modelcar", record)
-        return {"changed": image.changed or pushed.changed, **record}
+            return modelcar.extract_stage(ref=p["ref"], dest=Path(p["dest"]), **creds)
+        return modelcar.publish_modelcar(
+            checkpoint=Path(p["checkpoint"]), variant=p["variant"],
+            layout_dir=Path(p["layout_dir"]), base=p["base"], registry=p["registry"],
+            repository=p["repository"], tag=p["tag"], provenance=p["provenance"], **creds)
 
     run(module, action)
 

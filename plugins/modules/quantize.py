@@ -77,9 +77,6 @@ options:
         truncated when the job starts. M(modelgate.pipeline.job_progress) reads it while the
         module runs under C(async).
     type: path
-  run_path:
-    description: The run directory to record into.
-    type: path
 attributes:
   check_mode:
     support: full
@@ -127,6 +124,14 @@ provenance:
   description: Source model digest, recipe digest, calibration digest, tool versions, timings.
   type: dict
   returned: success
+record:
+  description:
+    - The variant's quantize record as C({variant, stage, data, files}), for the controller
+      to store in the run directory (M(modelgate.pipeline.run_dir) I(records)), with its
+      C(quantize/recipe.yaml) and C(quantize/provenance.json); the checkpoint stays in
+      O(store_dir).
+  type: dict
+  returned: success
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -146,7 +151,6 @@ def main() -> None:
             "variant": {"type": "str", "required": True},
             "store_dir": {"type": "path", "required": True},
             "python": {"type": "str", "required": True},
-            "run_path": {"type": "path"},
             "runner": {"type": "str", "choices": ["local", "podman"], "default": "local"},
             "image": {"type": "str"},
             "devices": {"type": "list", "elements": "str", "default": ["nvidia.com/gpu=all"]},
@@ -161,67 +165,24 @@ def main() -> None:
     )
 
     def action() -> dict:
-        import shutil
-        import tempfile
         from pathlib import Path
 
-        from modelgate.model_source import write_corpus
-        from modelgate.quantize import CalibrationSpec, quantize_variant
+        from modelgate.quantize import quantize_stage
         from modelgate.recipes import build_recipe
-        from modelgate.rundir import RunDir
 
         p = module.params
-        store = Path(p["store_dir"])
-        recipe = build_recipe(p["recipe"], group_size=p["group_size"], ignore=p["ignore"])
-        files = [Path(f) for f in p["calibration_files"]]
-        if not files and recipe.needs_calibration:
-            corpus = store.parent / "calibration" / "modelgate-corpus.jsonl"
-            if not corpus.exists():
-                # in check mode the corpus goes to a temporary file, only to compute the key
-                corpus = write_corpus(Path(tempfile.mkdtemp()) / corpus.name
-                                      if module.check_mode else corpus)
-            files = [corpus]
-        calibration = CalibrationSpec(files, p["num_samples"], p["max_seq_length"])
-        progress_file = Path(p["progress_file"]) if p["progress_file"] else None
-        if progress_file is not None and not module.check_mode:
-            progress_file.parent.mkdir(parents=True, exist_ok=True)
-            progress_file.write_text("")  # the poller must not show the previous run's lines
-        runner_kwargs: dict = {}
-        if p["runner"] == "podman":
-            from modelgate.quantize_runners import (
-                PodmanRunner,
-                podman_job_argv,
-                podman_mounts,
-                probe_podman_tool_versions,
-            )
-
-            podman = PodmanRunner(image=p["image"], devices=tuple(p["devices"]),
-                                  podman=p["podman"], python=p["container_python"],
-                                  extra_args=tuple(p["container_args"]))
-            podman.validate()
-            volumes = podman_mounts(Path(p["model"]), store, files)
-            runner_kwargs = {
-                "tool_versions": probe_podman_tool_versions(podman),
-                "job_argv": lambda spec_path: podman_job_argv(podman, spec_path, volumes),
-            }
-        result = quantize_variant(p["model"], store, recipe, calibration, p["python"],
-                                  check_mode=module.check_mode, progress_file=progress_file,
-                                  source_digest=p["model_digest"] or None, **runner_kwargs)
-        out = result.to_dict()
-        if p["run_path"] and not module.check_mode:
-            run_dir = RunDir(Path(p["run_path"]))
-            qdir = run_dir.variant_dir(p["variant"]) / "quantize"
-            qdir.mkdir(exist_ok=True)
-            ckpt = Path(result.path)
-            for name in ("recipe.yaml", "provenance.json"):
-                if (ckpt / name).is_file():
-                    shutil.copy2(ckpt / name, qdir / name)
-            run_dir.record(p["variant"], "quantize", {
-                "variant": p["variant"], "recipe": recipe.name, "path": result.path,
-                "key": result.key, "built_by_this_run": result.changed,
-                "provenance": result.provenance,
-            })
-        return out
+        return quantize_stage(
+            model=p["model"], variant=p["variant"],
+            recipe=build_recipe(p["recipe"], group_size=p["group_size"], ignore=p["ignore"]),
+            store_dir=Path(p["store_dir"]),
+            calibration_files=[Path(f) for f in p["calibration_files"]],
+            num_samples=p["num_samples"], max_seq_length=p["max_seq_length"],
+            python=p["python"], check_mode=module.check_mode,
+            progress_file=Path(p["progress_file"]) if p["progress_file"] else None,
+            model_digest=p["model_digest"] or None, runner=p["runner"],
+            podman={"image": p["image"], "devices": p["devices"], "podman": p["podman"],
+                    "python": p["container_python"], "extra_args": p["container_args"]},
+        )
 
     run(module, action)
 

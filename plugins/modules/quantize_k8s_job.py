@@ -102,11 +102,10 @@ options:
     type: dict
     default: {}
   provenance:
-    description: The finished Job's provenance; given, the result is recorded instead of rendered.
+    description:
+      - The finished Job's provenance; given, the module returns the variant's quantize
+        C(record) (and C(files)) for the controller to store, instead of rendering.
     type: dict
-  run_path:
-    description: The run directory to record into (with O(provenance)).
-    type: path
   built:
     description: Whether this run created the Job (recorded as C(built_by_this_run)).
     type: bool
@@ -162,6 +161,12 @@ job:
   description: The Job manifest (null for recipe none or when recording).
   type: dict
   returned: always
+record:
+  description:
+    - The variant's quantize record as C({variant, stage, data, files}), for
+      M(modelgate.pipeline.run_dir) I(records).
+  type: dict
+  returned: with O(provenance)
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -197,7 +202,6 @@ def main() -> None:
             "timeout": {"type": "int", "default": 21600},
             "tool_versions": {"type": "dict", "default": {}},
             "provenance": {"type": "dict"},
-            "run_path": {"type": "path"},
             "built": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
@@ -208,7 +212,7 @@ def main() -> None:
 
         p = dict(module.params)
         if p["provenance"] is not None:
-            return record_k8s_result(p, check_mode=module.check_mode)
+            return record_k8s_result(p)
         return plan_k8s_quantize(p, check_mode=module.check_mode)
 
     run(module, action)

@@ -123,11 +123,13 @@ options:
   unit:
     description: With I(state=ready) in quadlet mode, the systemd unit whose journal is the log.
     type: str
-  run_path:
-    description: Run directory to record C(<variant>/deploy.json) (and the log on failure) into.
+  log_file:
+    description:
+      - With I(state=ready), where the container's log is written on a start-up failure (on
+        this host; the pipeline fetches it into the run directory).
     type: path
   variant:
-    description: The variant being served (for the record).
+    description: The variant being served; given, the C(ready) result carries its deploy C(record).
     type: str
   plan:
     description: With I(state=ready), the C(state=planned) result (for the record).
@@ -185,6 +187,12 @@ readiness:
   description: What the readiness check saw (health, models, one completion and its latency).
   type: dict
   returned: state=ready
+record:
+  description:
+    - The variant's deploy record as C({variant, stage, data}), for the controller to store
+      in the run directory (M(modelgate.pipeline.run_dir) I(records)).
+  type: dict
+  returned: state=ready with O(variant)
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -220,7 +228,7 @@ def main() -> None:
                              "default": "/var/lib/modelgate/modelcar-metadata"},
             "timeout": {"type": "float"},
             "unit": {"type": "str"},
-            "run_path": {"type": "path"},
+            "log_file": {"type": "path"},
             "variant": {"type": "str"},
             "plan": {"type": "dict"},
         },
@@ -229,11 +237,9 @@ def main() -> None:
     )
 
     def action() -> dict:
-        import time
         from pathlib import Path
 
         from modelgate import rhaiis
-        from modelgate.rundir import RunDir
 
         p = module.params
         if p["state"] == "planned":
@@ -257,26 +263,12 @@ def main() -> None:
             return plan.to_dict()
         if module.check_mode:
             return {"changed": False, "skipped_reason": "check mode: nothing was started"}
-        name = p["name"] or rhaiis.default_container_name(p["port"])
-        run_dir = RunDir(Path(p["run_path"])) if p["run_path"] and p["variant"] else None
-        log_file = run_dir.variant_dir(p["variant"]) / "server.log" if run_dir else None
-        base_url = f"http://{rhaiis.readiness_host(p['bind_address'])}:{p['port']}"
-        t0 = time.monotonic()
-        ready = rhaiis.wait_ready(name, base_url, p["served_name"], p["timeout"] or 900.0,
-                                  log_file=log_file, unit=p["unit"])
-        result = {"changed": False, "base_url": base_url, "name": name,
-                  "readiness": ready.to_dict(), "waited_s": round(time.monotonic() - t0, 2)}
-        if run_dir is not None:
-            plan = p["plan"] or {}
-            run_dir.record(p["variant"], "deploy", {
-                "variant": p["variant"], "target": "rhaiis", "endpoint": base_url,
-                "served_name": p["served_name"], "container": name,
-                "model_dir": plan.get("model_dir"), "fingerprint": plan.get("fingerprint"),
-                "argv": (plan.get("container") or {}).get("argv"),
-                "args": plan.get("serving_args"), "readiness": ready.to_dict(),
-                "log": f"podman logs {name}",
-            })
-        return result
+        return rhaiis.serve_ready(
+            name=p["name"] or rhaiis.default_container_name(p["port"]),
+            served_name=p["served_name"], port=p["port"], bind_address=p["bind_address"],
+            timeout=p["timeout"], unit=p["unit"],
+            log_file=Path(p["log_file"]) if p["log_file"] else None, variant=p["variant"],
+            plan=p["plan"])
 
     run(module, action)
 

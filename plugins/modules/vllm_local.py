@@ -14,8 +14,8 @@ description:
     answer and one completion returns.
   - Idempotent by fingerprint (model digest + arguments + environment); the same server found
     running is C(ok), not restarted; other arguments restart it once.
-  - On a start-up failure the server's log is copied into the run directory and the failure
-    message carries vLLM's error line.
+  - On a start-up failure the failure message carries vLLM's error line and C(log), the
+    server log's path on this host (the pipeline fetches it into the run directory).
 version_added: "0.1.0"
 author: ModelGate
 options:
@@ -60,11 +60,8 @@ options:
   timeout:
     description: Seconds to wait for readiness; default scales with the model's size.
     type: float
-  run_path:
-    description: Run directory to record C(<variant>/deploy.json) into.
-    type: path
   variant:
-    description: The variant being served (for the record).
+    description: The variant being served; given, the result carries its deploy C(record).
     type: str
 attributes:
   check_mode:
@@ -97,6 +94,16 @@ readiness:
   description: What the readiness check saw (health, models, one completion and its latency).
   type: dict
   returned: when started
+log:
+  description: The server log on this host.
+  type: str
+  returned: when started, and on a start-up failure
+record:
+  description:
+    - The variant's deploy record as C({variant, stage, data}), for the controller to store
+      in the run directory (M(modelgate.pipeline.run_dir) I(records)).
+  type: dict
+  returned: when started with O(variant)
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -117,7 +124,6 @@ def main() -> None:
             "overrides": {"type": "dict", "default": {}},
             "cpu_threads": {"type": "int"},
             "timeout": {"type": "float"},
-            "run_path": {"type": "path"},
             "variant": {"type": "str"},
         },
         required_if=[("state", "started", ["model", "python"])],
@@ -125,21 +131,10 @@ def main() -> None:
     )
 
     def action() -> dict:
-        import shutil
         from pathlib import Path
 
-        from modelgate.errors import ToolError
-        from modelgate.geometry import weight_bytes
         from modelgate.process import ProcessSpec, read_state
-        from modelgate.rundir import RunDir
-        from modelgate.serving import (
-            derive_serving_args,
-            local_server_spec,
-            server_name,
-            start_local_server,
-            startup_timeout_s,
-            stop_local_server,
-        )
+        from modelgate.serving import serve_local, server_name, stop_local_server
 
         p = module.params
         state_dir = Path(p["state_dir"])
@@ -148,34 +143,12 @@ def main() -> None:
             if module.check_mode:
                 return {"changed": read_state(spec) is not None}
             return stop_local_server(spec)
-        args = derive_serving_args(
-            p["model"], gpu_memory_gib=p["memory_gib"], device=p["device"],
-            overrides=p["overrides"], served_model_name=p["served_name"],
-        )
-        spec = local_server_spec(p["model"], p["served_name"], p["port"], p["python"], args,
-                                 state_dir, cpu_threads=p["cpu_threads"])
-        if module.check_mode:
-            current = read_state(spec)
-            return {"changed": not (current and current.get("fingerprint") == spec.fingerprint),
-                    "args": args.to_dict()}
-        timeout = p["timeout"] or startup_timeout_s(weight_bytes(p["model"]), p["device"])
-        run_dir = RunDir(Path(p["run_path"])) if p["run_path"] and p["variant"] else None
-        try:
-            result = start_local_server(spec, timeout)
-        except ToolError:
-            if run_dir is not None and spec.logfile.exists():
-                shutil.copy2(spec.logfile, run_dir.variant_dir(p["variant"]) / "server.log")
-            raise
-        result["args"] = args.to_dict()
-        if run_dir is not None:
-            run_dir.record(p["variant"], "deploy", {
-                "variant": p["variant"], "target": "local", "endpoint": result["base_url"],
-                "served_name": p["served_name"], "model_dir": p["model"],
-                "argv": spec.argv, "env": spec.env, "args": args.to_dict(),
-                "readiness": result.get("readiness"), "startup_s": result.get("startup_s"),
-                "log": str(spec.logfile),
-            })
-        return result
+        return serve_local(
+            model=p["model"], served_name=p["served_name"], port=p["port"],
+            python=p["python"], state_dir=state_dir, device=p["device"],
+            memory_gib=p["memory_gib"], overrides=p["overrides"],
+            cpu_threads=p["cpu_threads"], timeout=p["timeout"], variant=p["variant"],
+            check_mode=module.check_mode)
 
     run(module, action)
 

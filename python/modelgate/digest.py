@@ -11,15 +11,24 @@ from typing import Any
 from modelgate.errors import ModelGateError
 
 _CHUNK = 1 << 20
+# Bytes hashed by this process: a stage reports how much it read (a second run reads none).
+_bytes_read = 0
 
 
 def sha256_file(path: Path) -> str:
     """Return the hex sha256 of a file, read in chunks."""
+    global _bytes_read
     h = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
+            _bytes_read += len(chunk)
     return h.hexdigest()
+
+
+def bytes_read() -> int:
+    """How many bytes :func:`sha256_file` has read in this process."""
+    return _bytes_read
 
 
 def sha256_json(data: Any) -> str:
@@ -62,13 +71,58 @@ def tree_files(root: Path) -> list[tuple[str, Path]]:
     return sorted(out)
 
 
-def file_digests(root: Path) -> dict[str, str]:
+def digest_cache_dir() -> Path:
+    """Where file digests are remembered: ``$MODELGATE_DIGEST_CACHE``, else the user's cache."""
+    env = os.environ.get("MODELGATE_DIGEST_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "modelgate" / "digests"
+
+
+def _stat_key(path: Path) -> list[int]:
+    # ctime cannot be set back by a tool that rewrites a file and restores its mtime
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def file_digests(root: Path, cache: bool = True) -> dict[str, str]:
     """Map each file under ``root`` (relative POSIX path) to the sha256 of its content.
 
     Symlinks to files are digested by their targets' content (see :func:`tree_files`), so the
     same files give the same digests whether they are links or copies.
+
+    A file whose size, mtime, ctime and inode are those recorded the last time it was hashed is
+    not read again (``cache``): the digests come from the stage that first hashed the tree,
+    so a second run of the pipeline reads no checkpoint bytes. The record is one JSON file per
+    directory under :func:`digest_cache_dir`; a record that cannot be read or written is
+    ignored (the files are then hashed).
     """
-    return {rel: sha256_file(p) for rel, p in tree_files(root)}
+    files = tree_files(root)
+    record = digest_cache_dir() / (sha256_json(str(Path(root).resolve())) + ".json")
+    known: dict[str, list[Any]] = {}
+    if cache:
+        try:
+            known = json.loads(record.read_text())
+        except (OSError, ValueError):
+            known = {}
+    out: dict[str, str] = {}
+    entries: dict[str, list[Any]] = {}
+    for rel, path in files:
+        key = _stat_key(path)
+        hit = known.get(rel)
+        digest = hit[-1] if isinstance(hit, list) and hit[:-1] == key else sha256_file(path)
+        out[rel] = digest
+        entries[rel] = [*key, digest]
+    if cache and entries != known:
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(entries, sort_keys=True))
+            tmp.replace(record)
+        except OSError:
+            pass
+    return out
 
 
 def tree_digest(root: Path, files: dict[str, str] | None = None) -> str:

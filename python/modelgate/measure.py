@@ -1,7 +1,10 @@
 """The validate stage's two steps: measure one served variant, then judge the whole run.
 
-Measuring writes into the run directory (DESIGN's layout); judging reads only the run
-directory, so a run can be judged again, with another policy, long after its servers are gone.
+Measuring runs on the serving host and writes into its work directory for the run, laid out
+as the run directory is (``<variant>/guidellm/``, ``accuracy/``, ``logprobs.json``, ...); the
+play fetches the files it names into the controller's run directory. Judging reads only the
+run directory, so a run can be judged again, with another policy, long after its servers are
+gone.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from modelgate.errors import ModelGateError
 
 def measure_variant(
     *,
-    run_path: Path,
+    work_dir: Path,
     variant: str,
     baseline: str,
     base_url: str,
@@ -33,12 +36,15 @@ def measure_variant(
     """Run the load sweep (and, in round 1, accuracy and logprobs) for one served variant.
 
     A candidate's logprobs score the baseline's exact token sequences, so the baseline must be
-    measured first; its ``fidelity.json`` is written here.
+    measured first, into the same ``work_dir``; its ``fidelity.json`` is written here.
+    ``files`` in the result lists every file under ``work_dir/<variant>/`` (relative paths),
+    which the caller copies into the run directory.
     """
     from modelgate import accuracy, loadtest
     from modelgate import fidelity as fid
 
-    vdir = run_path / variant
+    run_path = work_dir
+    vdir = work_dir / variant
     vdir.mkdir(parents=True, exist_ok=True)
     profile = loadtest.get_profile(load_profile, **(load_overrides or {}))
     guidellm_dir = vdir / "guidellm"
@@ -55,7 +61,8 @@ def measure_variant(
             src = out_dir / f"{name}.json"
             if src.exists():
                 src.replace(guidellm_dir / loadtest.round_file_name(name, round_no))
-        return {"variant": variant, "round": round_no, "load": load}
+        return {"variant": variant, "round": round_no, "load": load,
+                "files": variant_files(vdir)}
     result: dict[str, Any] = {"variant": variant, "round": round_no, "load": load}
     if accuracy_tasks:
         result["accuracy"] = accuracy.run_accuracy(
@@ -80,7 +87,13 @@ def measure_variant(
             comparison = fid.compare(reference, logprobs, baseline_name=baseline)
             (vdir / "fidelity.json").write_text(json.dumps(comparison, indent=2))
             result["fidelity"] = {k: comparison[k] for k in ("flip_rate", "kl_mean", "prompts")}
+    result["files"] = variant_files(vdir)
     return result
+
+
+def variant_files(vdir: Path) -> list[str]:
+    """Every file under a variant's measurement directory, relative, sorted."""
+    return sorted(p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file())
 
 
 def judge_run(run_path: Path, policy: str | None = None,

@@ -910,6 +910,88 @@ def extract_models(ref: str, dest_dir: Path, *, tls_verify: bool = True,
 # --------------------------------------------------------------------------- CLI
 
 
+# ------------------------------------------------------------------------------ the stage
+
+
+def base_layout_dir(layout_dir: Path, base: str) -> Path:
+    """Where the base image's layout is kept: ``base-busybox``, or ``base-<ref, flattened>``."""
+    if base == "busybox":
+        return layout_dir / "base-busybox"
+    return layout_dir / ("base-" + re.sub(r"[/:@]", "_", base))
+
+
+def publish_modelcar(*, checkpoint: Path, variant: str, layout_dir: Path, base: str,
+                     registry: str, repository: str, tag: str | None = None,
+                     provenance: Mapping[str, object] | None = None, tls_verify: bool = True,
+                     username: str | None = None, password: str | None = None,
+                     check_mode: bool = False) -> dict[str, object]:
+    """The modelcar stage for one variant: build, push, verify; the module, CLI and bench's.
+
+    Returns the pushed image (``ref``, ``ref_by_digest``, ``digest``, ...) and its run
+    ``record`` (``{variant, stage: modelcar, data}``) for the controller to store. In check
+    mode nothing is built, pulled or sent: only the registry is asked for the tag's digest.
+    """
+    from modelgate.digest import bytes_read
+    from modelgate.registry import check_reachable
+    from modelgate.rundir import stage_record
+
+    read_before = bytes_read()
+    creds = {"username": username or None, "password": password or None}
+    check_reachable(registry, tls_verify=tls_verify)  # before any build
+    ckpt_digest = tree_digest(checkpoint)
+    tag = tag or image_tag(ckpt_digest)
+    ref = f"{registry}/{repository}:{tag}"
+    if check_mode:
+        remote = remote_digest(ref, tls_verify=tls_verify, **creds)
+        local = None
+        if (layout_dir / tag / "index.json").exists():
+            local = read_layout_manifest(layout_dir / tag)[0]
+        return {"changed": remote is None or remote != local, "ref": ref, "digest": local}
+    base_layout = base_layout_dir(layout_dir, base)
+    if base == "busybox":
+        build_busybox_base(base_layout)
+    else:
+        pull_base(base, base_layout, tls_verify=tls_verify, **creds)
+    prov = Provenance.from_dict({"title": variant or checkpoint.name,
+                                 "checkpoint_digest": ckpt_digest, **(provenance or {})})
+    image = build_modelcar(checkpoint, base_layout, layout_dir / tag,
+                           labels=provenance_labels(prov))
+    pushed = push_modelcar(layout_dir / tag, ref, tls_verify=tls_verify, **creds)
+    verified = verify_pushed(ref, checkpoint, tls_verify=tls_verify, **creds)
+    if not verified.ok:
+        raise ModelGateError(f"the pushed image {ref} does not carry the checkpoint: "
+                             f"mismatched {verified.mismatched}, missing {verified.missing}",
+                             field="modelcar_registry",
+                             fix="check the registry's storage, then re-run the modelcar stage")
+    data = {
+        "variant": variant, "ref": ref,
+        "ref_by_digest": f"{registry}/{repository}@{pushed.digest}",
+        "digest": pushed.digest, "tag": tag, "checkpoint_digest": ckpt_digest,
+        "labels": image.labels,
+        "layers": [{"digest": lyr.digest, "size": lyr.size, "files": lyr.files}
+                   for lyr in image.layers],
+        "push": pushed.to_dict(), "verify": verified.to_dict(),
+    }
+    # checkpoint bytes hashed here: none when the digests are remembered (a second run)
+    return {"changed": image.changed or pushed.changed, **data,
+            "checkpoint_bytes_read": bytes_read() - read_before,
+            "record": stage_record(variant, "modelcar", data)}
+
+
+def extract_stage(*, ref: str, dest: Path, tls_verify: bool = True,
+                  username: str | None = None, password: str | None = None,
+                  check_mode: bool = False) -> dict[str, object]:
+    """Take ``/models`` of a pushed modelcar back out into ``dest`` (unchanged when it is there)."""
+    creds = {"username": username or None, "password": password or None}
+    before = extracted_digest(dest)
+    if check_mode:
+        remote = remote_digest(ref, tls_verify=tls_verify, **creds)
+        return {"changed": before != remote, "path": str(dest), "digest": remote}
+    path = extract_models(ref, dest, tls_verify=tls_verify, **creds)
+    after = extracted_digest(dest)
+    return {"changed": before != after, "path": str(path), "digest": after}
+
+
 def _kv(items: Sequence[str] | None, what: str) -> dict[str, str]:
     out = {}
     for item in items or []:
@@ -961,11 +1043,9 @@ def _cmd(args: argparse.Namespace) -> int:
         emit(result.to_dict())
         return 0 if result.ok else 1
     elif args.action == "extract":
-        before = extracted_digest(Path(args.dest))
-        dest = extract_models(args.ref, Path(args.dest), tls_verify=tls,
-                              username=args.username, password=_password(args))
-        after = extracted_digest(dest)
-        emit({"dest": str(dest), "digest": after, "changed": before != after})
+        out = extract_stage(ref=args.ref, dest=Path(args.dest), tls_verify=tls,
+                            username=args.username, password=_password(args))
+        emit({"dest": out["path"], "digest": out["digest"], "changed": out["changed"]})
     return 0
 
 

@@ -26,6 +26,7 @@ from modelgate.digest import sha256_file, sha256_json, tree_digest
 from modelgate.errors import ModelGateError, ToolError
 from modelgate.process import log_tail
 from modelgate.recipes import Recipe, build_recipe
+from modelgate.rundir import stage_record
 
 # The job imports only modelgate.quantize_job from this package; put the package's parent
 # on PYTHONPATH so it runs even where modelgate is not installed in the quantize venv.
@@ -289,6 +290,90 @@ def quantize_variant(model_dir: Path | str, store_dir: Path | str, recipe: Recip
     return QuantizeResult(str(final), key, True, provenance)
 
 
+# ------------------------------------------------------------------------------- the stage
+
+
+def default_calibration(store_dir: Path, recipe: Recipe, files: list[Path],
+                        check_mode: bool = False) -> list[Path]:
+    """The calibration files: the given ones, or the built-in corpus when a recipe needs one.
+
+    The corpus lives beside the checkpoint store (``<store>/../calibration/``); in check mode
+    a missing corpus is written to a temporary file, only to compute the key.
+    """
+    import tempfile
+
+    from modelgate.model_source import write_corpus
+
+    if files or not recipe.needs_calibration:
+        return list(files)
+    corpus = store_dir.parent / "calibration" / "modelgate-corpus.jsonl"
+    if not corpus.exists():
+        corpus = write_corpus(Path(tempfile.mkdtemp()) / corpus.name if check_mode else corpus)
+    return [corpus]
+
+
+def quantize_stage(*, model: Path | str, variant: str, recipe: Recipe, store_dir: Path,
+                   calibration_files: list[Path], num_samples: int, max_seq_length: int,
+                   python: str, check_mode: bool = False, progress_file: Path | None = None,
+                   model_digest: str | None = None, runner: str = "local",
+                   podman: dict[str, Any] | None = None,
+                   progress_cb: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The quantize stage for one variant, as the module, the CLI and the bench run it.
+
+    Returns the checkpoint (``path``, ``key``, ``changed``, ``provenance``) and the variant's
+    run ``record`` (see :func:`quantize_record`), which the caller, the controller, stores in
+    the run directory; the checkpoint itself stays in the store on this host.
+    ``podman`` holds the container runner's settings (``image``, ``devices``, ``podman``,
+    ``python``, ``extra_args``) when ``runner`` is ``podman``.
+    """
+    files = default_calibration(store_dir, recipe, list(calibration_files), check_mode)
+    calibration = CalibrationSpec(files, num_samples, max_seq_length)
+    if progress_file is not None and not check_mode:
+        progress_file.parent.mkdir(parents=True, exist_ok=True)
+        progress_file.write_text("")  # the poller must not show the previous run's lines
+    runner_kwargs: dict[str, Any] = {}
+    if runner == "podman":
+        from modelgate.quantize_runners import (
+            PodmanRunner,
+            podman_job_argv,
+            podman_mounts,
+            probe_podman_tool_versions,
+        )
+
+        opts = dict(podman or {})
+        container = PodmanRunner(image=opts["image"], devices=tuple(opts.get("devices") or ()),
+                                 podman=opts.get("podman") or "podman",
+                                 python=opts.get("python") or "python3",
+                                 extra_args=tuple(opts.get("extra_args") or ()))
+        container.validate()
+        volumes = podman_mounts(Path(model), store_dir, files)
+        runner_kwargs = {
+            "tool_versions": probe_podman_tool_versions(container),
+            "job_argv": lambda spec_path: podman_job_argv(container, spec_path, volumes),
+        }
+    elif runner != "local":
+        raise ModelGateError(f"unknown quantize runner {runner!r}", field="quantize_runner",
+                             fix="use local or podman (kubernetes has its own module)")
+    result = quantize_variant(model, store_dir, recipe, calibration, python,
+                              progress_cb=progress_cb, check_mode=check_mode,
+                              progress_file=progress_file, source_digest=model_digest,
+                              **runner_kwargs)
+    return {**result.to_dict(), **quantize_record(variant, recipe, result)}
+
+
+def quantize_record(variant: str, recipe: Recipe, result: QuantizeResult) -> dict[str, Any]:
+    """The run directory's view of a checkpoint, as ``{"record": {variant, stage, data, files}}``.
+
+    That is the entry :func:`modelgate.rundir.store_records` (the ``run_dir`` module's
+    ``records``) takes: ``<variant>/quantize.json`` and its recipe and provenance beside it.
+    """
+    return {"record": stage_record(variant, "quantize", {
+        "variant": variant, "recipe": recipe.name, "path": result.path, "key": result.key,
+        "built_by_this_run": result.changed, "provenance": result.provenance,
+    }, files={"quantize/recipe.yaml": recipe.to_yaml(),
+              "quantize/provenance.json": result.provenance})}
+
+
 # ------------------------------------------------------------------------------------- CLI
 
 
@@ -304,7 +389,8 @@ def register_cli(subparsers: Any) -> None:
                    help="module names / re: patterns to leave unquantized (replaces defaults)")
     p.add_argument("--store", required=True, type=Path, help="checkpoint store directory")
     p.add_argument("--calibration", nargs="*", type=Path, default=[],
-                   help="local .txt / .jsonl calibration files")
+                   help="local .txt / .jsonl calibration files (default: the built-in corpus)")
+    p.add_argument("--variant", default=None, help="the variant's name (default: the recipe's)")
     p.add_argument("--num-samples", type=int, default=64)
     p.add_argument("--max-seq-length", type=int, default=512)
     p.add_argument("--python", required=True, help="the quantize virtualenv's python")
@@ -318,13 +404,12 @@ def _cli_quantize(args: argparse.Namespace) -> int:
     from modelgate.cli import emit
 
     recipe = build_recipe(args.recipe, group_size=args.group_size, ignore=args.ignore)
-    calibration = (CalibrationSpec(list(args.calibration), args.num_samples,
-                                   args.max_seq_length) if args.calibration else None)
 
     def on_progress(msg: str) -> None:
         print(f"progress: {msg}", file=sys.stderr, flush=True)
 
-    result = quantize_variant(args.model, args.store, recipe, calibration, args.python,
-                              progress_cb=on_progress, check_mode=args.check)
-    emit(result.to_dict())
+    emit(quantize_stage(model=args.model, variant=args.variant or recipe.name, recipe=recipe,
+                        store_dir=args.store, calibration_files=list(args.calibration),
+                        num_samples=args.num_samples, max_seq_length=args.max_seq_length,
+                        python=args.python, check_mode=args.check, progress_cb=on_progress))
     return 0

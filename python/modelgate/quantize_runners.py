@@ -511,13 +511,14 @@ def plan_k8s_quantize(params: dict[str, Any], check_mode: bool = False) -> dict[
             "tool_versions": versions}
 
 
-def record_k8s_result(params: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
-    """Record a finished Job's result into the run directory, as the local runner does.
+def record_k8s_result(params: dict[str, Any]) -> dict[str, Any]:
+    """A finished Job's result as a quantize record, as the local runner returns it.
 
-    ``params["provenance"]`` is the Job's termination message (its provenance.json).
+    ``params["provenance"]`` is the Job's termination message (its provenance.json); the
+    caller (the controller) stores the returned ``record`` and ``files`` in the run directory.
     """
+    from modelgate.quantize import QuantizeResult, quantize_record
     from modelgate.recipes import build_recipe
-    from modelgate.rundir import RunDir
 
     prov = dict(params["provenance"])
     key = str(prov.get("key") or "")
@@ -528,14 +529,7 @@ def record_k8s_result(params: dict[str, Any], check_mode: bool = False) -> dict[
     path = f"pvc://{params['output_pvc']}/" + (f"{sub}/{key}" if sub else key)
     recipe = build_recipe(params["recipe"], group_size=params.get("group_size"),
                           ignore=params.get("ignore"))
-    if params.get("run_path") and not check_mode:
-        run_dir = RunDir(Path(params["run_path"]))
-        qdir = run_dir.variant_dir(params["variant"]) / "quantize"
-        qdir.mkdir(exist_ok=True)
-        (qdir / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True))
-        (qdir / "recipe.yaml").write_text(recipe.to_yaml())
-        run_dir.record(params["variant"], "quantize", {
-            "variant": params["variant"], "recipe": recipe.name, "path": path, "key": key,
-            "built_by_this_run": bool(params.get("built")), "provenance": prov,
-        })
-    return {"changed": False, "path": path, "key": key, "provenance": prov}
+    result = QuantizeResult(path=path, key=key, changed=bool(params.get("built")),
+                            provenance=prov)
+    return {"changed": False, "path": path, "key": key, "provenance": prov,
+            **quantize_record(params["variant"], recipe, result)}

@@ -476,6 +476,37 @@ def _health(url: str) -> bool:
         return False
 
 
+def serve_ready(*, name: str, served_name: str, port: int, bind_address: str,
+                timeout: float | None = None, unit: str | None = None,
+                log_file: Path | None = None, variant: str | None = None,
+                plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The RHAIIS target's readiness step: wait until the container serves, prove it.
+
+    With ``variant``, the result carries its deploy ``record`` (built from the ``plan``) for
+    the controller to store; on failure the container's log goes to ``log_file`` on this host.
+    """
+    from modelgate.rundir import stage_record
+
+    base_url = f"http://{readiness_host(bind_address)}:{port}"
+    t0 = time.monotonic()
+    ready = wait_ready(name, base_url, served_name, timeout or 900.0,
+                       log_file=log_file, unit=unit)
+    result: dict[str, Any] = {"changed": False, "base_url": base_url, "name": name,
+                              "readiness": ready.to_dict(),
+                              "waited_s": round(time.monotonic() - t0, 2)}
+    if variant:
+        plan = plan or {}
+        result["record"] = stage_record(variant, "deploy", {
+            "variant": variant, "target": "rhaiis", "endpoint": base_url,
+            "served_name": served_name, "container": name,
+            "model_dir": plan.get("model_dir"), "fingerprint": plan.get("fingerprint"),
+            "argv": (plan.get("container") or {}).get("argv"),
+            "args": plan.get("serving_args"), "readiness": ready.to_dict(),
+            "log": f"podman logs {name}",
+        })
+    return result
+
+
 def wait_ready(name: str, base_url: str, served_name: str, timeout: float, *,
                log_file: Path | None = None, unit: str | None = None,
                poll_s: float = 2.0) -> Readiness:
@@ -498,8 +529,11 @@ def wait_ready(name: str, base_url: str, served_name: str, timeout: float, *,
         msg += f"\nlast log lines:\n{tail}" if tail else "\n(the container left no log)"
         if log_file is not None:
             msg += f"\nwhole log: {log_file}"
-        return ToolError(msg, field="serving",
-                         fix=f"read the log ({log_file or f'podman logs {name}'})")
+        exc = ToolError(msg, field="serving",
+                        fix=f"read the log ({log_file or f'podman logs {name}'})")
+        if log_file is not None:
+            exc.log = str(log_file)  # type: ignore[attr-defined]
+        return exc
 
     while True:
         state = container_state(name)

@@ -3,6 +3,10 @@
 ``runs/<run_id>/manifest.json`` records the run's inputs, tool versions, host facts and every
 artifact's digest; stages add to it under a file lock, so a stage that runs alone (with
 ``--tags``) or a re-run after a failure continues the same record instead of replacing it.
+
+The run directory lives on the controller and this class is its only writer: a stage that runs
+on a target host returns its record, and the controller stores it here (the ``run_dir``
+module); bulky files a target produced are fetched into ``<run>/<variant>/`` by the play.
 """
 
 from __future__ import annotations
@@ -40,10 +44,29 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, default=str)
+
+
 def _atomic_write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(_dumps(data))
     tmp.replace(path)
+
+
+def _merged(data: dict[str, Any], sections: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with ``sections`` merged in (dicts one level deep, other values replaced)."""
+    out = json.loads(json.dumps(data, default=str))
+    for key, value in json.loads(json.dumps(sections, default=str)).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out
 
 
 class RunDir:
@@ -54,12 +77,15 @@ class RunDir:
         self.run_id = path.name
 
     @classmethod
-    def open(cls, runs_dir: Path, run_id: str | None = None) -> tuple[RunDir, bool]:
+    def open(cls, runs_dir: Path, run_id: str | None = None,
+             dry_run: bool = False) -> tuple[RunDir, bool]:
         """Open ``run_id`` (``latest`` = the newest run), or create a new run when None.
 
-        Returns the run and whether it was created.
+        Returns the run and whether it was (or, with ``dry_run``, would be) created. A dry run
+        (check mode) writes nothing: no directory, no manifest, ``latest`` left where it is.
         """
-        runs_dir.mkdir(parents=True, exist_ok=True)
+        if not dry_run:
+            runs_dir.mkdir(parents=True, exist_ok=True)
         created = False
         if run_id == LATEST:
             link = runs_dir / LATEST
@@ -76,6 +102,8 @@ class RunDir:
             raise ModelGateError(f"invalid run id {run_id!r}", field="modelgate_run_id",
                                  fix="use letters, digits, '-' and '_' only")
         path = runs_dir / run_id
+        if dry_run:
+            return cls(path), not (path / MANIFEST).exists()
         if not path.exists():
             path.mkdir(parents=True)
             created = True
@@ -90,35 +118,76 @@ class RunDir:
                 "inputs": {}, "tools": {}, "variants": [], "artifacts": {}, "stages": {},
             })
         link = runs_dir / LATEST
-        tmp_link = runs_dir / f".{LATEST}.{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            tmp_link.unlink()
-        tmp_link.symlink_to(run_id)
-        tmp_link.replace(link)
+        if not (link.is_symlink() and os.readlink(link) == run_id):
+            tmp_link = runs_dir / f".{LATEST}.{os.getpid()}"
+            with contextlib.suppress(FileNotFoundError):
+                tmp_link.unlink()
+            tmp_link.symlink_to(run_id)
+            tmp_link.replace(link)
         return run, created
 
+    @classmethod
+    def existing(cls, path: Path, dry_run: bool = False) -> RunDir:
+        """A run that must exist already (a dry run accepts one that check mode did not make)."""
+        if not (path / MANIFEST).exists() and not dry_run:
+            raise ModelGateError(f"{path} is not a run directory (it has no {MANIFEST})",
+                                 field="run_path",
+                                 fix="open the run first (playbooks/run_dir.yml does)")
+        return cls(path)
+
     def manifest(self) -> dict[str, Any]:
-        """The manifest as it is now."""
-        return json.loads((self.path / MANIFEST).read_text())
+        """The manifest as it is now (an empty one for a run not created yet)."""
+        mpath = self.path / MANIFEST
+        if not mpath.exists():
+            return {"run_id": self.run_id, "inputs": {}, "tools": {}, "variants": [],
+                    "artifacts": {}, "stages": {}}
+        return json.loads(mpath.read_text())
+
+    def would_update(self, **sections: Any) -> bool:
+        """Whether :meth:`update` with these sections would change the manifest."""
+        data = self.manifest()
+        merged = _merged(data, sections)
+        return _canonical(merged) != _canonical(data)
 
     def update(self, **sections: Any) -> dict[str, Any]:
         """Merge top-level sections (dicts are merged one level deep, others replaced)."""
         mpath = self.path / MANIFEST
         with _locked(mpath):
             data = json.loads(mpath.read_text())
-            for key, value in sections.items():
-                if isinstance(value, dict) and isinstance(data.get(key), dict):
-                    data[key].update(value)
-                else:
-                    data[key] = value
-            _atomic_write_json(mpath, data)
-        return data
+            merged = _merged(data, sections)
+            if _canonical(merged) != _canonical(data):
+                _atomic_write_json(mpath, merged)
+        return merged
 
-    def record(self, variant: str, stage: str, data: dict[str, Any]) -> Path:
-        """Write ``<variant>/<stage>.json`` and register its content in the manifest."""
-        vdir = self.variant_dir(variant)
-        out = vdir / f"{stage}.json"
-        _atomic_write_json(out, data)
+    def record(self, variant: str, stage: str, data: dict[str, Any],
+               files: dict[str, Any] | None = None, dry_run: bool = False) -> bool:
+        """Store a stage's record as ``<variant>/<stage>.json`` and in the manifest.
+
+        ``files`` are small text files that came with the record (``{relative path: text, or
+        data written as JSON}``), written under ``<variant>/``. A record equal to the stored
+        one changes nothing (not even its timestamp), so a second run reports ``ok``. Returns
+        whether anything changed (with ``dry_run``: would change).
+        """
+        vdir = self.path / variant
+        data = json.loads(json.dumps(data, default=str))
+        wanted: dict[Path, str] = {vdir / f"{stage}.json": _dumps(data)}
+        for rel, content in (files or {}).items():
+            target = (vdir / rel).resolve()
+            if not target.is_relative_to(vdir.resolve()) or rel.startswith("/"):
+                raise ModelGateError(f"record file {rel!r} is outside <run>/{variant}/",
+                                     field="records.files",
+                                     fix="give paths relative to the variant's directory")
+            wanted[vdir / rel] = content if isinstance(content, str) else _dumps(content)
+        stale = [p for p, text in wanted.items() if not p.exists() or p.read_text() != text]
+        stored = self.manifest().get("artifacts", {}).get(variant, {}).get(stage)
+        changed = bool(stale) or _canonical(stored) != _canonical(data)
+        if dry_run or not changed:
+            return changed
+        for p in stale:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+            tmp.write_text(wanted[p])
+            tmp.replace(p)
         mpath = self.path / MANIFEST
         with _locked(mpath):
             manifest = json.loads(mpath.read_text())
@@ -126,7 +195,11 @@ class RunDir:
             manifest.setdefault("stages", {})[f"{variant}/{stage}"] = time.strftime(
                 "%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             _atomic_write_json(mpath, manifest)
-        return out
+        return True
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every stored record: ``{variant: {stage: record}}``."""
+        return self.manifest().get("artifacts", {})
 
     def read(self, variant: str, stage: str) -> dict[str, Any]:
         """Read what a stage recorded for a variant; a clear error when it has not run."""
@@ -144,3 +217,30 @@ class RunDir:
         d = self.path / variant
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+
+def stage_record(variant: str, stage: str, data: dict[str, Any],
+                 files: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A stage's record as a module returns it, for :func:`store_records` on the controller."""
+    return {"variant": variant, "stage": stage, "data": data, "files": dict(files or {})}
+
+
+def store_records(run: RunDir, records: list[dict[str, Any]], dry_run: bool = False) -> bool:
+    """Store stage records as modules return them (``{variant, stage, data, files?}``).
+
+    Every entry is checked before any is written, so a malformed list writes nothing.
+    """
+    for i, entry in enumerate(records):
+        missing = [k for k in ("variant", "stage", "data") if not entry.get(k)]
+        if missing or not isinstance(entry.get("data"), dict):
+            raise ModelGateError(
+                f"records[{i}] lacks {', '.join(missing) or 'a data dict'}", field="records",
+                fix="give each record as {variant, stage, data} (data: the module's record)")
+        if "/" in entry["variant"] or "/" in entry["stage"]:
+            raise ModelGateError(f"records[{i}]: variant and stage are names, not paths",
+                                 field="records")
+    changed = False
+    for entry in records:
+        changed = run.record(entry["variant"], entry["stage"], entry["data"],
+                             files=entry.get("files") or None, dry_run=dry_run) or changed
+    return changed

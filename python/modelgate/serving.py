@@ -538,6 +538,42 @@ def start_local_server(spec: LocalServerSpec, timeout: float = 600.0) -> dict[st
             "startup_s": round(startup_s, 2), "readiness": readiness.to_dict()}
 
 
+def serve_local(*, model: Path | str, served_name: str, port: int, python: str,
+                state_dir: Path, device: str = "cpu", memory_gib: float | None = None,
+                overrides: Mapping[str, Any] | None = None, cpu_threads: int | None = None,
+                timeout: float | None = None, variant: str | None = None,
+                check_mode: bool = False) -> dict[str, Any]:
+    """The local target's deploy stage: plan the arguments, start (or keep) vLLM, prove it.
+
+    The module, the CLI and the bench call this. With ``variant``, the result carries the
+    variant's deploy ``record`` for the controller to store; on a start-up failure the
+    ToolError's ``log`` names the server log on this host (the play fetches it).
+    """
+    from modelgate.geometry import weight_bytes
+    from modelgate.rundir import stage_record
+
+    args = derive_serving_args(model, gpu_memory_gib=memory_gib, device=device,
+                               overrides=overrides or {}, served_model_name=served_name)
+    spec = local_server_spec(model, served_name, port, python, args, state_dir,
+                             cpu_threads=cpu_threads)
+    if check_mode:
+        current = read_state(spec)
+        return {"changed": not (current and current.get("fingerprint") == spec.fingerprint),
+                "args": args.to_dict()}
+    result = start_local_server(
+        spec, timeout or startup_timeout_s(weight_bytes(model), device))
+    result["args"] = args.to_dict()
+    result["log"] = str(spec.logfile)
+    if variant:
+        result["record"] = stage_record(variant, "deploy", {
+            "variant": variant, "target": "local", "endpoint": result["base_url"],
+            "served_name": served_name, "model_dir": str(model), "argv": spec.argv,
+            "env": spec.env, "args": args.to_dict(), "readiness": result.get("readiness"),
+            "startup_s": result.get("startup_s"), "log": str(spec.logfile),
+        })
+    return result
+
+
 def stop_local_server(spec: ProcessSpec) -> dict[str, Any]:
     """Stop the server; ``changed`` is True when one was running."""
     return {"changed": stop(spec), "name": spec.name, "log": str(spec.logfile)}

@@ -177,3 +177,60 @@ def tool_versions(python: Path, packages: list[str]) -> dict[str, str]:
     if proc.returncode != 0:
         return {}
     return json.loads(proc.stdout)
+
+
+# ----------------------------------------------------------- what a target host is given
+
+# The parts of the project a host that runs stages needs: the package its modules import, and
+# the requirement files its tool virtualenvs are built from.
+BUNDLE_DIRS = ("python", "requirements")
+_BUNDLE_SKIP = ("__pycache__", ".egg-info", ".pytest_cache", ".ruff_cache")
+
+
+def bundle_files(project_dir: Path) -> list[tuple[str, Path]]:
+    """(archive name, path) of every file a target host gets, sorted; caches left out."""
+    from modelgate.digest import tree_files
+
+    out: list[tuple[str, Path]] = []
+    for top in BUNDLE_DIRS:
+        root = project_dir / top
+        if not root.is_dir():
+            raise ModelGateError(f"{root} is missing", field="toolchain_project_dir",
+                                 fix="point it at the ModelGate checkout (it has python/ "
+                                     "and requirements/)")
+        out += [(f"{top}/{rel}", p) for rel, p in tree_files(root)
+                if not any(part.endswith(_BUNDLE_SKIP) for part in rel.split("/"))
+                and not rel.endswith(".pyc")]
+    return sorted(out)
+
+
+def source_bundle(project_dir: Path, dest: Path, check_mode: bool = False) -> dict:
+    """Write the project's ``python/`` and ``requirements/`` as one reproducible tar.
+
+    The same files give the same bytes (sorted names, no owners, one fixed mtime), so copying
+    the bundle to a host again changes nothing there; ``dest`` is rewritten only when the
+    content differs. Returns ``changed``, ``path``, ``digest`` and ``files``.
+    """
+    import hashlib
+    import io
+    import tarfile
+
+    files = bundle_files(project_dir)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, path in files:
+            data = path.read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_700_000_000  # fixed: a rebuilt bundle of the same files is the same
+            info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    content = buf.getvalue()
+    digest = "sha256:" + hashlib.sha256(content).hexdigest()
+    changed = not dest.is_file() or sha256_file(dest) != digest.removeprefix("sha256:")
+    if changed and not check_mode:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.write_bytes(content)
+        tmp.replace(dest)
+    return {"changed": changed, "path": str(dest), "digest": digest, "files": len(files)}

@@ -10,13 +10,14 @@ so checkpoints built by an earlier run are reused, as they are for a user.
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import play_outcome, require_tools, run_playbook, runner_text, tool_path
+from conftest import REPO, play_outcome, require_tools, run_playbook, runner_text, tool_path
 from modelgate.gate import default_policy_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_tools]
@@ -125,6 +126,35 @@ def test_second_run_changes_nothing_in_quantize_and_modelcar(
         if path.is_file() and path.stat().st_size < 50_000_000:
             data = path.read_bytes()
             assert SECRET.encode() not in data and HF_SECRET.encode() not in data, path
+
+
+def _tree(root: Path) -> dict[str, Any]:
+    """Every entry under ``root``: a file's size and mtime, a link's target, a directory."""
+    out: dict[str, Any] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = ("link", os.readlink(p))
+        elif p.is_file():
+            st = p.stat()
+            out[rel] = ("file", st.st_size, st.st_mtime_ns)
+        else:
+            out[rel] = ("dir",)
+    return out
+
+
+def test_check_mode_on_a_finished_run_changes_no_file(first_run: tuple[Path, Any]) -> None:
+    tmp, _ = first_run
+    store = REPO / ".modelgate" / "store"
+    before = {"runs": _tree(tmp / "runs"), "store": _tree(store)}
+    runner = run_playbook(tmp, "check", cmdline="--check",
+                          extravars={"modelgate_run_id": "latest"})
+    assert runner.rc == 0, play_outcome(runner)
+    after = {"runs": _tree(tmp / "runs"), "store": _tree(store)}
+    for where in ("runs", "store"):
+        changed = sorted(k for k in before[where].keys() | after[where].keys()
+                         if before[where].get(k) != after[where].get(k))
+        assert not changed, f"--check changed these under {where}/: {changed[:20]}"
 
 
 def test_degraded_candidate_fails_the_play_with_the_gate_message(tmp_path: Path) -> None:

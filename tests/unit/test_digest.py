@@ -83,3 +83,34 @@ def test_link_to_a_directory_is_an_error(tmp_path):
 def test_missing_directory_is_an_error(tmp_path):
     with pytest.raises(ModelGateError, match="is not a directory"):
         file_digests(tmp_path / "absent")
+
+
+def test_a_second_digest_of_an_unchanged_tree_reads_no_bytes(tmp_path, monkeypatch):
+    from modelgate import digest
+
+    monkeypatch.setenv("MODELGATE_DIGEST_CACHE", str(tmp_path / "cache"))
+    tree = plain_tree(tmp_path / "ckpt", FILES)
+    first = file_digests(tree)
+    before = digest.bytes_read()
+    assert file_digests(tree) == first
+    assert digest.bytes_read() == before  # remembered, not read
+    # a changed file is read again (its size or times changed), the others are not
+    (tree / "model.safetensors").write_bytes(b"weights-B")
+    again = file_digests(tree)
+    assert digest.bytes_read() - before == len(b"weights-B")
+    assert again["model.safetensors"] == hashlib.sha256(b"weights-B").hexdigest()
+    assert {k: v for k, v in again.items() if k != "model.safetensors"} == {
+        k: v for k, v in first.items() if k != "model.safetensors"}
+    # without the cache, or with an unreadable record, every file is hashed
+    assert file_digests(tree, cache=False) == again
+    for record in (tmp_path / "cache").iterdir():
+        record.write_text("not json")
+    assert file_digests(tree) == again
+
+
+def test_the_digest_cache_tells_two_trees_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELGATE_DIGEST_CACHE", str(tmp_path / "cache"))
+    a = hf_snapshot(tmp_path / "a", FILES)
+    b = hf_snapshot(tmp_path / "b", {**FILES, "model.safetensors": b"weights-B"})
+    assert tree_digest(a) != tree_digest(b)
+    assert tree_digest(a) == tree_digest(a, file_digests(a, cache=False))

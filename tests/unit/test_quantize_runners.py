@@ -229,16 +229,21 @@ def test_plan_k8s_keys_like_the_local_runner(tmp_path: Path):
     assert base["job"] is None and base["path"] == "pvc://models/m"
 
 
-def test_record_k8s_result_writes_the_run(tmp_path: Path):
-    from modelgate.rundir import RunDir
+def test_record_k8s_result_is_a_record_the_controller_stores(tmp_path: Path):
+    from modelgate.rundir import RunDir, store_records
 
     run, _ = RunDir.open(tmp_path / "runs")
     prov = {"key": KEY, "recipe": "w4a16", "elapsed_s": 1.0}
-    out = record_k8s_result(_params(tmp_path, tmp_path, provenance=prov, run_path=str(run.path),
-                                    built=True))
+    out = record_k8s_result(_params(tmp_path, tmp_path, provenance=prov, built=True))
     assert out["path"] == f"pvc://out/checkpoints/{KEY}"
+    assert not (run.path / "w4a16").exists()  # the module writes no run file itself
+    assert out["record"]["stage"] == "quantize"
+    assert store_records(run, [out["record"]])
+    assert not store_records(run, [out["record"]])  # the same record again changes nothing
     rec = json.loads((run.path / "w4a16" / "quantize.json").read_text())
     assert rec["built_by_this_run"] is True and rec["key"] == KEY
+    assert "GPTQModifier" in (run.path / "w4a16" / "quantize" / "recipe.yaml").read_text()
+    assert json.loads((run.path / "w4a16" / "quantize" / "provenance.json").read_text()) == prov
     with pytest.raises(ModelGateError):
         record_k8s_result(_params(tmp_path, tmp_path, provenance={"key": "short"}))
 

