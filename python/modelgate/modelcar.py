@@ -16,7 +16,6 @@ of every argv, log and error message, on both paths.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import hashlib
 import json
@@ -42,6 +41,7 @@ from modelgate.oci_push import (
     TransientRegistryError,
     push_layout,
 )
+from modelgate.registry import RegistryCredentials, redact
 
 MODELS_DIR = "models"
 SHARD_THRESHOLD = 16 * 1024 * 1024
@@ -425,10 +425,11 @@ def pull_base(ref: str, layout_dir: Path, *, tls_verify: bool = True,
     if layout.exists():
         shutil.rmtree(layout)
     layout.parent.mkdir(parents=True, exist_ok=True)
-    with _Credentials(ref, username, password) as creds:
+    creds = RegistryCredentials.for_ref(ref, username, password)
+    with creds.authfile() as auth:
         # --override-*: global options; pick linux/amd64 out of a multi-arch index
         _skopeo_retry(["--override-os", "linux", "--override-arch", "amd64", "copy",
-                       *creds.args, _tls("src-tls-verify", tls_verify),
+                       *auth, _tls("src-tls-verify", tls_verify),
                        f"docker://{ref}", f"oci:{layout}"], creds.secrets, retries=3)
     digest = read_layout_manifest(layout)[0]
     marker.write_text(json.dumps({"ref": ref, "digest": digest}))
@@ -624,44 +625,6 @@ def _prune_blobs(layout: Path, keep: set[str]) -> None:
 # --------------------------------------------------------------------------- skopeo
 
 
-class _Credentials:
-    """A private auth file for skopeo (0600 in a 0700 temp dir), removed on exit."""
-
-    def __init__(self, ref: str, username: str | None, password: str | None) -> None:
-        self.registry = ref.split("/", 1)[0]
-        self.username, self.password = username, password
-        self.args: list[str] = []
-        self.secrets: list[str] = []
-        self._dir: str | None = None
-
-    def __enter__(self) -> _Credentials:
-        if self.username is None and self.password is None:
-            return self
-        if not self.username or not self.password:
-            raise ModelGateError("registry credentials need both a username and a password",
-                                 field="username/password", fix="set both, or neither")
-        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-        self.secrets = [self.password, token]
-        self._dir = tempfile.mkdtemp(prefix="modelgate-auth-")
-        path = Path(self._dir) / "auth.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"auths": {self.registry: {"auth": token}}}, f)
-        self.args = ["--authfile", str(path)]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._dir:
-            shutil.rmtree(self._dir, ignore_errors=True)
-
-
-def _redact(text: str, secrets: Iterable[str]) -> str:
-    for s in secrets:
-        if s:
-            text = text.replace(s, "***")
-    return text
-
-
 _AUTH_MARKERS = ("unauthorized", "authentication required", "401", "invalid username/password",
                  "denied")
 _NOT_FOUND_MARKERS = ("manifest unknown", "name unknown", "not found", "404")
@@ -685,7 +648,7 @@ def _skopeo(args: Sequence[str], secrets: Sequence[str], timeout: float | None =
         return proc
     # with --debug the output is long: the fatal line is the error, the rest context
     fatal = [ln for ln in (proc.stderr or "").splitlines() if "level=fatal" in ln]
-    output = _redact("\n".join(fatal) if fatal else
+    output = redact("\n".join(fatal) if fatal else
                      (proc.stderr or "")[-3000:] + (proc.stdout or "")[-1000:], secrets)
     low = output.lower()
     verb = next((a for a in args if not a.startswith("-")), "")
@@ -724,9 +687,10 @@ def _tls(flag: str, tls_verify: bool) -> str:
 def remote_digest(ref: str, *, tls_verify: bool = True, username: str | None = None,
                   password: str | None = None, retries: int = 3) -> str | None:
     """The manifest digest ``ref`` resolves to in its registry, or None when it does not exist."""
-    with _Credentials(ref, username, password) as creds:
+    creds = RegistryCredentials.for_ref(ref, username, password)
+    with creds.authfile() as auth:
         try:
-            proc, _ = _skopeo_retry(["inspect", "--raw", *creds.args, _tls("tls-verify",
+            proc, _ = _skopeo_retry(["inspect", "--raw", *auth, _tls("tls-verify",
                                      tls_verify), f"docker://{ref}"], creds.secrets,
                                     retries=retries)
         except RegistryNotFound:
@@ -756,9 +720,9 @@ def push_modelcar(layout: Path, ref: str, *, username: str | None = None,
         raise ModelGateError(f"push client {client!r} is unknown", field="client",
                              fix=f"use one of {', '.join(PUSH_CLIENTS)}")
     digest, manifest = read_layout_manifest(Path(layout))
+    creds = RegistryCredentials.for_ref(ref, username, password)
     if client == "native":
-        registry = RegistryClient(ref.split("/", 1)[0], username=username, password=password,
-                                  tls_verify=tls_verify)
+        registry = RegistryClient(creds.registry, credentials=creds, tls_verify=tls_verify)
         pushed = push_layout(Path(layout), ref, digest, manifest, client=registry,
                              retries=retries, backoff=backoff, parallel=parallel,
                              mount_from=mount_from)
@@ -774,10 +738,10 @@ def push_modelcar(layout: Path, ref: str, *, username: str | None = None,
                      retries=retries) == digest:
         return PushResult(changed=False, digest=digest, ref=ref, attempts=1,
                           skipped_layers=len(manifest["layers"]))
-    with _Credentials(ref, username, password) as creds:
+    with creds.authfile() as auth:
         proc, attempts = _skopeo_retry(
             # --debug: the only output that says which blobs the registry already had
-            ["--debug", "copy", "--preserve-digests", *creds.args,
+            ["--debug", "copy", "--preserve-digests", *auth,
              _tls("dest-tls-verify", tls_verify),
              f"oci:{Path(layout).resolve()}", f"docker://{ref}"],
             creds.secrets, retries=retries, backoff=backoff)
@@ -794,8 +758,9 @@ def push_modelcar(layout: Path, ref: str, *, username: str | None = None,
 
 def _pull_layout(ref: str, layout: Path, *, tls_verify: bool, username: str | None,
                  password: str | None, retries: int = 3) -> str:
-    with _Credentials(ref, username, password) as creds:
-        _skopeo_retry(["copy", "--preserve-digests", *creds.args,
+    creds = RegistryCredentials.for_ref(ref, username, password)
+    with creds.authfile() as auth:
+        _skopeo_retry(["copy", "--preserve-digests", *auth,
                        _tls("src-tls-verify", tls_verify), f"docker://{ref}", f"oci:{layout}"],
                       creds.secrets, retries=retries)
     return read_layout_manifest(layout)[0]

@@ -1,17 +1,27 @@
-"""A local OCI registry (Debian's ``docker-registry``, distribution 2.8) as a supervised process.
+"""OCI registries: the credentials every client uses, and the local registry.
 
-The modelcar stage pushes images here when no external registry is configured, and podman on
+:class:`RegistryCredentials` is the one holder of a registry's username and password: the
+native push client sends them as an HTTP header, podman and skopeo read them from a private
+auth file, and :func:`redact` keeps them out of every error text.
+
+The local registry (Debian's ``docker-registry``, distribution 2.8) runs as a supervised process.
+The modelcar stage pushes images there when no external registry is configured, and podman on
 the same host pulls them back (plain HTTP on the loopback address, so ``--tls-verify=false``).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import json
+import os
 import shutil
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from modelgate import process
@@ -20,6 +30,84 @@ from modelgate.errors import ModelGateError, ToolError
 
 DEFAULT_ADDR = "127.0.0.1:5000"
 REGISTRY_BINARY = "docker-registry"
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every non-empty secret in ``secrets`` replaced by ``***``."""
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    return text
+
+
+class RegistryCredentials:
+    """A username and password for one registry, and the only forms in which they leave us.
+
+    Empty strings count as absent (an unset Ansible option is ``""``); one without the other
+    is refused. The password reaches a tool only through :meth:`authfile` (podman, skopeo) or
+    :attr:`basic` (an HTTP header), never an argv or a log; :attr:`secrets` is what
+    :meth:`redact` hides.
+    """
+
+    def __init__(self, registry: str, username: str | None = None,
+                 password: str | None = None) -> None:
+        username, password = username or None, password or None
+        if (username is None) != (password is None):
+            raise ModelGateError("registry credentials need both a username and a password",
+                                 field="username/password", fix="set both, or neither")
+        self.registry = registry
+        self.username = username
+        self._password = password
+
+    @classmethod
+    def for_ref(cls, ref: str, username: str | None = None,
+                password: str | None = None) -> RegistryCredentials:
+        """Credentials for the registry of an image reference (``host[:port]/repo:tag``)."""
+        return cls(ref.split("/", 1)[0], username, password)
+
+    def __bool__(self) -> bool:
+        return self.username is not None
+
+    def __repr__(self) -> str:
+        return (f"RegistryCredentials({self.registry!r}, username={self.username!r}, "
+                f"password={'***' if self._password else None})")
+
+    @property
+    def basic(self) -> str | None:
+        """The ``Authorization: Basic`` value (base64 of ``user:password``), or None."""
+        if self.username is None or self._password is None:
+            return None
+        return base64.b64encode(f"{self.username}:{self._password}".encode()).decode()
+
+    @property
+    def secrets(self) -> list[str]:
+        """The strings no output may show: the password and its Basic token."""
+        return [s for s in (self._password, self.basic) if s]
+
+    def redact(self, text: str) -> str:
+        """``text`` with the password and its Basic token replaced by ``***``."""
+        return redact(text, self.secrets)
+
+    @contextlib.contextmanager
+    def authfile(self) -> Iterator[list[str]]:
+        """``["--authfile", path]`` for podman or skopeo while the block runs; ``[]`` without
+        credentials.
+
+        The file (``{"auths": {registry: {"auth": basic}}}``) is created 0600 in a fresh 0700
+        directory, and both are removed when the block ends, however it ends.
+        """
+        if not self:
+            yield []
+            return
+        folder = tempfile.mkdtemp(prefix="modelgate-auth-")  # 0700
+        try:
+            path = Path(folder) / "auth.json"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"auths": {self.registry: {"auth": self.basic}}}, f)
+            yield ["--authfile", str(path)]
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def parse_addr(addr: str) -> tuple[str, int]:

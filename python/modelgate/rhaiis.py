@@ -23,7 +23,6 @@ import json
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +33,7 @@ from typing import Any
 
 from modelgate.digest import sha256_json
 from modelgate.errors import ModelGateError, ToolError
+from modelgate.registry import RegistryCredentials
 from modelgate.serving import (
     MODELCAR_MOUNT,
     Readiness,
@@ -329,22 +329,13 @@ def ensure_image(ref: str, *, what: str, field_name: str, pull: bool = True,
     if not pull:
         raise ModelGateError(f"{what} {ref} is not present on this host and pulling is off",
                              field=field_name, fix=f"podman pull {ref}, or enable pulling")
-    args = ["pull", "-q", f"--tls-verify={'true' if tls_verify else 'false'}"]
-    with tempfile.TemporaryDirectory(prefix="modelgate-auth-") as tmp:
-        if username or password:
-            import base64
-
-            auth = Path(tmp) / "auth.json"
-            token = base64.b64encode(f"{username}:{password}".encode()).decode()
-            auth.write_text(json.dumps({"auths": {ref.split("/", 1)[0]: {"auth": token}}}))
-            auth.chmod(0o600)
-            args += ["--authfile", str(auth)]
-        proc = _podman([*args, ref], timeout=3600)
+    creds = RegistryCredentials.for_ref(ref, username, password)
+    with creds.authfile() as auth:
+        proc = _podman(["pull", "-q", f"--tls-verify={'true' if tls_verify else 'false'}",
+                        *auth, ref], timeout=3600)
     if proc.returncode != 0:
-        reason = (proc.stderr or proc.stdout).strip().splitlines()
+        reason = creds.redact(proc.stderr or proc.stdout).strip().splitlines()
         reason_line = next((ln for ln in reversed(reason) if ln.strip()), "no output")
-        if password:
-            reason_line = reason_line.replace(password, "***")
         raise ModelGateError(
             f"{what} {ref} is missing: it is not on this host and `podman pull` failed: "
             f"{reason_line}", field=field_name,
