@@ -25,23 +25,24 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
+from modelgate.container_tools import run_container_tool
 from modelgate.digest import file_digests, sha256_json, tree_digest, tree_files
-from modelgate.errors import ModelGateError, ToolError
+from modelgate.errors import ModelGateError
 from modelgate.oci_push import (
     DEFAULT_PARALLEL,
-    RegistryAuthError,
     RegistryClient,
     RegistryNotFound,
-    TransientRegistryError,
     push_layout,
+    with_retries,
 )
-from modelgate.registry import RegistryCredentials, redact
+from modelgate.oci_push import RegistryAuthError as RegistryAuthError  # raised by push & co.
+from modelgate.oci_push import TransientRegistryError as TransientRegistryError
+from modelgate.registry import RegistryCredentials
 
 MODELS_DIR = "models"
 SHARD_THRESHOLD = 16 * 1024 * 1024
@@ -428,9 +429,10 @@ def pull_base(ref: str, layout_dir: Path, *, tls_verify: bool = True,
     creds = RegistryCredentials.for_ref(ref, username, password)
     with creds.authfile() as auth:
         # --override-*: global options; pick linux/amd64 out of a multi-arch index
-        _skopeo_retry(["--override-os", "linux", "--override-arch", "amd64", "copy",
-                       *auth, _tls("src-tls-verify", tls_verify),
-                       f"docker://{ref}", f"oci:{layout}"], creds.secrets, retries=3)
+        args = ["--override-os", "linux", "--override-arch", "amd64", "copy", *auth,
+                _tls("src-tls-verify", tls_verify), f"docker://{ref}", f"oci:{layout}"]
+        with_retries(lambda: run_container_tool("skopeo", args, secrets=creds.secrets),
+                     retries=3, backoff=2.0)
     digest = read_layout_manifest(layout)[0]
     marker.write_text(json.dumps({"ref": ref, "digest": digest}))
     return digest
@@ -625,61 +627,6 @@ def _prune_blobs(layout: Path, keep: set[str]) -> None:
 # --------------------------------------------------------------------------- skopeo
 
 
-_AUTH_MARKERS = ("unauthorized", "authentication required", "401", "invalid username/password",
-                 "denied")
-_NOT_FOUND_MARKERS = ("manifest unknown", "name unknown", "not found", "404")
-_TRANSIENT_MARKERS = ("connection refused", "connection reset", "timeout", "i/o timeout", "eof",
-                      "502", "503", "504", "too many requests", "429", "temporary failure",
-                      "tls handshake", "broken pipe", "no such host")
-
-
-def _skopeo(args: Sequence[str], secrets: Sequence[str], timeout: float | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    """Run skopeo once; on failure raise a classified error whose text is redacted.
-
-    Errors are raised ``from None`` so no traceback chain carries unredacted output.
-    """
-    if shutil.which("skopeo") is None:
-        raise ModelGateError("skopeo is not installed", field="skopeo",
-                             fix="install the skopeo package (Debian/RHEL: skopeo)")
-    proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, check=False,
-                          timeout=timeout)
-    if proc.returncode == 0:
-        return proc
-    # with --debug the output is long: the fatal line is the error, the rest context
-    fatal = [ln for ln in (proc.stderr or "").splitlines() if "level=fatal" in ln]
-    output = redact("\n".join(fatal) if fatal else
-                     (proc.stderr or "")[-3000:] + (proc.stdout or "")[-1000:], secrets)
-    low = output.lower()
-    verb = next((a for a in args if not a.startswith("-")), "")
-    what = f"skopeo {verb} failed (exit {proc.returncode}):\n{output.strip()}"
-    if any(m in low for m in _AUTH_MARKERS) and "manifest unknown" not in low:
-        raise RegistryAuthError(
-            "the registry refused the request: unauthorized (HTTP 401/403). " + what,
-            field="username/password",
-            fix="check the registry credentials (and that the account may push to this "
-                "repository)")
-    if any(m in low for m in _NOT_FOUND_MARKERS):
-        raise RegistryNotFound(what)
-    if any(m in low for m in _TRANSIENT_MARKERS):
-        raise TransientRegistryError(what, fix="retry later; check the registry's health")
-    raise ToolError(what)
-
-
-def _skopeo_retry(args: Sequence[str], secrets: Sequence[str], *, retries: int,
-                  backoff: float = 2.0) -> tuple[subprocess.CompletedProcess[str], int]:
-    """Run skopeo, retrying transient failures with exponential backoff; return (proc, attempts)."""
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return _skopeo(args, secrets), attempt
-        except TransientRegistryError:
-            if attempt > retries:
-                raise
-        time.sleep(backoff * 2 ** (attempt - 1))
-
-
 def _tls(flag: str, tls_verify: bool) -> str:
     return f"--{flag}={'true' if tls_verify else 'false'}"
 
@@ -689,10 +636,11 @@ def remote_digest(ref: str, *, tls_verify: bool = True, username: str | None = N
     """The manifest digest ``ref`` resolves to in its registry, or None when it does not exist."""
     creds = RegistryCredentials.for_ref(ref, username, password)
     with creds.authfile() as auth:
+        args = ["inspect", "--raw", *auth, _tls("tls-verify", tls_verify), f"docker://{ref}"]
         try:
-            proc, _ = _skopeo_retry(["inspect", "--raw", *auth, _tls("tls-verify",
-                                     tls_verify), f"docker://{ref}"], creds.secrets,
-                                    retries=retries)
+            proc = with_retries(lambda: run_container_tool("skopeo", args,
+                                                           secrets=creds.secrets),
+                                retries=retries, backoff=2.0)
         except RegistryNotFound:
             return None
     return "sha256:" + hashlib.sha256(proc.stdout.encode()).hexdigest()
@@ -738,19 +686,20 @@ def push_modelcar(layout: Path, ref: str, *, username: str | None = None,
                      retries=retries) == digest:
         return PushResult(changed=False, digest=digest, ref=ref, attempts=1,
                           skipped_layers=len(manifest["layers"]))
+    tries = [1]
     with creds.authfile() as auth:
-        proc, attempts = _skopeo_retry(
-            # --debug: the only output that says which blobs the registry already had
-            ["--debug", "copy", "--preserve-digests", *auth,
-             _tls("dest-tls-verify", tls_verify),
-             f"oci:{Path(layout).resolve()}", f"docker://{ref}"],
-            creds.secrets, retries=retries, backoff=backoff)
+        # --debug: the only output that says which blobs the registry already had
+        args = ["--debug", "copy", "--preserve-digests", *auth,
+                _tls("dest-tls-verify", tls_verify),
+                f"oci:{Path(layout).resolve()}", f"docker://{ref}"]
+        proc = with_retries(lambda: run_container_tool("skopeo", args, secrets=creds.secrets),
+                            retries=retries, backoff=backoff, counter=tries)
     present = set(_SKIPPED_BLOB.findall(proc.stderr or ""))
     sent_descs = [d for d in manifest["layers"] if d["digest"] not in present]
     return PushResult(changed=True, digest=digest, ref=ref, uploaded_layers=len(sent_descs),
                       uploaded_bytes=sum(d["size"] for d in sent_descs),
                       skipped_layers=len(manifest["layers"]) - len(sent_descs),
-                      attempts=attempts)
+                      attempts=tries[0])
 
 
 # --------------------------------------------------------------------------- pull back
@@ -760,9 +709,10 @@ def _pull_layout(ref: str, layout: Path, *, tls_verify: bool, username: str | No
                  password: str | None, retries: int = 3) -> str:
     creds = RegistryCredentials.for_ref(ref, username, password)
     with creds.authfile() as auth:
-        _skopeo_retry(["copy", "--preserve-digests", *auth,
-                       _tls("src-tls-verify", tls_verify), f"docker://{ref}", f"oci:{layout}"],
-                      creds.secrets, retries=retries)
+        args = ["copy", "--preserve-digests", *auth, _tls("src-tls-verify", tls_verify),
+                f"docker://{ref}", f"oci:{layout}"]
+        with_retries(lambda: run_container_tool("skopeo", args, secrets=creds.secrets),
+                     retries=retries, backoff=2.0)
     return read_layout_manifest(layout)[0]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -183,22 +184,43 @@ def wait_http(
 
 def run_tool(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
              cwd: str | None = None, log: Path | None = None,
-             timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a tool to completion; raise ToolError with its output's tail when it fails."""
+             timeout: float | None = None, input: str | None = None, check: bool = True,
+             what: str | None = None, install_hint: str | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    """Run a tool to completion; raise ToolError with its output's tail when it fails.
+
+    ``what`` names the command in errors (default: the executable). A tool that is not
+    installed is a ModelGateError (``install_hint`` says how to get it), one that runs past
+    ``timeout`` seconds a ToolError. With ``check`` False a failed run is returned, not raised.
+    """
+    what = what or argv[0]
+    if shutil.which(argv[0]) is None:
+        raise ModelGateError(f"{argv[0]} is not installed", field=Path(argv[0]).name,
+                             fix=install_hint or f"install {Path(argv[0]).name}, or give "
+                                                 "its full path")
     full_env = {**os.environ, **(env or {})}
-    if log is not None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as f:
-            proc = subprocess.run(list(argv), stdout=f, stderr=subprocess.STDOUT, text=True,
-                                  env=full_env, cwd=cwd, timeout=timeout, check=False)
-        output = log_tail(log, 40)
-    else:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, env=full_env,
-                              cwd=cwd, timeout=timeout, check=False)
-        output = (proc.stdout or "")[-4000:] + (proc.stderr or "")[-4000:]
-    if proc.returncode != 0:
+    proc = None
+    try:
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("w") as f:
+                proc = subprocess.run(list(argv), stdout=f, stderr=subprocess.STDOUT,
+                                      text=True, env=full_env, cwd=cwd, timeout=timeout,
+                                      input=input, check=False)
+            output = log_tail(log, 40)
+        else:
+            proc = subprocess.run(list(argv), capture_output=True, text=True, env=full_env,
+                                  cwd=cwd, timeout=timeout, input=input, check=False)
+            output = (proc.stdout or "")[-4000:] + (proc.stderr or "")[-4000:]
+    except subprocess.TimeoutExpired:
+        pass  # raised below, outside this block: the exception holds output that may be secret
+    if proc is None:
+        raise ToolError(f"{what} did not finish within {timeout:g}s",
+                        fix="raise the timeout, or find out what it waits for (a registry, "
+                            "a lock, a prompt)")
+    if check and proc.returncode != 0:
         raise ToolError(
-            f"{argv[0]} exited with {proc.returncode}:\n{output}",
+            f"{what} exited with {proc.returncode}:\n{output}",
             fix=f"see the full log: {log}" if log else None,
         )
     return proc

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelgate.container_tools import run_container_tool
 from modelgate.digest import sha256_json
 from modelgate.errors import ModelGateError, ToolError
 from modelgate.registry import RegistryCredentials
@@ -295,23 +296,10 @@ def log_excerpt(log: str, lines: int = 20) -> tuple[str | None, str]:
 # ------------------------------------------------------------------ podman
 
 
-def _podman(args: Sequence[str], *, timeout: float | None = 120, check: bool = False
-            ) -> subprocess.CompletedProcess[str]:
-    """Run podman; raise a ToolError naming the command when ``check`` and it fails."""
-    if shutil.which("podman") is None:
-        raise ModelGateError("podman is not installed", field="podman",
-                             fix="install podman (RHEL: dnf install podman)")
-    proc = subprocess.run(["podman", *args], capture_output=True, text=True, check=False,
-                          timeout=timeout)
-    if check and proc.returncode != 0:
-        raise ToolError(f"podman {' '.join(args[:2])} failed (exit {proc.returncode}): "
-                        f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
-    return proc
-
-
 def image_id(ref: str) -> str | None:
     """The local image ID of ``ref``, or None when podman does not have it."""
-    proc = _podman(["image", "inspect", "--format", "{{.Id}}", ref])
+    proc = run_container_tool("podman", ["image", "inspect", "--format", "{{.Id}}", ref],
+                              timeout=120, check=False)
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
@@ -331,10 +319,11 @@ def ensure_image(ref: str, *, what: str, field_name: str, pull: bool = True,
                              field=field_name, fix=f"podman pull {ref}, or enable pulling")
     creds = RegistryCredentials.for_ref(ref, username, password)
     with creds.authfile() as auth:
-        proc = _podman(["pull", "-q", f"--tls-verify={'true' if tls_verify else 'false'}",
-                        *auth, ref], timeout=3600)
+        proc = run_container_tool(
+            "podman", ["pull", "-q", f"--tls-verify={'true' if tls_verify else 'false'}",
+                       *auth, ref], secrets=creds.secrets, timeout=3600, check=False)
     if proc.returncode != 0:
-        reason = creds.redact(proc.stderr or proc.stdout).strip().splitlines()
+        reason = (proc.stderr or proc.stdout).strip().splitlines()
         reason_line = next((ln for ln in reversed(reason) if ln.strip()), "no output")
         raise ModelGateError(
             f"{what} {ref} is missing: it is not on this host and `podman pull` failed: "
@@ -349,7 +338,8 @@ def ensure_image(ref: str, *, what: str, field_name: str, pull: bool = True,
 
 def image_size(ref: str) -> int | None:
     """The image's size in bytes (podman's uncompressed size): the weights, for timeouts."""
-    proc = _podman(["image", "inspect", "--format", "{{.Size}}", ref])
+    proc = run_container_tool("podman", ["image", "inspect", "--format", "{{.Size}}", ref],
+                              timeout=120, check=False)
     try:
         return int(proc.stdout.strip()) if proc.returncode == 0 else None
     except ValueError:
@@ -372,8 +362,9 @@ def copy_model_metadata(modelcar: str, dest: Path) -> Path:
     suffixes = " ".join(f"*{s}" for s in WEIGHT_SUFFIXES)
     script = (f'cd /models && for f in *; do case "$f" in {suffixes.replace(" ", "|")}) ;; '
               '*) cp -r "$f" /out/ ;; esac; done')
-    proc = _podman(["run", "--rm", "--network=none", "--user=0", "--entrypoint=sh",
-                    "-v", f"{tmp}:/out", modelcar, "-c", script], timeout=300)
+    proc = run_container_tool("podman", ["run", "--rm", "--network=none", "--user=0",
+                                         "--entrypoint=sh", "-v", f"{tmp}:/out", modelcar,
+                                         "-c", script], timeout=300, check=False)
     if proc.returncode != 0 or not (tmp / "config.json").is_file():
         shutil.rmtree(tmp, ignore_errors=True)
         raise ModelGateError(
@@ -413,27 +404,29 @@ def ensure_secrets(values: Mapping[str, str], *, dry_run: bool = False
         name = secret_name(var)
         digest = secret_digest(name, str(value))
         names[var], digests[var] = name, digest
-        proc = _podman(["secret", "inspect", "--format",
-                        '{{index .Spec.Labels "io.modelgate.digest"}}', name])
+        proc = run_container_tool("podman", [
+            "secret", "inspect", "--format", '{{index .Spec.Labels "io.modelgate.digest"}}',
+            name], timeout=120, check=False)
         if proc.returncode == 0 and proc.stdout.strip() == digest:
             continue
         changed.append(name)
         if dry_run:
             continue
         if proc.returncode == 0:
-            _podman(["secret", "rm", name], check=True)
-        created = subprocess.run(
-            ["podman", "secret", "create", "--label", f"io.modelgate.digest={digest}", name, "-"],
-            input=str(value), capture_output=True, text=True, check=False)
-        if created.returncode != 0:
-            raise ToolError(f"podman secret create {name} failed: "
-                            f"{created.stderr.replace(str(value), '***').strip()[-500:]}")
+            run_container_tool("podman", ["secret", "rm", name], timeout=120,
+                               what=f"podman secret rm {name}")
+        # the value goes in on stdin, and a failure's output is redacted of it
+        run_container_tool("podman", ["secret", "create", "--label",
+                                      f"io.modelgate.digest={digest}", name, "-"],
+                           input=str(value), secrets=[str(value)], timeout=120,
+                           what=f"podman secret create {name}")
     return names, digests, changed
 
 
 def container_state(name: str) -> dict[str, Any] | None:
     """``podman container inspect`` of ``name`` reduced to what we compare, or None."""
-    proc = _podman(["container", "inspect", name])
+    proc = run_container_tool("podman", ["container", "inspect", name], timeout=120,
+                              check=False)
     if proc.returncode != 0:
         return None
     data = json.loads(proc.stdout)[0]
@@ -446,7 +439,7 @@ def container_state(name: str) -> dict[str, Any] | None:
 
 def container_log(name: str) -> str:
     """The container's whole log (stdout and stderr), or '' when there is none."""
-    proc = _podman(["logs", name], timeout=60)
+    proc = run_container_tool("podman", ["logs", name], timeout=60, check=False)
     return (proc.stdout or "") + (proc.stderr or "")
 
 
