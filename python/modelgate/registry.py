@@ -18,15 +18,12 @@ import json
 import os
 import shutil
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from modelgate import process
 from modelgate.digest import sha256_json
-from modelgate.errors import ModelGateError, ToolError
+from modelgate.errors import ModelGateError
 
 DEFAULT_ADDR = "127.0.0.1:5000"
 REGISTRY_BINARY = "docker-registry"
@@ -162,32 +159,7 @@ def registry_url(addr: str) -> str:
 
 def probe_v2(addr: str, timeout: float = 3.0) -> int | None:
     """Return the HTTP status of ``GET /v2/`` (200, or 401 with auth), None when nothing answers."""
-    try:
-        with urllib.request.urlopen(registry_url(addr) + "/v2/", timeout=timeout) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-
-
-def _wait_ready(addr: str, spec: process.ProcessSpec, timeout: float) -> float:
-    """Wait until /v2/ answers like a registry (200, or 401 when auth is on)."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if probe_v2(addr, timeout=2.0) in (200, 401):
-            return time.monotonic() - start
-        if process.read_state(spec) is None:
-            raise ToolError(
-                f"{REGISTRY_BINARY} exited before {registry_url(addr)}/v2/ answered. "
-                f"Last log lines:\n{process.log_tail(spec.logfile)}",
-                fix=f"read the whole log: {spec.logfile}",
-            )
-        time.sleep(0.3)
-    raise ToolError(
-        f"{registry_url(addr)}/v2/ did not answer within {timeout:.0f}s",
-        fix=f"read the log: {spec.logfile}",
-    )
+    return process.probe_http(registry_url(addr) + "/v2/", timeout=timeout)[0]
 
 
 def ensure_registry(addr: str, data_dir: Path, state_dir: Path, *,
@@ -230,7 +202,9 @@ def ensure_registry(addr: str, data_dir: Path, state_dir: Path, *,
     # JSON is YAML: the registry reads it, and the text is stable for the fingerprint.
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     started = process.start(spec)
-    _wait_ready(addr, spec, timeout)
+    # ready when /v2/ answers like a registry: 200, or 401 when auth is on
+    process.wait_http(f"{url}/v2/", timeout, spec, interval=0.3,
+                      accept=lambda status: status in (200, 401), what=REGISTRY_BINARY)
     return {"changed": True, "url": url, "pid": started["pid"], "config": str(config_path),
             "log": str(spec.logfile)}
 
@@ -294,15 +268,10 @@ def check_reachable(address: str, *, tls_verify: bool = True, timeout: float = 5
     for scheme in ("https", "http") if not tls_verify else ("https",):
         url = f"{scheme}://{address}/v2/"
         context = ssl._create_unverified_context() if scheme == "https" and not tls_verify else None
-        try:
-            with urllib.request.urlopen(url, timeout=timeout, context=context):
-                return url
-        except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403):
-                return url
-            errors.append(f"{url}: HTTP {exc.code}")
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
+        status, error = process.probe_http(url, timeout=timeout, context=context)
+        if status is not None and (status < 400 or status in (401, 403)):
+            return url
+        errors.append(f"{url}: HTTP {status}" if status is not None else f"{url}: {error}")
     raise ModelGateError(
         f"no registry answers at {address} ({'; '.join(errors)})",
         field="modelgate_registry.address",

@@ -24,8 +24,6 @@ import re
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 from modelgate.container_tools import run_container_tool
 from modelgate.digest import sha256_json
 from modelgate.errors import ModelGateError, ToolError
+from modelgate.process import EndpointNotReady
 from modelgate.registry import RegistryCredentials
 from modelgate.serving import (
     MODELCAR_MOUNT,
@@ -452,12 +451,16 @@ def systemd_unit_log(unit: str) -> str:
     return proc.stdout
 
 
-def _health(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+def container_ended(name: str) -> str | None:
+    """Why the container no longer runs (``is gone``, ``stopped during start-up (...)``), or
+    None while it runs: the early exit of the readiness wait."""
+    state = container_state(name)
+    if state is None:
+        return "is gone"
+    if not state["running"]:
+        return (f"stopped during start-up ({state['status']}, exit code "
+                f"{state['exit_code']})")
+    return None
 
 
 def serve_ready(*, name: str, served_name: str, port: int, bind_address: str,
@@ -494,7 +497,7 @@ def serve_ready(*, name: str, served_name: str, port: int, bind_address: str,
 def wait_ready(name: str, base_url: str, served_name: str, timeout: float, *,
                log_file: Path | None = None, unit: str | None = None,
                poll_s: float = 2.0) -> Readiness:
-    """Wait until /health answers, then check /v1/models and one completion.
+    """Wait until /health answers, then check /v1/models and one completion (check_ready).
 
     Fails fast when the container stops during start-up. On any failure the container's log
     is written to ``log_file`` and the ToolError carries vLLM's error line and the last lines.
@@ -519,19 +522,12 @@ def wait_ready(name: str, base_url: str, served_name: str, timeout: float, *,
             exc.log = str(log_file)  # type: ignore[attr-defined]
         return exc
 
-    while True:
-        state = container_state(name)
-        if state is None or not state["running"]:
-            status = "is gone" if state is None else (
-                f"stopped during start-up ({state['status']}, exit code {state['exit_code']})")
-            raise fail(status)
-        if _health(f"{base_url}/health"):
-            break
-        if time.monotonic() - t0 > timeout:
-            raise fail(f"did not answer {base_url}/health within {timeout:.0f}s")
-        time.sleep(poll_s)
     try:
-        ready = check_ready(base_url, served_name, timeout=30.0)
+        ready = check_ready(base_url, served_name, timeout, ended=lambda: container_ended(name),
+                            request_timeout=30.0, interval=poll_s)
+    except EndpointNotReady as exc:
+        raise fail(exc.reason if exc.ended else
+                   f"did not answer {base_url}/health within {timeout:.0f}s") from exc
     except ToolError as exc:
         raise fail(f"started but failed the readiness check: {exc.message}") from exc
     ready.waited_s = round(time.monotonic() - t0, 2)
