@@ -451,21 +451,6 @@ def _epoch(created: str) -> int:
                              fix="use e.g. 2026-11-30T00:00:00Z") from exc
 
 
-def _checkpoint_files(checkpoint: Path) -> list[tuple[str, Path]]:
-    """(relative POSIX path, source path) of every file, sorted; symlinks are dereferenced.
-
-    The same listing as the checkpoint digest (:func:`modelgate.digest.tree_files`), so the
-    image packs, as plain files, exactly the content that the digest and the tag name.
-    """
-    if not checkpoint.is_dir():
-        raise ModelGateError(f"checkpoint {checkpoint} is not a directory", field="checkpoint",
-                             fix="pass the directory the quantize stage wrote")
-    out = tree_files(checkpoint)
-    if not out:
-        raise ModelGateError(f"checkpoint {checkpoint} is empty", field="checkpoint")
-    return out
-
-
 def plan_layers(files: Sequence[tuple[str, int]], threshold: int = SHARD_THRESHOLD
                 ) -> list[list[str]]:
     """Group files (path, size) into layers: one per file >= ``threshold``, the rest together.
@@ -519,7 +504,14 @@ def build_modelcar(checkpoint_dir: Path, base_layout: Path, out_layout: Path,
     base_digest, base_manifest = read_layout_manifest(base_layout)
     base_config = json.loads(_blob_path(base_layout, base_manifest["config"]["digest"])
                              .read_bytes())
-    files = _checkpoint_files(checkpoint)
+    if not checkpoint.is_dir():
+        raise ModelGateError(f"checkpoint {checkpoint} is not a directory", field="checkpoint",
+                             fix="pass the directory the quantize stage wrote")
+    # the listing of the checkpoint digest, so the image packs, as plain files (links
+    # dereferenced), exactly the content that the digest and the tag name
+    files = tree_files(checkpoint)
+    if not files:
+        raise ModelGateError(f"checkpoint {checkpoint} is empty", field="checkpoint")
     sources = dict(files)
     stats = {rel: src.stat() for rel, src in files}  # one stat per file: plan, order, cache key
     sizes = {rel: st.st_size for rel, st in stats.items()}

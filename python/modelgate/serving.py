@@ -29,7 +29,7 @@ from string import Template
 from typing import Any
 
 from modelgate import geometry as geometry_mod
-from modelgate.digest import sha256_file, sha256_json
+from modelgate.digest import sha256_file, sha256_json, tree_files
 from modelgate.errors import ModelGateError, ToolError
 from modelgate.geometry import ModelGeometry
 from modelgate.memory_plan import (
@@ -319,13 +319,15 @@ def server_name(port: int) -> str:
 
 
 def model_fingerprint(model_dir: Path) -> str:
-    """A digest of a model directory: file contents, or size + mtime for large files."""
+    """A digest of a model directory: file contents, or size + mtime for large files.
+
+    The files are those of :func:`modelgate.digest.tree_files` (links to files count as their
+    targets); unlike ``tree_digest`` the weights are not read, so checking a running server
+    stays cheap.
+    """
     entries: dict[str, Any] = {}
-    for p in sorted(model_dir.rglob("*")):
-        if not p.is_file():
-            continue
+    for rel, p in tree_files(model_dir):
         st = p.stat()
-        rel = p.relative_to(model_dir).as_posix()
         entries[rel] = (sha256_file(p) if st.st_size <= _CONTENT_DIGEST_LIMIT
                         else {"size": st.st_size, "mtime_ns": st.st_mtime_ns})
     return "sha256:" + sha256_json(entries)
