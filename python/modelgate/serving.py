@@ -517,7 +517,8 @@ def start_local_server(spec: LocalServerSpec, timeout: float = 600.0) -> dict[st
     """
     state = read_state(spec)
     if state and state.get("fingerprint") == spec.fingerprint:
-        readiness = check_ready(spec.base_url, spec.served_name, timeout, spec.logfile)
+        readiness = check_ready(spec.base_url, spec.served_name, timeout, spec.logfile,
+                                ended=process_ended(spec))
         return {**state, "changed": False, "base_url": spec.base_url,
                 "readiness": readiness.to_dict()}
     if state:
