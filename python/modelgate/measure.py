@@ -93,6 +93,8 @@ def measure_variant(
 
 def variant_files(vdir: Path) -> list[str]:
     """Every file under a variant's measurement directory, relative, sorted."""
+    # not digest.tree_files: this is what the load and accuracy tools wrote, not a model; a
+    # stray link in it is passed over rather than failing a measurement that succeeded
     return sorted(p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file())
 
 
