@@ -8,7 +8,8 @@ module: measure
 short_description: Measure one served variant for the gate
 description:
   - Runs on the serving host and writes into O(work_dir), laid out as the run directory is;
-    returns C(files), which the pipeline fetches into the controller's C(<run>/<variant>/).
+    returns C(archive), one tar of the variant's files, which the pipeline fetches and unpacks
+    into the controller's C(<run>/<variant>/).
   - Runs a GuideLLM load sweep (a preset, with overrides) against the served endpoint and
     writes the raw report and normalized results into C(<work_dir>/<variant>/guidellm/).
   - Runs lm-eval tasks through the endpoint into C(<work_dir>/<variant>/accuracy/) (first round).
@@ -109,9 +110,15 @@ fidelity:
   type: dict
   returned: for a candidate
 files:
-  description: Every file under C(<work_dir>/<variant>/), relative, for the play to fetch.
+  description: Every file under C(<work_dir>/<variant>/), relative.
   type: list
   elements: str
+  returned: always
+archive:
+  description:
+    - Those files as one tar on this host, for the play to fetch and the controller's
+      M(modelgate.pipeline.run_dir) to unpack into C(<run>/<variant>/) (I(archives)).
+  type: str
   returned: always
 """
 

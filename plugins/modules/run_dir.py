@@ -44,6 +44,14 @@ options:
     type: list
     elements: dict
     default: []
+  archives:
+    description:
+      - Fetched measurement archives to unpack, each a dict with C(variant) and C(path), the
+        C(archive) that M(modelgate.pipeline.measure) returns, fetched to this host. Their
+        files go into C(<run>/<variant>/) and the fetched copy is removed.
+    type: list
+    elements: dict
+    default: []
 attributes:
   check_mode:
     support: full
@@ -101,6 +109,7 @@ def main() -> None:
             "inputs": {"type": "dict"},
             "variants": {"type": "list", "elements": "dict"},
             "records": {"type": "list", "elements": "dict", "default": []},
+            "archives": {"type": "list", "elements": "dict", "default": []},
         },
         required_one_of=[("runs_dir", "path")],
         mutually_exclusive=[("path", "runs_dir"), ("path", "run_id")],
@@ -110,7 +119,7 @@ def main() -> None:
     def action() -> dict:
         from pathlib import Path
 
-        from modelgate.rundir import RunDir, store_records
+        from modelgate.rundir import RunDir, store_records, unpack_measurements
 
         p = module.params
         check = module.check_mode
@@ -126,6 +135,9 @@ def main() -> None:
             if not check:
                 run_dir.update(**sections)
         changed = store_records(run_dir, p["records"], dry_run=check) or changed
+        for entry in p["archives"]:
+            changed = unpack_measurements(run_dir, str(entry["variant"]), Path(entry["path"]),
+                                          dry_run=check) or changed
         return {"changed": changed, "created": created, "run_id": run_dir.run_id,
                 "path": str(run_dir.path), "records": run_dir.records()}
 

@@ -304,6 +304,8 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
 def read_safetensors_shapes(model_dir: Path) -> dict[str, dict[str, Any]]:
     """Map every tensor name in ``model_dir/*.safetensors`` to {dtype, shape, bytes}."""
     tensors: dict[str, dict[str, Any]] = {}
+    # only the top level, not digest.tree_files: the shards vLLM and transformers load are
+    # there, and a subdirectory (an original/ copy, a draft model) is not part of these weights
     for st in sorted(model_dir.glob("*.safetensors")):
         for name, info in read_safetensors_header(st).items():
             start, end = info["data_offsets"]

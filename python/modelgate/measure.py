@@ -62,7 +62,7 @@ def measure_variant(
             if src.exists():
                 src.replace(guidellm_dir / loadtest.round_file_name(name, round_no))
         return {"variant": variant, "round": round_no, "load": load,
-                "files": variant_files(vdir)}
+                **variant_archive(work_dir, variant)}
     result: dict[str, Any] = {"variant": variant, "round": round_no, "load": load}
     if accuracy_tasks:
         result["accuracy"] = accuracy.run_accuracy(
@@ -87,13 +87,35 @@ def measure_variant(
             comparison = fid.compare(reference, logprobs, baseline_name=baseline)
             (vdir / "fidelity.json").write_text(json.dumps(comparison, indent=2))
             result["fidelity"] = {k: comparison[k] for k in ("flip_rate", "kl_mean", "prompts")}
-    result["files"] = variant_files(vdir)
+    result.update(variant_archive(work_dir, variant))
     return result
 
 
 def variant_files(vdir: Path) -> list[str]:
     """Every file under a variant's measurement directory, relative, sorted."""
+    # not digest.tree_files: this is what the load and accuracy tools wrote, not a model; a
+    # stray link in it is passed over rather than failing a measurement that succeeded
     return sorted(p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file())
+
+
+def variant_archive(work_dir: Path, variant: str) -> dict[str, Any]:
+    """The variant's measurements as one tar (``archive``) and their names (``files``).
+
+    One file to fetch instead of one per file: the controller's run_dir module unpacks it
+    into ``<run>/<variant>/``.
+    """
+    import tarfile
+
+    vdir = work_dir / variant
+    files = variant_files(vdir)
+    archive = work_dir / ".archives" / f"{variant}.tar"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    tmp = archive.with_name(f".{archive.name}.tmp")
+    with tarfile.open(tmp, "w") as tar:
+        for rel in files:
+            tar.add(vdir / rel, arcname=rel, recursive=False)
+    tmp.replace(archive)
+    return {"files": files, "archive": str(archive)}
 
 
 def judge_run(run_path: Path, policy: str | None = None,

@@ -16,7 +16,6 @@ of every argv, log and error message, on both paths.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import hashlib
 import json
@@ -26,22 +25,24 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
+from modelgate.container_tools import run_container_tool
 from modelgate.digest import file_digests, sha256_json, tree_digest, tree_files
-from modelgate.errors import ModelGateError, ToolError
+from modelgate.errors import ModelGateError
 from modelgate.oci_push import (
     DEFAULT_PARALLEL,
-    RegistryAuthError,
     RegistryClient,
     RegistryNotFound,
-    TransientRegistryError,
     push_layout,
+    with_retries,
 )
+from modelgate.oci_push import RegistryAuthError as RegistryAuthError  # raised by push & co.
+from modelgate.oci_push import TransientRegistryError as TransientRegistryError
+from modelgate.registry import RegistryCredentials
 
 MODELS_DIR = "models"
 SHARD_THRESHOLD = 16 * 1024 * 1024
@@ -425,11 +426,13 @@ def pull_base(ref: str, layout_dir: Path, *, tls_verify: bool = True,
     if layout.exists():
         shutil.rmtree(layout)
     layout.parent.mkdir(parents=True, exist_ok=True)
-    with _Credentials(ref, username, password) as creds:
+    creds = RegistryCredentials.for_ref(ref, username, password)
+    with creds.authfile() as auth:
         # --override-*: global options; pick linux/amd64 out of a multi-arch index
-        _skopeo_retry(["--override-os", "linux", "--override-arch", "amd64", "copy",
-                       *creds.args, _tls("src-tls-verify", tls_verify),
-                       f"docker://{ref}", f"oci:{layout}"], creds.secrets, retries=3)
+        args = ["--override-os", "linux", "--override-arch", "amd64", "copy", *auth,
+                _tls("src-tls-verify", tls_verify), f"docker://{ref}", f"oci:{layout}"]
+        with_retries(lambda: run_container_tool("skopeo", args, secrets=creds.secrets),
+                     retries=3, backoff=2.0)
     digest = read_layout_manifest(layout)[0]
     marker.write_text(json.dumps({"ref": ref, "digest": digest}))
     return digest
@@ -446,21 +449,6 @@ def _epoch(created: str) -> int:
     except ValueError as exc:
         raise ModelGateError(f"created={created!r} is not an ISO 8601 time", field="created",
                              fix="use e.g. 2026-11-30T00:00:00Z") from exc
-
-
-def _checkpoint_files(checkpoint: Path) -> list[tuple[str, Path]]:
-    """(relative POSIX path, source path) of every file, sorted; symlinks are dereferenced.
-
-    The same listing as the checkpoint digest (:func:`modelgate.digest.tree_files`), so the
-    image packs, as plain files, exactly the content that the digest and the tag name.
-    """
-    if not checkpoint.is_dir():
-        raise ModelGateError(f"checkpoint {checkpoint} is not a directory", field="checkpoint",
-                             fix="pass the directory the quantize stage wrote")
-    out = tree_files(checkpoint)
-    if not out:
-        raise ModelGateError(f"checkpoint {checkpoint} is empty", field="checkpoint")
-    return out
 
 
 def plan_layers(files: Sequence[tuple[str, int]], threshold: int = SHARD_THRESHOLD
@@ -516,7 +504,14 @@ def build_modelcar(checkpoint_dir: Path, base_layout: Path, out_layout: Path,
     base_digest, base_manifest = read_layout_manifest(base_layout)
     base_config = json.loads(_blob_path(base_layout, base_manifest["config"]["digest"])
                              .read_bytes())
-    files = _checkpoint_files(checkpoint)
+    if not checkpoint.is_dir():
+        raise ModelGateError(f"checkpoint {checkpoint} is not a directory", field="checkpoint",
+                             fix="pass the directory the quantize stage wrote")
+    # the listing of the checkpoint digest, so the image packs, as plain files (links
+    # dereferenced), exactly the content that the digest and the tag name
+    files = tree_files(checkpoint)
+    if not files:
+        raise ModelGateError(f"checkpoint {checkpoint} is empty", field="checkpoint")
     sources = dict(files)
     stats = {rel: src.stat() for rel, src in files}  # one stat per file: plan, order, cache key
     sizes = {rel: st.st_size for rel, st in stats.items()}
@@ -624,99 +619,6 @@ def _prune_blobs(layout: Path, keep: set[str]) -> None:
 # --------------------------------------------------------------------------- skopeo
 
 
-class _Credentials:
-    """A private auth file for skopeo (0600 in a 0700 temp dir), removed on exit."""
-
-    def __init__(self, ref: str, username: str | None, password: str | None) -> None:
-        self.registry = ref.split("/", 1)[0]
-        self.username, self.password = username, password
-        self.args: list[str] = []
-        self.secrets: list[str] = []
-        self._dir: str | None = None
-
-    def __enter__(self) -> _Credentials:
-        if self.username is None and self.password is None:
-            return self
-        if not self.username or not self.password:
-            raise ModelGateError("registry credentials need both a username and a password",
-                                 field="username/password", fix="set both, or neither")
-        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-        self.secrets = [self.password, token]
-        self._dir = tempfile.mkdtemp(prefix="modelgate-auth-")
-        path = Path(self._dir) / "auth.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"auths": {self.registry: {"auth": token}}}, f)
-        self.args = ["--authfile", str(path)]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._dir:
-            shutil.rmtree(self._dir, ignore_errors=True)
-
-
-def _redact(text: str, secrets: Iterable[str]) -> str:
-    for s in secrets:
-        if s:
-            text = text.replace(s, "***")
-    return text
-
-
-_AUTH_MARKERS = ("unauthorized", "authentication required", "401", "invalid username/password",
-                 "denied")
-_NOT_FOUND_MARKERS = ("manifest unknown", "name unknown", "not found", "404")
-_TRANSIENT_MARKERS = ("connection refused", "connection reset", "timeout", "i/o timeout", "eof",
-                      "502", "503", "504", "too many requests", "429", "temporary failure",
-                      "tls handshake", "broken pipe", "no such host")
-
-
-def _skopeo(args: Sequence[str], secrets: Sequence[str], timeout: float | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    """Run skopeo once; on failure raise a classified error whose text is redacted.
-
-    Errors are raised ``from None`` so no traceback chain carries unredacted output.
-    """
-    if shutil.which("skopeo") is None:
-        raise ModelGateError("skopeo is not installed", field="skopeo",
-                             fix="install the skopeo package (Debian/RHEL: skopeo)")
-    proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, check=False,
-                          timeout=timeout)
-    if proc.returncode == 0:
-        return proc
-    # with --debug the output is long: the fatal line is the error, the rest context
-    fatal = [ln for ln in (proc.stderr or "").splitlines() if "level=fatal" in ln]
-    output = _redact("\n".join(fatal) if fatal else
-                     (proc.stderr or "")[-3000:] + (proc.stdout or "")[-1000:], secrets)
-    low = output.lower()
-    verb = next((a for a in args if not a.startswith("-")), "")
-    what = f"skopeo {verb} failed (exit {proc.returncode}):\n{output.strip()}"
-    if any(m in low for m in _AUTH_MARKERS) and "manifest unknown" not in low:
-        raise RegistryAuthError(
-            "the registry refused the request: unauthorized (HTTP 401/403). " + what,
-            field="username/password",
-            fix="check the registry credentials (and that the account may push to this "
-                "repository)")
-    if any(m in low for m in _NOT_FOUND_MARKERS):
-        raise RegistryNotFound(what)
-    if any(m in low for m in _TRANSIENT_MARKERS):
-        raise TransientRegistryError(what, fix="retry later; check the registry's health")
-    raise ToolError(what)
-
-
-def _skopeo_retry(args: Sequence[str], secrets: Sequence[str], *, retries: int,
-                  backoff: float = 2.0) -> tuple[subprocess.CompletedProcess[str], int]:
-    """Run skopeo, retrying transient failures with exponential backoff; return (proc, attempts)."""
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return _skopeo(args, secrets), attempt
-        except TransientRegistryError:
-            if attempt > retries:
-                raise
-        time.sleep(backoff * 2 ** (attempt - 1))
-
-
 def _tls(flag: str, tls_verify: bool) -> str:
     return f"--{flag}={'true' if tls_verify else 'false'}"
 
@@ -724,11 +626,13 @@ def _tls(flag: str, tls_verify: bool) -> str:
 def remote_digest(ref: str, *, tls_verify: bool = True, username: str | None = None,
                   password: str | None = None, retries: int = 3) -> str | None:
     """The manifest digest ``ref`` resolves to in its registry, or None when it does not exist."""
-    with _Credentials(ref, username, password) as creds:
+    creds = RegistryCredentials.for_ref(ref, username, password)
+    with creds.authfile() as auth:
+        args = ["inspect", "--raw", *auth, _tls("tls-verify", tls_verify), f"docker://{ref}"]
         try:
-            proc, _ = _skopeo_retry(["inspect", "--raw", *creds.args, _tls("tls-verify",
-                                     tls_verify), f"docker://{ref}"], creds.secrets,
-                                    retries=retries)
+            proc = with_retries(lambda: run_container_tool("skopeo", args,
+                                                           secrets=creds.secrets),
+                                retries=retries, backoff=2.0)
         except RegistryNotFound:
             return None
     return "sha256:" + hashlib.sha256(proc.stdout.encode()).hexdigest()
@@ -756,9 +660,9 @@ def push_modelcar(layout: Path, ref: str, *, username: str | None = None,
         raise ModelGateError(f"push client {client!r} is unknown", field="client",
                              fix=f"use one of {', '.join(PUSH_CLIENTS)}")
     digest, manifest = read_layout_manifest(Path(layout))
+    creds = RegistryCredentials.for_ref(ref, username, password)
     if client == "native":
-        registry = RegistryClient(ref.split("/", 1)[0], username=username, password=password,
-                                  tls_verify=tls_verify)
+        registry = RegistryClient(creds.registry, credentials=creds, tls_verify=tls_verify)
         pushed = push_layout(Path(layout), ref, digest, manifest, client=registry,
                              retries=retries, backoff=backoff, parallel=parallel,
                              mount_from=mount_from)
@@ -774,19 +678,20 @@ def push_modelcar(layout: Path, ref: str, *, username: str | None = None,
                      retries=retries) == digest:
         return PushResult(changed=False, digest=digest, ref=ref, attempts=1,
                           skipped_layers=len(manifest["layers"]))
-    with _Credentials(ref, username, password) as creds:
-        proc, attempts = _skopeo_retry(
-            # --debug: the only output that says which blobs the registry already had
-            ["--debug", "copy", "--preserve-digests", *creds.args,
-             _tls("dest-tls-verify", tls_verify),
-             f"oci:{Path(layout).resolve()}", f"docker://{ref}"],
-            creds.secrets, retries=retries, backoff=backoff)
+    tries = [1]
+    with creds.authfile() as auth:
+        # --debug: the only output that says which blobs the registry already had
+        args = ["--debug", "copy", "--preserve-digests", *auth,
+                _tls("dest-tls-verify", tls_verify),
+                f"oci:{Path(layout).resolve()}", f"docker://{ref}"]
+        proc = with_retries(lambda: run_container_tool("skopeo", args, secrets=creds.secrets),
+                            retries=retries, backoff=backoff, counter=tries)
     present = set(_SKIPPED_BLOB.findall(proc.stderr or ""))
     sent_descs = [d for d in manifest["layers"] if d["digest"] not in present]
     return PushResult(changed=True, digest=digest, ref=ref, uploaded_layers=len(sent_descs),
                       uploaded_bytes=sum(d["size"] for d in sent_descs),
                       skipped_layers=len(manifest["layers"]) - len(sent_descs),
-                      attempts=attempts)
+                      attempts=tries[0])
 
 
 # --------------------------------------------------------------------------- pull back
@@ -794,10 +699,12 @@ def push_modelcar(layout: Path, ref: str, *, username: str | None = None,
 
 def _pull_layout(ref: str, layout: Path, *, tls_verify: bool, username: str | None,
                  password: str | None, retries: int = 3) -> str:
-    with _Credentials(ref, username, password) as creds:
-        _skopeo_retry(["copy", "--preserve-digests", *creds.args,
-                       _tls("src-tls-verify", tls_verify), f"docker://{ref}", f"oci:{layout}"],
-                      creds.secrets, retries=retries)
+    creds = RegistryCredentials.for_ref(ref, username, password)
+    with creds.authfile() as auth:
+        args = ["copy", "--preserve-digests", *auth, _tls("src-tls-verify", tls_verify),
+                f"docker://{ref}", f"oci:{layout}"]
+        with_retries(lambda: run_container_tool("skopeo", args, secrets=creds.secrets),
+                     retries=retries, backoff=2.0)
     return read_layout_manifest(layout)[0]
 
 

@@ -20,7 +20,6 @@ plain HTTP, like skopeo's ``--tls-verify=false``); CAs and client certificates i
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import http.client
@@ -38,6 +37,7 @@ from typing import TypeVar
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from modelgate.errors import ModelGateError, ToolError
+from modelgate.registry import RegistryCredentials, redact
 
 MANIFEST_ACCEPT = ", ".join((
     "application/vnd.oci.image.manifest.v1+json",
@@ -170,18 +170,13 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
 class RegistryClient:
     """One registry's HTTP API, with auth; thread-safe (one connection per request)."""
 
-    def __init__(self, registry: str, *, username: str | None = None,
-                 password: str | None = None, tls_verify: bool = True,
-                 timeout: float = _TIMEOUT) -> None:
-        if (username is None) != (password is None) or username == "" or password == "":
-            raise ModelGateError("registry credentials need both a username and a password",
-                                 field="username/password", fix="set both, or neither")
+    def __init__(self, registry: str, *, credentials: RegistryCredentials | None = None,
+                 tls_verify: bool = True, timeout: float = _TIMEOUT) -> None:
         self.registry = registry
         self.tls_verify = tls_verify
         self.timeout = timeout
-        self._basic = (base64.b64encode(f"{username}:{password}".encode()).decode()
-                       if username is not None else None)
-        self._secrets = [s for s in (password, self._basic) if s]
+        self.credentials = credentials or RegistryCredentials(registry)
+        self._basic = self.credentials.basic
         self._lock = threading.Lock()
         self._scheme: str | None = None
         self._auth: tuple[str, dict[str, str]] | None = None  # the challenge, once seen
@@ -190,10 +185,8 @@ class RegistryClient:
     # ---------------------------------------------------------------- plumbing
 
     def redact(self, text: str) -> str:
-        """``text`` with our secrets replaced by ``***`` (belt and braces for error texts)."""
-        for s in self._secrets + list(self._tokens.values()):
-            text = text.replace(s, "***")
-        return text
+        """``text`` with our secrets and tokens replaced by ``***`` (belt and braces)."""
+        return redact(text, [*self.credentials.secrets, *self._tokens.values()])
 
     def _connect(self, scheme: str, host: str) -> http.client.HTTPConnection:
         if scheme == "https":

@@ -1,8 +1,10 @@
-"""Supervised background processes (the local registry, local vLLM servers).
+"""Supervised background processes (the local registry, local vLLM servers) and their waits.
 
 A process is started in its own session, so it outlives the Ansible task that started it, with
 a pidfile, a log file and a small JSON state file that records how it was started: a later call
-with the same fingerprint finds it running and changes nothing.
+with the same fingerprint finds it running and changes nothing. :func:`wait_http` is the one
+readiness wait (the local registry, vLLM here and under podman); :func:`run_tool` runs a tool
+to completion.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -148,57 +152,121 @@ def log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def probe_http(url: str, timeout: float = 3.0, context: ssl.SSLContext | None = None
+               ) -> tuple[int | None, str]:
+    """``GET url`` once: ``(status, "")`` when anything answers (error statuses too),
+    ``(None, reason)`` when nothing does."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+            return int(resp.status), ""
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code), ""
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return None, str(getattr(exc, "reason", None) or exc)
+
+
+class EndpointNotReady(ToolError):
+    """An endpoint that did not become ready: what serves it stopped first (``ended``), or
+    it did not answer in time. ``reason`` says which, in a few words."""
+
+    def __init__(self, message: str, *, url: str, reason: str, ended: bool,
+                 field: str | None = None, fix: str | None = None) -> None:
+        super().__init__(message, field=field, fix=fix)
+        self.url = url
+        self.reason = reason
+        self.ended = ended
+
+
+def process_ended(spec: ProcessSpec) -> Callable[[], str | None]:
+    """For :func:`wait_http`: ``"exited"`` once the supervised process is no longer running."""
+    return lambda: None if read_state(spec) is not None else "exited"
+
+
 def wait_http(
     url: str,
     timeout: float,
     spec: ProcessSpec | None = None,
     interval: float = 1.0,
+    *,
+    accept: Callable[[int], bool] | None = None,
+    ended: Callable[[], str | None] | None = None,
+    what: str | None = None,
+    log: Path | None = None,
 ) -> float:
-    """Poll ``url`` until it answers 2xx; return the seconds waited.
+    """Poll ``url`` until it answers 2xx (or a status ``accept`` takes); return the seconds waited.
 
-    Fails early, with the log's last lines, when the supervised process exits.
+    The one readiness wait. After each unanswered poll ``ended()`` is asked whether what serves
+    the endpoint has stopped (it returns why, e.g. ``"exited"``); if so the wait ends at once
+    with :class:`EndpointNotReady` (``ended`` True) naming ``what`` and carrying the last lines
+    of ``log``. A supervised ``spec`` supplies all three (its process, name and log). Past
+    ``timeout`` seconds: :class:`EndpointNotReady` with ``ended`` False and the last error.
     """
+    if spec is not None:
+        ended = ended or process_ended(spec)
+        what = what or spec.name
+        log = log or spec.logfile
+    accept = accept or (lambda status: 200 <= status < 300)
     start_t = time.monotonic()
-    last_error = ""
-    while time.monotonic() - start_t < timeout:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                if 200 <= resp.status < 300:
-                    return time.monotonic() - start_t
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            last_error = str(exc)
-        if spec is not None and read_state(spec) is None:
-            raise ToolError(
-                f"{spec.name} exited before {url} answered. Last log lines:\n"
-                f"{log_tail(spec.logfile)}",
-                fix=f"read the whole log: {spec.logfile}",
-            )
+    while True:
+        status, error = probe_http(url, timeout=5.0)
+        if status is not None and accept(status):
+            return time.monotonic() - start_t
+        last_error = error or f"HTTP {status}"
+        why = ended() if ended is not None else None
+        if why:
+            tail = f" Last log lines:\n{log_tail(log)}" if log is not None else ""
+            raise EndpointNotReady(
+                f"{what or 'the server'} {why} before {url} answered.{tail}",
+                url=url, reason=why, ended=True,
+                fix=f"read the whole log: {log}" if log is not None else None)
+        if time.monotonic() - start_t >= timeout:
+            raise EndpointNotReady(
+                f"{url} did not answer within {timeout:.0f}s (last error: {last_error})",
+                url=url, reason=f"did not answer {url} within {timeout:.0f}s", ended=False,
+                fix="raise the timeout, or read the log" + (f" {log}" if log else ""))
         time.sleep(interval)
-    raise ModelGateError(
-        f"{url} did not answer within {timeout:.0f}s (last error: {last_error})",
-        fix="raise the timeout, or read the log"
-        + (f" {spec.logfile}" if spec else ""),
-    )
 
 
 def run_tool(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
              cwd: str | None = None, log: Path | None = None,
-             timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a tool to completion; raise ToolError with its output's tail when it fails."""
+             timeout: float | None = None, input: str | None = None, check: bool = True,
+             what: str | None = None, install_hint: str | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    """Run a tool to completion; raise ToolError with its output's tail when it fails.
+
+    ``what`` names the command in errors (default: the executable). A tool that is not
+    installed is a ModelGateError (``install_hint`` says how to get it), one that runs past
+    ``timeout`` seconds a ToolError. With ``check`` False a failed run is returned, not raised.
+    """
+    what = what or argv[0]
+    if shutil.which(argv[0]) is None:
+        raise ModelGateError(f"{argv[0]} is not installed", field=Path(argv[0]).name,
+                             fix=install_hint or f"install {Path(argv[0]).name}, or give "
+                                                 "its full path")
     full_env = {**os.environ, **(env or {})}
-    if log is not None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as f:
-            proc = subprocess.run(list(argv), stdout=f, stderr=subprocess.STDOUT, text=True,
-                                  env=full_env, cwd=cwd, timeout=timeout, check=False)
-        output = log_tail(log, 40)
-    else:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, env=full_env,
-                              cwd=cwd, timeout=timeout, check=False)
-        output = (proc.stdout or "")[-4000:] + (proc.stderr or "")[-4000:]
-    if proc.returncode != 0:
+    proc = None
+    try:
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("w") as f:
+                proc = subprocess.run(list(argv), stdout=f, stderr=subprocess.STDOUT,
+                                      text=True, env=full_env, cwd=cwd, timeout=timeout,
+                                      input=input, check=False)
+            output = log_tail(log, 40)
+        else:
+            proc = subprocess.run(list(argv), capture_output=True, text=True, env=full_env,
+                                  cwd=cwd, timeout=timeout, input=input, check=False)
+            output = (proc.stdout or "")[-4000:] + (proc.stderr or "")[-4000:]
+    except subprocess.TimeoutExpired:
+        pass  # raised below, outside this block: the exception holds output that may be secret
+    if proc is None:
+        raise ToolError(f"{what} did not finish within {timeout:g}s",
+                        fix="raise the timeout, or find out what it waits for (a registry, "
+                            "a lock, a prompt)")
+    if check and proc.returncode != 0:
         raise ToolError(
-            f"{argv[0]} exited with {proc.returncode}:\n{output}",
+            f"{what} exited with {proc.returncode}:\n{output}",
             fix=f"see the full log: {log}" if log else None,
         )
     return proc

@@ -177,6 +177,9 @@ def _stream_job(argv: list[str], log_path: Path, progress_log: Path,
 
     Progress lines go to ``progress_log`` (kept beside the checkpoint) and, when given, to
     ``progress_file``, a fixed path a poller outside this process can read while the job runs.
+    ``argv`` may be ``podman run`` (the podman runner): the one podman call that does not go
+    through ``container_tools.run_container_tool``, because this job streams its output line by
+    line for hours and is killed with its runner, where that runs a tool to completion.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:

@@ -26,12 +26,12 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelgate.container_tools import run_container_tool
 from modelgate.errors import ModelGateError, ToolError
 
 # The directory that holds the ``modelgate`` package (mounted into containers read-only).
@@ -126,11 +126,8 @@ def probe_podman_tool_versions(runner: PodmanRunner) -> dict[str, str]:
     argv = podman_argv(runner, ["--versions"], volumes)
     # no GPU needed to read package versions, and a GPU-less probe also works on the controller
     argv = [a for a in argv if not a.startswith("--device=")]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900)
-    except FileNotFoundError as exc:
-        raise ModelGateError(f"{runner.podman} is not installed", field="podman",
-                             fix="install podman on the quantize host") from exc
+    proc = run_container_tool("podman", argv[1:], executable=runner.podman, timeout=900,
+                              check=False)
     if proc.returncode != 0:
         raise ToolError(f"{shlex.join(argv)} failed: {proc.stderr[-2000:]}", field="image",
                         fix="use an image with python3 and llmcompressor")

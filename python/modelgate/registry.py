@@ -1,25 +1,110 @@
-"""A local OCI registry (Debian's ``docker-registry``, distribution 2.8) as a supervised process.
+"""OCI registries: the credentials every client uses, and the local registry.
 
-The modelcar stage pushes images here when no external registry is configured, and podman on
+:class:`RegistryCredentials` is the one holder of a registry's username and password: the
+native push client sends them as an HTTP header, podman and skopeo read them from a private
+auth file, and :func:`redact` keeps them out of every error text.
+
+The local registry (Debian's ``docker-registry``, distribution 2.8) runs as a supervised process.
+The modelcar stage pushes images there when no external registry is configured, and podman on
 the same host pulls them back (plain HTTP on the loopback address, so ``--tls-verify=false``).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import json
+import os
 import shutil
-import time
-import urllib.error
-import urllib.request
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from modelgate import process
 from modelgate.digest import sha256_json
-from modelgate.errors import ModelGateError, ToolError
+from modelgate.errors import ModelGateError
 
 DEFAULT_ADDR = "127.0.0.1:5000"
 REGISTRY_BINARY = "docker-registry"
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every non-empty secret in ``secrets`` replaced by ``***``."""
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    return text
+
+
+class RegistryCredentials:
+    """A username and password for one registry, and the only forms in which they leave us.
+
+    Empty strings count as absent (an unset Ansible option is ``""``); one without the other
+    is refused. The password reaches a tool only through :meth:`authfile` (podman, skopeo) or
+    :attr:`basic` (an HTTP header), never an argv or a log; :attr:`secrets` is what
+    :meth:`redact` hides.
+    """
+
+    def __init__(self, registry: str, username: str | None = None,
+                 password: str | None = None) -> None:
+        username, password = username or None, password or None
+        if (username is None) != (password is None):
+            raise ModelGateError("registry credentials need both a username and a password",
+                                 field="username/password", fix="set both, or neither")
+        self.registry = registry
+        self.username = username
+        self._password = password
+
+    @classmethod
+    def for_ref(cls, ref: str, username: str | None = None,
+                password: str | None = None) -> RegistryCredentials:
+        """Credentials for the registry of an image reference (``host[:port]/repo:tag``)."""
+        return cls(ref.split("/", 1)[0], username, password)
+
+    def __bool__(self) -> bool:
+        return self.username is not None
+
+    def __repr__(self) -> str:
+        return (f"RegistryCredentials({self.registry!r}, username={self.username!r}, "
+                f"password={'***' if self._password else None})")
+
+    @property
+    def basic(self) -> str | None:
+        """The ``Authorization: Basic`` value (base64 of ``user:password``), or None."""
+        if self.username is None or self._password is None:
+            return None
+        return base64.b64encode(f"{self.username}:{self._password}".encode()).decode()
+
+    @property
+    def secrets(self) -> list[str]:
+        """The strings no output may show: the password and its Basic token."""
+        return [s for s in (self._password, self.basic) if s]
+
+    def redact(self, text: str) -> str:
+        """``text`` with the password and its Basic token replaced by ``***``."""
+        return redact(text, self.secrets)
+
+    @contextlib.contextmanager
+    def authfile(self) -> Iterator[list[str]]:
+        """``["--authfile", path]`` for podman or skopeo while the block runs; ``[]`` without
+        credentials.
+
+        The file (``{"auths": {registry: {"auth": basic}}}``) is created 0600 in a fresh 0700
+        directory, and both are removed when the block ends, however it ends.
+        """
+        if not self:
+            yield []
+            return
+        folder = tempfile.mkdtemp(prefix="modelgate-auth-")  # 0700
+        try:
+            path = Path(folder) / "auth.json"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"auths": {self.registry: {"auth": self.basic}}}, f)
+            yield ["--authfile", str(path)]
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -74,32 +159,7 @@ def registry_url(addr: str) -> str:
 
 def probe_v2(addr: str, timeout: float = 3.0) -> int | None:
     """Return the HTTP status of ``GET /v2/`` (200, or 401 with auth), None when nothing answers."""
-    try:
-        with urllib.request.urlopen(registry_url(addr) + "/v2/", timeout=timeout) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-
-
-def _wait_ready(addr: str, spec: process.ProcessSpec, timeout: float) -> float:
-    """Wait until /v2/ answers like a registry (200, or 401 when auth is on)."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if probe_v2(addr, timeout=2.0) in (200, 401):
-            return time.monotonic() - start
-        if process.read_state(spec) is None:
-            raise ToolError(
-                f"{REGISTRY_BINARY} exited before {registry_url(addr)}/v2/ answered. "
-                f"Last log lines:\n{process.log_tail(spec.logfile)}",
-                fix=f"read the whole log: {spec.logfile}",
-            )
-        time.sleep(0.3)
-    raise ToolError(
-        f"{registry_url(addr)}/v2/ did not answer within {timeout:.0f}s",
-        fix=f"read the log: {spec.logfile}",
-    )
+    return process.probe_http(registry_url(addr) + "/v2/", timeout=timeout)[0]
 
 
 def ensure_registry(addr: str, data_dir: Path, state_dir: Path, *,
@@ -142,7 +202,9 @@ def ensure_registry(addr: str, data_dir: Path, state_dir: Path, *,
     # JSON is YAML: the registry reads it, and the text is stable for the fingerprint.
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     started = process.start(spec)
-    _wait_ready(addr, spec, timeout)
+    # ready when /v2/ answers like a registry: 200, or 401 when auth is on
+    process.wait_http(f"{url}/v2/", timeout, spec, interval=0.3,
+                      accept=lambda status: status in (200, 401), what=REGISTRY_BINARY)
     return {"changed": True, "url": url, "pid": started["pid"], "config": str(config_path),
             "log": str(spec.logfile)}
 
@@ -206,15 +268,10 @@ def check_reachable(address: str, *, tls_verify: bool = True, timeout: float = 5
     for scheme in ("https", "http") if not tls_verify else ("https",):
         url = f"{scheme}://{address}/v2/"
         context = ssl._create_unverified_context() if scheme == "https" and not tls_verify else None
-        try:
-            with urllib.request.urlopen(url, timeout=timeout, context=context):
-                return url
-        except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403):
-                return url
-            errors.append(f"{url}: HTTP {exc.code}")
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            errors.append(f"{url}: {getattr(exc, 'reason', exc)}")
+        status, error = process.probe_http(url, timeout=timeout, context=context)
+        if status is not None and (status < 400 or status in (401, 403)):
+            return url
+        errors.append(f"{url}: HTTP {status}" if status is not None else f"{url}: {error}")
     raise ModelGateError(
         f"no registry answers at {address} ({'; '.join(errors)})",
         field="modelgate_registry.address",

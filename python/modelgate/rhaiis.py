@@ -23,17 +23,17 @@ import json
 import re
 import shutil
 import subprocess
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelgate.container_tools import run_container_tool
 from modelgate.digest import sha256_json
 from modelgate.errors import ModelGateError, ToolError
+from modelgate.process import EndpointNotReady
+from modelgate.registry import RegistryCredentials
 from modelgate.serving import (
     MODELCAR_MOUNT,
     Readiness,
@@ -295,23 +295,10 @@ def log_excerpt(log: str, lines: int = 20) -> tuple[str | None, str]:
 # ------------------------------------------------------------------ podman
 
 
-def _podman(args: Sequence[str], *, timeout: float | None = 120, check: bool = False
-            ) -> subprocess.CompletedProcess[str]:
-    """Run podman; raise a ToolError naming the command when ``check`` and it fails."""
-    if shutil.which("podman") is None:
-        raise ModelGateError("podman is not installed", field="podman",
-                             fix="install podman (RHEL: dnf install podman)")
-    proc = subprocess.run(["podman", *args], capture_output=True, text=True, check=False,
-                          timeout=timeout)
-    if check and proc.returncode != 0:
-        raise ToolError(f"podman {' '.join(args[:2])} failed (exit {proc.returncode}): "
-                        f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
-    return proc
-
-
 def image_id(ref: str) -> str | None:
     """The local image ID of ``ref``, or None when podman does not have it."""
-    proc = _podman(["image", "inspect", "--format", "{{.Id}}", ref])
+    proc = run_container_tool("podman", ["image", "inspect", "--format", "{{.Id}}", ref],
+                              timeout=120, check=False)
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
@@ -329,22 +316,14 @@ def ensure_image(ref: str, *, what: str, field_name: str, pull: bool = True,
     if not pull:
         raise ModelGateError(f"{what} {ref} is not present on this host and pulling is off",
                              field=field_name, fix=f"podman pull {ref}, or enable pulling")
-    args = ["pull", "-q", f"--tls-verify={'true' if tls_verify else 'false'}"]
-    with tempfile.TemporaryDirectory(prefix="modelgate-auth-") as tmp:
-        if username or password:
-            import base64
-
-            auth = Path(tmp) / "auth.json"
-            token = base64.b64encode(f"{username}:{password}".encode()).decode()
-            auth.write_text(json.dumps({"auths": {ref.split("/", 1)[0]: {"auth": token}}}))
-            auth.chmod(0o600)
-            args += ["--authfile", str(auth)]
-        proc = _podman([*args, ref], timeout=3600)
+    creds = RegistryCredentials.for_ref(ref, username, password)
+    with creds.authfile() as auth:
+        proc = run_container_tool(
+            "podman", ["pull", "-q", f"--tls-verify={'true' if tls_verify else 'false'}",
+                       *auth, ref], secrets=creds.secrets, timeout=3600, check=False)
     if proc.returncode != 0:
         reason = (proc.stderr or proc.stdout).strip().splitlines()
         reason_line = next((ln for ln in reversed(reason) if ln.strip()), "no output")
-        if password:
-            reason_line = reason_line.replace(password, "***")
         raise ModelGateError(
             f"{what} {ref} is missing: it is not on this host and `podman pull` failed: "
             f"{reason_line}", field=field_name,
@@ -358,7 +337,8 @@ def ensure_image(ref: str, *, what: str, field_name: str, pull: bool = True,
 
 def image_size(ref: str) -> int | None:
     """The image's size in bytes (podman's uncompressed size): the weights, for timeouts."""
-    proc = _podman(["image", "inspect", "--format", "{{.Size}}", ref])
+    proc = run_container_tool("podman", ["image", "inspect", "--format", "{{.Size}}", ref],
+                              timeout=120, check=False)
     try:
         return int(proc.stdout.strip()) if proc.returncode == 0 else None
     except ValueError:
@@ -381,8 +361,9 @@ def copy_model_metadata(modelcar: str, dest: Path) -> Path:
     suffixes = " ".join(f"*{s}" for s in WEIGHT_SUFFIXES)
     script = (f'cd /models && for f in *; do case "$f" in {suffixes.replace(" ", "|")}) ;; '
               '*) cp -r "$f" /out/ ;; esac; done')
-    proc = _podman(["run", "--rm", "--network=none", "--user=0", "--entrypoint=sh",
-                    "-v", f"{tmp}:/out", modelcar, "-c", script], timeout=300)
+    proc = run_container_tool("podman", ["run", "--rm", "--network=none", "--user=0",
+                                         "--entrypoint=sh", "-v", f"{tmp}:/out", modelcar,
+                                         "-c", script], timeout=300, check=False)
     if proc.returncode != 0 or not (tmp / "config.json").is_file():
         shutil.rmtree(tmp, ignore_errors=True)
         raise ModelGateError(
@@ -422,27 +403,29 @@ def ensure_secrets(values: Mapping[str, str], *, dry_run: bool = False
         name = secret_name(var)
         digest = secret_digest(name, str(value))
         names[var], digests[var] = name, digest
-        proc = _podman(["secret", "inspect", "--format",
-                        '{{index .Spec.Labels "io.modelgate.digest"}}', name])
+        proc = run_container_tool("podman", [
+            "secret", "inspect", "--format", '{{index .Spec.Labels "io.modelgate.digest"}}',
+            name], timeout=120, check=False)
         if proc.returncode == 0 and proc.stdout.strip() == digest:
             continue
         changed.append(name)
         if dry_run:
             continue
         if proc.returncode == 0:
-            _podman(["secret", "rm", name], check=True)
-        created = subprocess.run(
-            ["podman", "secret", "create", "--label", f"io.modelgate.digest={digest}", name, "-"],
-            input=str(value), capture_output=True, text=True, check=False)
-        if created.returncode != 0:
-            raise ToolError(f"podman secret create {name} failed: "
-                            f"{created.stderr.replace(str(value), '***').strip()[-500:]}")
+            run_container_tool("podman", ["secret", "rm", name], timeout=120,
+                               what=f"podman secret rm {name}")
+        # the value goes in on stdin, and a failure's output is redacted of it
+        run_container_tool("podman", ["secret", "create", "--label",
+                                      f"io.modelgate.digest={digest}", name, "-"],
+                           input=str(value), secrets=[str(value)], timeout=120,
+                           what=f"podman secret create {name}")
     return names, digests, changed
 
 
 def container_state(name: str) -> dict[str, Any] | None:
     """``podman container inspect`` of ``name`` reduced to what we compare, or None."""
-    proc = _podman(["container", "inspect", name])
+    proc = run_container_tool("podman", ["container", "inspect", name], timeout=120,
+                              check=False)
     if proc.returncode != 0:
         return None
     data = json.loads(proc.stdout)[0]
@@ -455,7 +438,7 @@ def container_state(name: str) -> dict[str, Any] | None:
 
 def container_log(name: str) -> str:
     """The container's whole log (stdout and stderr), or '' when there is none."""
-    proc = _podman(["logs", name], timeout=60)
+    proc = run_container_tool("podman", ["logs", name], timeout=60, check=False)
     return (proc.stdout or "") + (proc.stderr or "")
 
 
@@ -468,12 +451,16 @@ def systemd_unit_log(unit: str) -> str:
     return proc.stdout
 
 
-def _health(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+def container_ended(name: str) -> str | None:
+    """Why the container no longer runs (``is gone``, ``stopped during start-up (...)``), or
+    None while it runs: the early exit of the readiness wait."""
+    state = container_state(name)
+    if state is None:
+        return "is gone"
+    if not state["running"]:
+        return (f"stopped during start-up ({state['status']}, exit code "
+                f"{state['exit_code']})")
+    return None
 
 
 def serve_ready(*, name: str, served_name: str, port: int, bind_address: str,
@@ -510,7 +497,7 @@ def serve_ready(*, name: str, served_name: str, port: int, bind_address: str,
 def wait_ready(name: str, base_url: str, served_name: str, timeout: float, *,
                log_file: Path | None = None, unit: str | None = None,
                poll_s: float = 2.0) -> Readiness:
-    """Wait until /health answers, then check /v1/models and one completion.
+    """Wait until /health answers, then check /v1/models and one completion (check_ready).
 
     Fails fast when the container stops during start-up. On any failure the container's log
     is written to ``log_file`` and the ToolError carries vLLM's error line and the last lines.
@@ -535,19 +522,12 @@ def wait_ready(name: str, base_url: str, served_name: str, timeout: float, *,
             exc.log = str(log_file)  # type: ignore[attr-defined]
         return exc
 
-    while True:
-        state = container_state(name)
-        if state is None or not state["running"]:
-            status = "is gone" if state is None else (
-                f"stopped during start-up ({state['status']}, exit code {state['exit_code']})")
-            raise fail(status)
-        if _health(f"{base_url}/health"):
-            break
-        if time.monotonic() - t0 > timeout:
-            raise fail(f"did not answer {base_url}/health within {timeout:.0f}s")
-        time.sleep(poll_s)
     try:
-        ready = check_ready(base_url, served_name, timeout=30.0)
+        ready = check_ready(base_url, served_name, timeout, ended=lambda: container_ended(name),
+                            request_timeout=30.0, interval=poll_s)
+    except EndpointNotReady as exc:
+        raise fail(exc.reason if exc.ended else
+                   f"did not answer {base_url}/health within {timeout:.0f}s") from exc
     except ToolError as exc:
         raise fail(f"started but failed the readiness check: {exc.message}") from exc
     ready.waited_s = round(time.monotonic() - t0, 2)

@@ -244,3 +244,41 @@ def store_records(run: RunDir, records: list[dict[str, Any]], dry_run: bool = Fa
         changed = run.record(entry["variant"], entry["stage"], entry["data"],
                              files=entry.get("files") or None, dry_run=dry_run) or changed
     return changed
+
+
+def unpack_measurements(run: RunDir, variant: str, archive: Path,
+                        dry_run: bool = False) -> bool:
+    """Write the files of a fetched measurement archive into ``<run>/<variant>/``.
+
+    Members must be plain files with relative paths inside the variant's directory; a file
+    equal to the one there is not rewritten. The archive (a fetched copy) is removed after.
+    Returns whether anything changed (with ``dry_run``: would change).
+    """
+    import tarfile
+
+    vdir = (run.path / variant).resolve()
+    changed = False
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        for m in members:
+            target = (vdir / m.name).resolve()
+            if not m.isfile() or m.name.startswith("/") or not target.is_relative_to(vdir):
+                raise ModelGateError(f"{archive}: member {m.name!r} is not a file inside "
+                                     f"<run>/{variant}/", field="archives",
+                                     fix="give the archive the measure module wrote")
+        for m in members:
+            data = tar.extractfile(m).read()  # type: ignore[union-attr]
+            target = vdir / m.name
+            if target.is_file() and target.read_bytes() == data:
+                continue
+            changed = True
+            if not dry_run:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(data)
+                tmp.replace(target)
+    if not dry_run:
+        archive.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the fetch's landing directory, once empty
+            archive.parent.rmdir()
+    return changed

@@ -22,14 +22,14 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from string import Template
 from typing import Any
 
 from modelgate import geometry as geometry_mod
-from modelgate.digest import sha256_file, sha256_json
+from modelgate.digest import sha256_file, sha256_json, tree_files
 from modelgate.errors import ModelGateError, ToolError
 from modelgate.geometry import ModelGeometry
 from modelgate.memory_plan import (
@@ -40,9 +40,11 @@ from modelgate.memory_plan import (
     plan_memory,
 )
 from modelgate.process import (
+    EndpointNotReady,
     ProcessSpec,
     log_tail,
     port_in_use,
+    process_ended,
     read_state,
     start,
     stop,
@@ -317,13 +319,15 @@ def server_name(port: int) -> str:
 
 
 def model_fingerprint(model_dir: Path) -> str:
-    """A digest of a model directory: file contents, or size + mtime for large files."""
+    """A digest of a model directory: file contents, or size + mtime for large files.
+
+    The files are those of :func:`modelgate.digest.tree_files` (links to files count as their
+    targets); unlike ``tree_digest`` the weights are not read, so checking a running server
+    stays cheap.
+    """
     entries: dict[str, Any] = {}
-    for p in sorted(model_dir.rglob("*")):
-        if not p.is_file():
-            continue
+    for rel, p in tree_files(model_dir):
         st = p.stat()
-        rel = p.relative_to(model_dir).as_posix()
         entries[rel] = (sha256_file(p) if st.st_size <= _CONTENT_DIGEST_LIMIT
                         else {"size": st.st_size, "mtime_ns": st.st_mtime_ns})
     return "sha256:" + sha256_json(entries)
@@ -437,29 +441,37 @@ def _http_json(url: str, payload: dict[str, Any] | None = None,
 
 
 def check_ready(base_url: str, served_name: str, timeout: float = 60.0,
-                log: Path | None = None) -> Readiness:
-    """Check a vLLM server: /health answers, /v1/models lists the name, one completion works.
+                log: Path | None = None, *, ended: Callable[[], str | None] | None = None,
+                request_timeout: float | None = None, interval: float = 1.0) -> Readiness:
+    """Prove a vLLM server serves: /health answers, /v1/models lists the name, one completion
+    returns text. The local target and RHAIIS both use it.
 
-    Waits up to ``timeout`` for /health; raises ToolError (with the server log's error line
-    and path when ``log`` is given) on any failure.
+    Waits up to ``timeout`` for /health, ending early when ``ended()`` says the server stopped
+    (see :func:`modelgate.process.wait_http`); the completion may take ``request_timeout``
+    (default: ``timeout``, at least 30 s). A failed wait raises
+    :class:`~modelgate.process.EndpointNotReady` (``ended`` tells which way it failed), a
+    failed proof a ToolError; both carry the server log's error line when ``log`` is given.
     """
     base_url = base_url.rstrip("/")
     result = Readiness(base_url=base_url, served_name=served_name)
 
-    def fail(what: str) -> ToolError:
+    def fail(what: str, error: type[ToolError] = ToolError, **extra: Any) -> ToolError:
         tail = log_tail(log, 80) if log else ""
         err = first_error_line(tail) if tail else None
         msg = f"vLLM at {base_url} is not ready: {what}"
         if err:
             msg += f"\nvLLM error: {err}"
-        return ToolError(msg, field="serving", fix=f"read the server log {log}" if log else
-                         "check the server's log")
+        return error(msg, field="serving", fix=f"read the server log {log}" if log else
+                     "check the server's log", **extra)
 
     try:
-        result.waited_s = round(wait_http(f"{base_url}/health", timeout), 2)
+        result.waited_s = round(wait_http(f"{base_url}/health", timeout, interval=interval,
+                                          ended=ended), 2)
         result.health = True
-    except ModelGateError as exc:
-        raise fail(f"/health did not answer within {timeout:.0f}s ({exc.message})") from exc
+    except EndpointNotReady as exc:
+        raise fail(f"the server {exc.reason} before /health answered" if exc.ended else
+                   f"/health did not answer within {timeout:.0f}s ({exc.message})",
+                   EndpointNotReady, url=exc.url, reason=exc.reason, ended=exc.ended) from exc
     status, body = _http_json(f"{base_url}/v1/models")
     if status != 200 or not isinstance(body, dict):
         raise fail(f"/v1/models answered {status}: {str(body)[:300]}")
@@ -471,7 +483,7 @@ def check_ready(base_url: str, served_name: str, timeout: float = 60.0,
     status, body = _http_json(f"{base_url}/v1/completions", {
         "model": served_name, "prompt": "The capital of France is", "max_tokens": 8,
         "temperature": 0, "ignore_eos": True,
-    }, timeout=max(timeout, 30.0))
+    }, timeout=request_timeout or max(timeout, 30.0))
     result.completion_latency_s = round(time.monotonic() - t0, 3)
     if status != 200 or not isinstance(body, dict) or not body.get("choices"):
         raise fail(f"/v1/completions answered {status}: {str(body)[:300]}")
@@ -505,7 +517,8 @@ def start_local_server(spec: LocalServerSpec, timeout: float = 600.0) -> dict[st
     """
     state = read_state(spec)
     if state and state.get("fingerprint") == spec.fingerprint:
-        readiness = check_ready(spec.base_url, spec.served_name, timeout, spec.logfile)
+        readiness = check_ready(spec.base_url, spec.served_name, timeout, spec.logfile,
+                                ended=process_ended(spec))
         return {**state, "changed": False, "base_url": spec.base_url,
                 "readiness": readiness.to_dict()}
     if state:
@@ -518,24 +531,22 @@ def start_local_server(spec: LocalServerSpec, timeout: float = 600.0) -> dict[st
             fix=f"stop whatever listens on {spec.host}:{spec.port} "
             f"(ss -ltnp 'sport = :{spec.port}'), or choose another port",
         )
-    t0 = time.monotonic()
     state = start(spec)
     try:
-        wait_http(f"{spec.base_url}/health", timeout, spec)
-    except ModelGateError as exc:
+        readiness = check_ready(spec.base_url, spec.served_name, timeout, spec.logfile,
+                                ended=process_ended(spec), request_timeout=60.0)
+    except EndpointNotReady as exc:
         stop(spec)
-        what = ("exited during start-up" if isinstance(exc, ToolError)
+        what = ("exited during start-up" if exc.ended
                 else f"did not answer /health within {timeout:.0f}s")
         raise _server_failure(spec, what) from exc
-    startup_s = time.monotonic() - t0
-    try:
-        readiness = check_ready(spec.base_url, spec.served_name, 60.0, spec.logfile)
     except ToolError as exc:
         stop(spec)
         raise _server_failure(spec, f"started but failed the readiness check: "
                                     f"{exc.message.splitlines()[0]}") from exc
+    # the wait for /health: start-up, not the proof's completion
     return {**state, "changed": True, "base_url": spec.base_url,
-            "startup_s": round(startup_s, 2), "readiness": readiness.to_dict()}
+            "startup_s": readiness.waited_s, "readiness": readiness.to_dict()}
 
 
 def serve_local(*, model: Path | str, served_name: str, port: int, python: str,

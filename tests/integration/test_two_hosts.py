@@ -105,7 +105,7 @@ def first_run(target: dict[str, str],
     t0 = time.monotonic()
     runner = run_playbook(tmp, "first", inventory=inv, extravars={
         "modelgate_runs_dir": str(tmp / "runs"), "modelgate_registry_password": SECRET,
-        "modelgate_registry_username": ""})
+        "modelgate_registry_username": "ci"})
     return tmp, inv, runner, time.monotonic() - t0
 
 
@@ -181,3 +181,9 @@ def test_a_second_run_changes_nothing_on_the_gpu_host(
     actions = {ev.get("event_data", {}).get("task_action") for ev in runner.events}
     assert {"modelgate.pipeline.quantize", "modelgate.pipeline.job_progress",
             "modelgate.pipeline.modelcar", "modelgate.pipeline.tool_venv"} <= actions
+    # the checkpoints' digests are remembered from the first run: no checkpoint byte is read
+    pushed = [ev["event_data"]["res"] for ev in runner.events
+              if ev.get("event") == "runner_item_on_ok"
+              and ev["event_data"].get("task_action") == "modelgate.pipeline.modelcar"]
+    assert len(pushed) == 2 and all(r["checkpoint_bytes_read"] == 0 for r in pushed), [
+        (r.get("variant"), r.get("checkpoint_bytes_read")) for r in pushed]

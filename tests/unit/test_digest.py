@@ -14,6 +14,7 @@ import pytest
 from modelgate.digest import file_digests, tree_digest, tree_files
 from modelgate.errors import ModelGateError
 from modelgate.quantize import model_digest
+from modelgate.serving import model_fingerprint
 
 FILES = {
     "config.json": b'{"model_type": "nemotron_h"}\n',
@@ -65,19 +66,35 @@ def test_tree_files_names_files_by_link_and_reads_the_target(tmp_path):
     assert listed["model.safetensors"].read_bytes() == b"weights-A"
 
 
-def test_dangling_link_is_a_clear_error(tmp_path):
+# every walk of a model directory goes through tree_files: the digests, and the fingerprint a
+# running local server is recognised by
+WALKS = pytest.mark.parametrize("walk", [file_digests, model_fingerprint],
+                                ids=["file_digests", "model_fingerprint"])
+
+
+@WALKS
+def test_dangling_link_is_a_clear_error(tmp_path, walk):
     snapshot = hf_snapshot(tmp_path / "cache", FILES)
     (snapshot / "model.safetensors").resolve().unlink()  # blob gone, link left
     with pytest.raises(ModelGateError, match=r"model\.safetensors is a dangling symlink"):
-        file_digests(snapshot)
+        walk(snapshot)
 
 
-def test_link_to_a_directory_is_an_error(tmp_path):
+@WALKS
+def test_link_to_a_directory_is_an_error(tmp_path, walk):
     root = plain_tree(tmp_path / "model", FILES)
     other = plain_tree(tmp_path / "elsewhere", {"extra.bin": b"x"})
     (root / "linked").symlink_to(other, target_is_directory=True)
     with pytest.raises(ModelGateError, match="symlink to a directory"):
-        file_digests(root)
+        walk(root)
+
+
+def test_server_fingerprint_follows_file_links_like_the_digest(tmp_path):
+    linked = hf_snapshot(tmp_path / "cache", FILES)
+    plain = plain_tree(tmp_path / "plain", FILES)
+    assert model_fingerprint(linked) == model_fingerprint(plain)
+    other = hf_snapshot(tmp_path / "other", {**FILES, "model.safetensors": b"weights-B"})
+    assert model_fingerprint(other) != model_fingerprint(linked)
 
 
 def test_missing_directory_is_an_error(tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import tarfile
 from pathlib import Path
 
@@ -237,23 +236,6 @@ def test_build_rejects_empty_checkpoint(tmp_path, base_layout):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelGateError, match="empty"):
         modelcar.build_modelcar(tmp_path / "empty", base_layout, tmp_path / "out")
-
-
-def test_credentials_file_is_private_and_removed():
-    with modelcar._Credentials("reg.example:5000/a/b:c", "u", "pw-secret") as creds:
-        path = Path(creds.args[1])
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-        auths = json.loads(path.read_text())["auths"]
-        assert list(auths) == ["reg.example:5000"]
-        assert "pw-secret" not in " ".join(creds.args)
-    assert not path.exists()
-    assert modelcar._redact("x pw-secret y " + creds.secrets[1], creds.secrets) == "x *** y ***"
-
-
-def test_credentials_need_both_parts():
-    with pytest.raises(ModelGateError, match="both"), modelcar._Credentials("r/a:b", "u", None):
-        pass
 
 
 @pytest.mark.parametrize("name", ["models/../../etc/passwd", "/abs"])

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from modelgate import oci_push
 from modelgate.errors import ModelGateError
+from modelgate.registry import RegistryCredentials
 
 USER, PASSWORD, TOKEN = "alice", "Sup3r-s3cret-pa55word", "tok-4f1e2d"
 
@@ -81,9 +82,9 @@ def test_with_retries_retries_transient_only():
     assert len(calls) == 2
 
 
-def test_credentials_need_both_parts():
-    with pytest.raises(ModelGateError, match="both"):
-        oci_push.RegistryClient("r.example", username="alice", password=None)
+def _client(addr: str, password: str = PASSWORD) -> oci_push.RegistryClient:
+    return oci_push.RegistryClient(addr, credentials=RegistryCredentials(addr, USER, password),
+                                   tls_verify=False)
 
 
 # --------------------------------------------------------------------------- token registry
@@ -213,8 +214,7 @@ def _layout(root: Path) -> tuple[Path, str, dict]:
 def test_bearer_push_retries_503_and_is_idempotent(token_registry, tmp_path):
     layout, digest, manifest = _layout(tmp_path / "oci")
     ref = f"{token_registry.addr}/org/model:v1"
-    client = oci_push.RegistryClient(token_registry.addr, username=USER, password=PASSWORD,
-                                     tls_verify=False)
+    client = _client(token_registry.addr)
     token_registry.fail_next_puts = 1
     result = oci_push.push_layout(layout, ref, digest, manifest, client=client, backoff=0.0)
     assert result.changed and result.attempts == 2
@@ -235,8 +235,7 @@ def test_bearer_push_retries_503_and_is_idempotent(token_registry, tmp_path):
 def test_wrong_password_is_a_clear_error_without_the_secret(token_registry, tmp_path):
     layout, digest, manifest = _layout(tmp_path / "oci")
     wrong = PASSWORD[::-1]
-    client = oci_push.RegistryClient(token_registry.addr, username=USER, password=wrong,
-                                     tls_verify=False)
+    client = _client(token_registry.addr, wrong)
     with pytest.raises(oci_push.RegistryAuthError) as exc:
         oci_push.push_layout(layout, f"{token_registry.addr}/org/model:v1", digest, manifest,
                              client=client, retries=0)
@@ -254,8 +253,7 @@ def test_corrupt_layout_blob_is_refused_by_digest(token_registry, tmp_path):
     layout, digest, manifest = _layout(tmp_path / "oci")
     small = manifest["layers"][1]["digest"].removeprefix("sha256:")
     (layout / "blobs" / "sha256" / small).write_bytes(bytes([9]) * 1000)  # same size
-    client = oci_push.RegistryClient(token_registry.addr, username=USER, password=PASSWORD,
-                                     tls_verify=False)
+    client = _client(token_registry.addr)
     with pytest.raises(oci_push.ToolError, match="DIGEST_INVALID"):
         oci_push.push_layout(layout, f"{token_registry.addr}/org/model:v1", digest, manifest,
                              client=client, retries=0)

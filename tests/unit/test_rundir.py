@@ -67,6 +67,35 @@ def test_a_dry_run_creates_no_run_and_leaves_latest_alone(tmp_path: Path) -> Non
     assert (runs / LATEST).lstat().st_mtime_ns == link_mtime
 
 
+def test_fetched_measurements_are_unpacked_into_the_variant(tmp_path: Path) -> None:
+    from modelgate.measure import variant_archive
+    from modelgate.rundir import unpack_measurements
+
+    work = tmp_path / "work"
+    (work / "w8a8" / "guidellm").mkdir(parents=True)
+    (work / "w8a8" / "guidellm" / "results.json").write_text('{"rates": []}')
+    (work / "w8a8" / "logprobs.json").write_text("[]")
+    out = variant_archive(work, "w8a8")
+    assert out["files"] == ["guidellm/results.json", "logprobs.json"]
+    run, _ = RunDir.open(tmp_path / "runs")
+    fetched = run.path / ".incoming" / "w8a8.tar"
+    fetched.parent.mkdir()
+    fetched.write_bytes(Path(out["archive"]).read_bytes())
+    assert unpack_measurements(run, "w8a8", fetched)
+    assert (run.path / "w8a8" / "guidellm" / "results.json").read_text() == '{"rates": []}'
+    assert not (run.path / ".incoming").exists()  # the fetched copy is gone
+    fetched.parent.mkdir()
+    fetched.write_bytes(Path(out["archive"]).read_bytes())
+    assert not unpack_measurements(run, "w8a8", fetched)  # the same files: nothing rewritten
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tar:
+        info = tarfile.TarInfo("../../escape.txt")
+        tar.addfile(info)
+    with pytest.raises(ModelGateError, match="not a file inside"):
+        unpack_measurements(run, "w8a8", evil)
+    assert not (tmp_path / "escape.txt").exists()
+
+
 def test_the_source_bundle_is_reproducible_and_leaves_caches_out(tmp_path: Path) -> None:
     project = tmp_path / "project"
     for rel, text in {"python/pyproject.toml": "[project]\n", "python/modelgate/a.py": "x = 1\n",
