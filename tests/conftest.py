@@ -13,6 +13,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python"))
 
 
+def load_make_run() -> Any:
+    """``tests/data/gate/make_run.py``, the builder of synthetic run directories the gate tests
+    share (a data script, not a package module, so it is loaded from its path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_run", REPO / "tests" / "data" / "gate" / "make_run.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tool_path(env_var: str) -> Path:
     """The tool path named by ``env_var`` (set by scripts/pytest.sh), or skip with the reason."""
     value = os.environ.get(env_var, "")

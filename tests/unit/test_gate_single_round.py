@@ -10,7 +10,6 @@ before.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -22,10 +21,9 @@ from modelgate import gate  # noqa: E402
 from modelgate.errors import ModelGateError  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "gate"
-_spec = importlib.util.spec_from_file_location("make_run", DATA / "make_run.py")
-assert _spec and _spec.loader
-make_run = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_run)
+from conftest import load_make_run  # noqa: E402
+
+make_run = load_make_run()
 
 CHECKS = [
     {"name": "p50", "metric": "request_latency_s", "statistic": "p50", "tolerance": 0.10,

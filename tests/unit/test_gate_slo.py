@@ -6,7 +6,6 @@ tests/data/guidellm/ (see its README).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -23,10 +22,9 @@ from modelgate.verdict_text import _check_text  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GUIDELLM = DATA / "guidellm"
-_spec = importlib.util.spec_from_file_location("make_run", DATA / "gate" / "make_run.py")
-assert _spec and _spec.loader
-make_run = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_run)
+from conftest import load_make_run  # noqa: E402
+
+make_run = load_make_run()
 
 
 def slo_policy(*slos: dict, **extra) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import re
 import shutil
@@ -19,10 +18,9 @@ from modelgate import gate, report
 from modelgate.cli import main
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "gate"
-_spec = importlib.util.spec_from_file_location("make_run", DATA / "make_run.py")
-assert _spec and _spec.loader
-make_run = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_run)
+from conftest import load_make_run  # noqa: E402
+
+make_run = load_make_run()
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

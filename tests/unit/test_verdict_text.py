@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,10 +12,9 @@ from modelgate.errors import ModelGateError
 from modelgate.verdict_text import explain_run
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "gate"
-_spec = importlib.util.spec_from_file_location("make_run", DATA / "make_run.py")
-assert _spec and _spec.loader
-make_run = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_run)
+from conftest import load_make_run  # noqa: E402
+
+make_run = load_make_run()
 
 
 @pytest.fixture
