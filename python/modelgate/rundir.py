@@ -212,12 +212,6 @@ class RunDir:
             )
         return json.loads(path.read_text())
 
-    def variant_dir(self, variant: str) -> Path:
-        """``<run>/<variant>/``, created on first use."""
-        d = self.path / variant
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
 
 def stage_record(variant: str, stage: str, data: dict[str, Any],
                  files: dict[str, Any] | None = None) -> dict[str, Any]:
