@@ -5,7 +5,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: measure
-short_description: Measure one served variant for the gate
+short_description: Measure served variants for the gate, one alone or several together
 description:
   - Runs on the serving host and writes into O(work_dir), laid out as the run directory is;
     returns C(archive), one tar of the variant's files, which the pipeline fetches and unpacks
@@ -16,6 +16,12 @@ description:
   - Scores a fixed prompt set's next-token distributions into C(<variant>/logprobs.json);
     a candidate scores the baseline's exact token sequences and gets C(fidelity.json).
   - Round N > 1 adds C(results-rN.json) only, for interleaved repeated measurement.
+  - With O(upstreams) instead of O(variant) and O(base_url), measures variants served side by
+    side together, in one GuideLLM run through the interleaving proxy (requests dealt out in
+    turn); each variant's share goes where a run of it alone would put it, cut into the time
+    blocks the gate pairs the variants by, and the raw report and the proxy's routes go to
+    C(<work_dir>/interleaved/r<round>/). Returns one archive per variant, and one of
+    C(interleaved/).
 version_added: "0.1.0"
 author: ModelGate
 options:
@@ -26,17 +32,32 @@ options:
     type: path
     required: true
   variant:
-    description: The variant being measured.
+    description: The variant being measured (or give O(upstreams)).
     type: str
-    required: true
+  upstreams:
+    description:
+      - Variants served side by side, name -> the server's root URL, the baseline first.
+    type: dict
   baseline:
     description: The baseline variant's name (empty when this is the baseline).
     type: str
     default: ""
   base_url:
-    description: The server's root URL.
+    description: The server's root URL (with O(variant)).
     type: str
-    required: true
+  quality_for:
+    description:
+      - With O(upstreams), the variants whose accuracy and logprobs are measured in this call
+        (before the load, which also warms their servers; the others get a short warm-up).
+    type: list
+    elements: str
+    default: []
+  delays_ms:
+    description:
+      - With O(upstreams), a fixed delay in ms the proxy adds to a variant's responses - a
+        known regression, to prove the gate detects one of that size on this host.
+    type: dict
+    default: {}
   served_name:
     description: The model name the server answers to.
     type: str
@@ -119,7 +140,14 @@ archive:
     - Those files as one tar on this host, for the play to fetch and the controller's
       M(modelgate.pipeline.run_dir) to unpack into C(<run>/<variant>/) (I(archives)).
   type: str
-  returned: always
+  returned: with O(variant)
+archives:
+  description:
+    - With O(upstreams), C({variant, path}) for each variant's tar and for C(interleaved)
+      (the raw report and routes), in the form M(modelgate.pipeline.run_dir) I(archives) takes.
+  type: list
+  elements: dict
+  returned: with O(upstreams)
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -130,9 +158,12 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "work_dir": {"type": "path", "required": True},
-            "variant": {"type": "str", "required": True},
+            "variant": {"type": "str"},
+            "upstreams": {"type": "dict"},
+            "quality_for": {"type": "list", "elements": "str", "default": []},
+            "delays_ms": {"type": "dict", "default": {}},
             "baseline": {"type": "str", "default": ""},
-            "base_url": {"type": "str", "required": True},
+            "base_url": {"type": "str"},
             "served_name": {"type": "str", "required": True},
             "processor": {"type": "path", "required": True},
             "bench_bin_dir": {"type": "path", "required": True},
@@ -144,15 +175,33 @@ def main() -> None:
             "round": {"type": "int", "default": 1},
             "cpu_affinity": {"type": "list", "elements": "int"},
         },
+        required_one_of=[("variant", "upstreams")],
+        mutually_exclusive=[("variant", "upstreams")],
+        required_by={"variant": "base_url"},
     )
 
     def action() -> dict:
         import json
         from pathlib import Path
 
-        from modelgate.measure import measure_variant
+        from modelgate.measure import measure_together, measure_variant
 
         p = module.params
+        if p["upstreams"]:
+            together = measure_together(
+                work_dir=Path(p["work_dir"]), upstreams=p["upstreams"],
+                baseline=p["baseline"], served_name=p["served_name"],
+                processor=p["processor"], bench_bin_dir=Path(p["bench_bin_dir"]),
+                load_profile=p["load_profile"], load_overrides=p["load_overrides"],
+                accuracy_tasks=p["accuracy_tasks"], accuracy_limit=p["accuracy_limit"],
+                fidelity=p["fidelity"], round_no=p["round"], quality_for=p["quality_for"],
+                delays_ms={k: float(v) for k, v in p["delays_ms"].items()},
+                cpu_affinity=p["cpu_affinity"])
+            together["archives"] = [
+                {"variant": name, "path": entry["archive"]}
+                for name, entry in [*together["variants"].items(),
+                                    ("interleaved", together["interleaved"])]]
+            return {"changed": True, **json.loads(json.dumps(together, default=str))}
         result = measure_variant(
             work_dir=Path(p["work_dir"]), variant=p["variant"], baseline=p["baseline"],
             base_url=p["base_url"], served_name=p["served_name"], processor=p["processor"],

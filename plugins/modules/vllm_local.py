@@ -57,6 +57,12 @@ options:
   cpu_threads:
     description: On CPU, how many cores vLLM binds (the rest are left to the load client).
     type: int
+  cpu_cores:
+    description:
+      - On CPU, exactly which cores vLLM binds, instead of O(cpu_threads); servers side by
+        side each get their own.
+    type: list
+    elements: int
   timeout:
     description: Seconds to wait for readiness; default scales with the model's size.
     type: float
@@ -123,6 +129,7 @@ def main() -> None:
             "memory_gib": {"type": "float"},
             "overrides": {"type": "dict", "default": {}},
             "cpu_threads": {"type": "int"},
+            "cpu_cores": {"type": "list", "elements": "int"},
             "timeout": {"type": "float"},
             "variant": {"type": "str"},
         },
@@ -148,7 +155,7 @@ def main() -> None:
             python=p["python"], state_dir=state_dir, device=p["device"],
             memory_gib=p["memory_gib"], overrides=p["overrides"],
             cpu_threads=p["cpu_threads"], timeout=p["timeout"], variant=p["variant"],
-            check_mode=module.check_mode)
+            check_mode=module.check_mode, cpu_cores=p["cpu_cores"] or None)
 
     run(module, action)
 

@@ -2240,6 +2240,9 @@ def evaluate_variants(base: VariantResults, cand: VariantResults,
     """Run every policy check of ``cand`` against ``base`` (already loaded)."""
     pol = load_policy(policy)
     notes = _guidellm_version_notes(base, cand, pol)
+    base, shared = _rounds_measured_with(base, cand)
+    if shared:
+        notes.append(shared)
     checks = [r for check in pol.checks for r in _run_check(check, base, cand, pol)]
     checks += [r for slo in pol.slos for r in _run_slo(slo, cand, pol)]
     n_rounds = (len(base.rounds), len(cand.rounds))
@@ -2258,6 +2261,41 @@ def evaluate_variants(base: VariantResults, cand: VariantResults,
         inconclusive_policy=pol.inconclusive, notes=notes, policy=pol.to_dict(),
         named_dimensions=pol.dimensions, accept_inconclusive=pol.accept_inconclusive,
     )
+
+
+def _round_group(rnd: LoadRound) -> set[str] | None:
+    """The variants a round was measured together with (``interleaved.variants``), or None
+    for a round of one variant alone."""
+    names: set[str] = set()
+    for entry in rnd.rates.values():
+        info = entry.get("interleaved")
+        if not isinstance(info, dict):
+            return None
+        names.update(str(v) for v in info.get("variants") or [])
+    return names or None
+
+
+def _rounds_measured_with(base: VariantResults,
+                          cand: VariantResults) -> tuple[VariantResults, str]:
+    """The baseline's rounds that were measured together with the candidate.
+
+    With more variants than a host can serve side by side, the baseline is measured with one
+    group of candidates after another; a candidate is compared with the rounds it shared
+    (the same moments of the host), not with the baseline's rounds of other groups.
+    """
+    if not cand.rounds or not base.rounds:
+        return base, ""
+    groups = [_round_group(r) for r in base.rounds + cand.rounds]
+    if any(g is None for g in groups):
+        return base, ""
+    kept = [r for r in base.rounds if cand.name in (_round_group(r) or set())]
+    # no round names the candidate (results renamed since): nothing tells the groups apart
+    if not kept or len(kept) == len(base.rounds):
+        return base, ""
+    note = (f"baseline rounds measured together with {cand.name}: "
+            f"{', '.join(r.round_id for r in kept)} of {len(base.rounds)} (the others were "
+            "measured with other candidates)")
+    return replace(base, rounds=kept), note
 
 
 def _guidellm_version_notes(base: VariantResults, cand: VariantResults,

@@ -748,6 +748,7 @@ def measure_interleaved(
     guidellm_bin: str | None = None,
     cpu_affinity: list[int] | None = None,
     progress: bool = True,
+    delays_ms: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Measure several served variants at the same moments: one GuideLLM sweep through an
     ``InterleavingProxy`` (run here, in a thread) that deals the requests out in turn.
@@ -757,6 +758,7 @@ def measure_interleaved(
     variant's results go where a separate run would put them
     (``run_dir/<variant>/guidellm/results.json``, ``results-r<N>.json`` from round 2), so the
     gate reads them as it reads any round, pairing the variants block by block.
+    ``delays_ms`` (variant -> ms) delays that variant's responses at the proxy.
     """
     from modelgate.delay_proxy import InterleavingProxy, serving_in_thread
 
@@ -765,7 +767,8 @@ def measure_interleaved(
     work.mkdir(parents=True, exist_ok=True)
     routes = work / "routes.jsonl"
     routes.unlink(missing_ok=True)
-    with serving_in_thread(InterleavingProxy(upstreams, routes_path=routes)) as proxy:
+    proxy = InterleavingProxy(upstreams, delays_ms=delays_ms, routes_path=routes)
+    with serving_in_thread(proxy) as proxy:
         summary = run_interleaved_load(profile, proxy.url, routes, list(upstreams), model_name,
                                        processor, work, block_s=block_s,
                                        guidellm_bin=guidellm_bin, cpu_affinity=cpu_affinity,

@@ -60,6 +60,9 @@ GPU_MAX_NUM_SEQS_CAP = 256
 # The smallest explicit CPU KV cache we ask for: vLLM's hybrid allocator rounds pages up
 # (attention pages are padded to the Mamba state's size), so tiny models need headroom.
 CPU_MIN_KV_CACHE_BYTES = 256 * 1024**2
+# What one vLLM CPU server holds beyond its weights and KV cache (torch, the API server and
+# engine processes): two servers of a 5 MB model with 256 MiB of cache each took 3.6 GiB here.
+CPU_SERVER_RUNTIME_BYTES = int(1.5 * 1024**3)
 # vLLM's default attention block size (cache_config.block_size) per platform: the granularity
 # the hybrid page layout is built from (see memory_plan.paged_layout).
 GPU_BLOCK_ALIGNMENT = 16
@@ -345,8 +348,12 @@ def local_server_spec(
     *,
     host: str = "127.0.0.1",
     model_digest: str | None = None,
+    cpu_cores: list[int] | None = None,
 ) -> LocalServerSpec:
     """Build the supervised-process spec of a local vLLM server.
+
+    On CPU, ``cpu_cores`` binds vLLM's OpenMP threads to exactly those cores (servers side by
+    side each get their own), else ``cpu_threads`` to the first N.
 
     The fingerprint hashes the model digest, the argv and the environment we set, so the same
     model with the same arguments is found running and not restarted.
@@ -365,7 +372,9 @@ def local_server_spec(
     argv = [python, "-m", VLLM_API_MODULE, "--model", str(model_dir),
             "--host", host, "--port", str(port), *args.to_argv()]
     proc_env: dict[str, str] = dict(args.env)
-    if serving_args.device == "cpu" and cpu_threads:
+    if serving_args.device == "cpu" and cpu_cores:
+        proc_env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in sorted(cpu_cores))
+    elif serving_args.device == "cpu" and cpu_threads:
         # bind vLLM's OpenMP threads to the first N cores, leaving the rest to the client
         proc_env["VLLM_CPU_OMP_THREADS_BIND"] = (
             "0" if cpu_threads == 1 else f"0-{cpu_threads - 1}")
@@ -422,7 +431,7 @@ def first_error_line(text: str) -> str | None:
     return None
 
 
-def _http_json(url: str, payload: dict[str, Any] | None = None,
+def http_json(url: str, payload: dict[str, Any] | None = None,
                timeout: float = 30.0) -> tuple[int, Any]:
     """GET (or POST ``payload``) and return (status, parsed JSON or text)."""
     data = json.dumps(payload).encode() if payload is not None else None
@@ -472,7 +481,7 @@ def check_ready(base_url: str, served_name: str, timeout: float = 60.0,
         raise fail(f"the server {exc.reason} before /health answered" if exc.ended else
                    f"/health did not answer within {timeout:.0f}s ({exc.message})",
                    EndpointNotReady, url=exc.url, reason=exc.reason, ended=exc.ended) from exc
-    status, body = _http_json(f"{base_url}/v1/models")
+    status, body = http_json(f"{base_url}/v1/models")
     if status != 200 or not isinstance(body, dict):
         raise fail(f"/v1/models answered {status}: {str(body)[:300]}")
     result.models = [str(m.get("id")) for m in body.get("data", [])]
@@ -480,7 +489,7 @@ def check_ready(base_url: str, served_name: str, timeout: float = 60.0,
         raise fail(f"/v1/models lists {result.models}, not {served_name!r}")
     t0 = time.monotonic()
     # ignore_eos: a randomly initialised test model may otherwise stop at once with no text
-    status, body = _http_json(f"{base_url}/v1/completions", {
+    status, body = http_json(f"{base_url}/v1/completions", {
         "model": served_name, "prompt": "The capital of France is", "max_tokens": 8,
         "temperature": 0, "ignore_eos": True,
     }, timeout=request_timeout or max(timeout, 30.0))
@@ -553,7 +562,8 @@ def serve_local(*, model: Path | str, served_name: str, port: int, python: str,
                 state_dir: Path, device: str = "cpu", memory_gib: float | None = None,
                 overrides: Mapping[str, Any] | None = None, cpu_threads: int | None = None,
                 timeout: float | None = None, variant: str | None = None,
-                check_mode: bool = False) -> dict[str, Any]:
+                check_mode: bool = False, cpu_cores: list[int] | None = None,
+                ) -> dict[str, Any]:
     """The local target's deploy stage: plan the arguments, start (or keep) vLLM, prove it.
 
     The module, the CLI and the bench call this. With ``variant``, the result carries the
@@ -566,11 +576,13 @@ def serve_local(*, model: Path | str, served_name: str, port: int, python: str,
     args = derive_serving_args(model, gpu_memory_gib=memory_gib, device=device,
                                overrides=overrides or {}, served_model_name=served_name)
     spec = local_server_spec(model, served_name, port, python, args, state_dir,
-                             cpu_threads=cpu_threads)
+                             cpu_threads=cpu_threads, cpu_cores=cpu_cores)
+    current = read_state(spec)
+    running = bool(current and current.get("fingerprint") == spec.fingerprint)
     if check_mode:
-        current = read_state(spec)
-        return {"changed": not (current and current.get("fingerprint") == spec.fingerprint),
-                "args": args.to_dict()}
+        return {"changed": not running, "args": args.to_dict()}
+    if device == "cpu" and not running:
+        check_host_memory(args, port)
     result = start_local_server(
         spec, timeout or startup_timeout_s(weight_bytes(model), device))
     result["args"] = args.to_dict()
@@ -583,6 +595,25 @@ def serve_local(*, model: Path | str, served_name: str, port: int, python: str,
             "startup_s": result.get("startup_s"), "log": str(spec.logfile),
         })
     return result
+
+
+def check_host_memory(args: ServingArgs, port: int) -> None:
+    """Refuse to start a vLLM CPU server that the host's available memory cannot hold (its
+    weights, its KV cache and the runtime), before it starts: servers side by side each
+    take theirs, and an out-of-memory kill mid-measurement loses the round."""
+    plan = args.plan
+    kv = int(args.args.get("kv-cache-memory-bytes") or 0)
+    weights = int(plan.weight_bytes) if plan is not None and plan.weight_bytes else 0
+    need = weights + kv + CPU_SERVER_RUNTIME_BYTES
+    available = host_memory_gib() * GiB
+    if need > available:
+        raise ModelGateError(
+            f"the vLLM CPU server for port {port} needs about {need / GiB:.1f} GiB (weights "
+            f"{weights / GiB:.2f} + KV cache {kv / GiB:.2f} + runtime "
+            f"{CPU_SERVER_RUNTIME_BYTES / GiB:.1f}), and this host has {available / GiB:.1f} "
+            "GiB available", field="serve_local_memory_gib",
+            fix="lower serve_local_memory_gib or max_model_len, free memory, or measure the "
+                "variants one at a time (modelgate_validate_design: sequential)")
 
 
 def stop_local_server(spec: ProcessSpec) -> dict[str, Any]:

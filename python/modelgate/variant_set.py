@@ -18,7 +18,7 @@ from modelgate.recipes import build_recipe
 
 # Keys a variant may have; the stages read the first five, the set check the last.
 VARIANT_KEYS = ("name", "recipe", "group_size", "ignore", "baseline", "serving_overrides",
-                "if_servable")
+                "if_servable", "load_delay_ms")
 
 
 @dataclass
@@ -81,6 +81,12 @@ def check_variant_set(variants: Any, *, backend: str | None = None,
             raise ModelGateError(f"variant {name!r} has no recipe", field=_field(i, "recipe"),
                                  fix="set recipe: none for the baseline, or w4a16, "
                                  "w8a8-int8, fp8-dynamic, or a recipe YAML file")
+        delay = v.get("load_delay_ms")
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                                  or delay < 0):
+            raise ModelGateError(f"variant {name!r}: load_delay_ms must be a number of ms >= 0,"
+                                 f" got {delay!r}", field=_field(i, "load_delay_ms"),
+                                 fix="e.g. load_delay_ms: 40, or leave it out")
         try:
             recipes.append(build_recipe(str(v["recipe"]), group_size=v.get("group_size"),
                                         ignore=v.get("ignore")))

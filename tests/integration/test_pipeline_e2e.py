@@ -58,6 +58,7 @@ def _run_file(runner: Any, path: Path) -> Any:
 
 def test_first_run_writes_every_artifact_and_a_verdict(first_run: tuple[Path, Any]) -> None:
     from modelgate.cpu_kernels import detect
+    from modelgate.measure import plan_measurement
 
     tmp, runner = first_run
     run_dir = (tmp / "runs" / "latest").resolve()
@@ -69,6 +70,8 @@ def test_first_run_writes_every_artifact_and_a_verdict(first_run: tuple[Path, An
     wna16 = "cpu_gemm_wna16" in detect(str(tool_path("MODELGATE_SERVE_PYTHON"))).ops
     expected = ["bf16", "w8a8"] + (["w4a16"] if wna16 else [])
     assert [v["name"] for v in manifest["variants"]] == expected
+    plan = plan_measurement(variants=expected, rounds=2, port=8000)
+    assert plan["design"] == "interleaved", plan["reason"]
     left_out = [d["name"] for d in manifest["inputs"]["left_out"]]
     assert left_out == ([] if wna16 else ["w4a16"])
     assert manifest["inputs"]["serving_kernels"]["library"].startswith("_C")
@@ -82,10 +85,18 @@ def test_first_run_writes_every_artifact_and_a_verdict(first_run: tuple[Path, An
         deploy = _run_file(runner, vdir / "deploy.json")
         assert deploy["readiness"]["ok"] and deploy["readiness"]["completion_tokens"] > 0
         assert "--mamba-ssm-cache-dtype" in deploy["argv"]  # hybrid model detected
-        results = _run_file(runner, vdir / "guidellm" / "results.json")
-        assert [r["rate"] for r in results["rates"]] and all(
-            r["requests"]["successful"] > 0 for r in results["rates"])
-        assert (vdir / "guidellm" / "report.json").is_file()
+        # measured side by side, each server on a core of its own (on a 2-core host the
+        # baseline with one candidate at a time): a variant has a round file for every round
+        # of the groups it was in, measured together with that group's variants
+        mine = [g for g in plan["groups"] if variant in g["variants"]]
+        rounds = sorted(vdir.glob("guidellm/results*.json"))
+        assert len(rounds) == sum(len(g["rounds"]) for g in mine), rounds
+        for path in rounds:
+            results = _run_file(runner, path)
+            assert [r["rate"] for r in results["rates"]] and all(
+                r["requests"]["successful"] > 0 for r in results["rates"])
+            together = results["rates"][0]["interleaved"]["variants"]
+            assert together in [g["variants"] for g in mine]
         accuracy = _run_file(runner, vdir / "accuracy" / "results.json")
         assert accuracy["tasks"] and all(t["n"] > 0 for t in accuracy["tasks"].values())
     for candidate in expected[1:]:
@@ -96,6 +107,13 @@ def test_first_run_writes_every_artifact_and_a_verdict(first_run: tuple[Path, An
         fidelity = _run_file(runner, run_dir / candidate / "fidelity.json")
         assert fidelity["baseline"] == "bf16" and 0.0 <= fidelity["flip_rate"] <= 1.0
     assert [v["candidate"] for v in gate["verdicts"]] == expected[1:]
+    # one GuideLLM report per round of the run, with the proxy's record of every request
+    for n in [n for g in plan["groups"] for n in g["rounds"]]:
+        assert (run_dir / "interleaved" / f"r{n}" / "report.json").is_file()
+        assert (run_dir / "interleaved" / f"r{n}" / "routes.jsonl").stat().st_size > 0
+    p50 = [c for v in gate["verdicts"] for c in v["checks"] if c["name"] == "request-latency-p50"]
+    assert p50 and all("paired interleaved blocks" in c["reason"] for c in p50
+                       if c["status"] != "inconclusive"), p50
     junit = ET.parse(run_dir / "junit.xml").getroot()
     assert junit.iter("testcase")
     assert (run_dir / "report.html").stat().st_size > 10_000

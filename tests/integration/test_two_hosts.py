@@ -78,6 +78,9 @@ def _inventory(tmp: Path, target: dict[str, str]) -> Path:
         # the candidate every x86-64 build of vLLM CPU serves, against the baseline
         "modelgate_variants": [{"name": "bf16", "recipe": "none", "baseline": True},
                                {"name": "w8a8", "recipe": "w8a8-int8"}],
+        # as on a GPU host with one GPU: one variant at a time, the order flipped every round
+        # (the local end-to-end tests cover the side-by-side design)
+        "modelgate_validate_design": "sequential",
         "toolchain_pip_files": wheels + ([target["ca"]] if target.get("ca") else []),
     })
     (inv / "group_vars" / "all" / "main.yml").write_text(yaml.safe_dump(local))

@@ -197,6 +197,30 @@ def test_interleaved_blocks_only_one_variant_has_are_left_out_of_the_pairs(tmp_p
     assert (check.n_baseline, check.n_candidate) == (200, 175)
 
 
+def _measured_with(data: dict, variants: list[str]) -> dict:
+    for entry in data["rates"]:
+        entry["interleaved"]["variants"] = variants
+    return data
+
+
+def test_a_candidate_is_compared_with_the_baseline_rounds_it_shared(tmp_path):
+    # more variants than the host serves side by side: the baseline was measured with w8a8
+    # in round 1 (on a slow host) and with w4a16 in round 2; w4a16 is as fast as the baseline
+    # it ran beside, and must not be judged against the slow round it was not part of
+    slow = [1.6] * len(HOST)
+    base = tmp_path / "bf16" / "guidellm"
+    make_run.write_json(base / "results.json",
+                        _measured_with(_interleaved_round(1, slow), ["bf16", "w8a8"]))
+    make_run.write_json(base / "results-r2.json",
+                        _measured_with(_interleaved_round(2, HOST), ["bf16", "w4a16"]))
+    cand = tmp_path / "w4a16" / "guidellm"
+    make_run.write_json(cand / "results-r2.json",
+                        _measured_with(_interleaved_round(3, HOST), ["bf16", "w4a16"]))
+    verdict = gate.evaluate(tmp_path / "bf16", tmp_path / "w4a16", LATENCY_ONLY)
+    [check] = verdict.checks
+    assert check.status == "pass", check.reason
+    assert check.n_baseline == check.n_candidate == 200
+    assert any("measured together with w4a16: r2 of 2" in n for n in verdict.notes)
 def test_min_rounds_policy(tmp_path):
     base = write_variant(tmp_path, "a", [make_run.load_results("a", 1, n=100)])
     cand = write_variant(tmp_path, "b", [make_run.load_results("b", 2, n=100)])
