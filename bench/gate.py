@@ -18,16 +18,27 @@ Each trial is sequential: rounds of --seconds-per-round until the gate decides. 
               variants share every second of the run, so the host's slow spells cancel.
   sequential  one GuideLLM run per variant per round, the order flipping every round (A1 B1 B2
               A2 ...), the candidate of a regression behind `modelgate delay-proxy`: what the
-              pipeline's validate stage does with separate servers.
+              pipeline's validate stage does on a host that cannot serve the variants side by
+              side.
+  play        the play's own validate stage (`ansible-playbook site.yml --tags validate` on
+              inventories/local), not a copy of its logic: a run whose baseline and candidate
+              are the same checkpoint (recipe none) is prepared once (provision..modelcar);
+              each trial is a new run of it, validated by the play, which serves both variants
+              side by side, each vLLM CPU server on a core of its own, and measures them
+              together through the interleaving proxy (--play-rounds fixed rounds, no early
+              stop); a regression trial gives the candidate `load_delay_ms`, which the proxy
+              adds to its responses. The decision is the gate.json the play wrote; the wall time
+              is the play's. The servers are kept running between trials
+              (modelgate_validate_keep_serving), as a re-run of the play finds them.
 
 After every round from --min-rounds on, modelgate.gate.evaluate compares the variants under
 bench/gate_policy.yaml (request latency p50 within 10%, TTFT p95 within 15%). The trial stops
 once a check fails or none is inconclusive, or after --rounds-max rounds; the decision is the
 gate's verdict then (fail if any check failed, else pass or inconclusive).
 
-GuideLLM is pinned to core 1 (vLLM CPU binds its worker to core 0), and so is this process;
-the proxy runs as its own process at a higher priority on every core. Run it alone on the
-host, holding the heavy-work lock:
+Interleaved and sequential: GuideLLM is pinned to core 1 (vLLM CPU binds its worker to core 0),
+and so is this process; the proxy runs as its own process at a higher priority on every core.
+Run it alone on the host, holding the heavy-work lock:
 
     flock /tmp/modelgate-heavy.lock .modelgate/venvs/bench/bin/python bench/gate.py
 
@@ -254,6 +265,107 @@ class Bench:
                            checks=checks)
 
 
+class PlayBench:
+    """Trials of the play's own validate stage (--design play) on the embedded default."""
+
+    def __init__(self, args: argparse.Namespace, out: Path) -> None:
+        self.args = args
+        self.out = out
+        self.runs = out / "runs"
+        self.playbook = REPO / ".modelgate" / "venvs" / "controller" / "bin" / "ansible-playbook"
+        self.round_walls: list[float] = []
+        self.extravars: dict[str, Any] = {
+            "modelgate_runs_dir": str(self.runs),
+            "modelgate_validate_design": "interleaved",
+            "modelgate_validate_rounds": args.play_rounds,
+            "modelgate_validate_keep_serving": True,
+            "modelgate_load_overrides": {"rates": [args.rate],
+                                         "max_seconds": args.seconds_per_round},
+            "modelgate_accuracy_tasks": [],
+            "modelgate_gate_policy": str(Path(args.policy).resolve()),
+        }
+
+    def variants(self, delay_ms: float) -> list[dict[str, Any]]:
+        """The same checkpoint twice; the candidate delayed at the proxy for a regression."""
+        candidate: dict[str, Any] = {"name": "candidate", "recipe": "none"}
+        if delay_ms:
+            candidate["load_delay_ms"] = round(delay_ms, 1)
+        return [{"name": "baseline", "recipe": "none", "baseline": True}, candidate]
+
+    def play(self, run_id: str, tags: str, delay_ms: float = 0.0) -> tuple[int, float]:
+        """One ansible-playbook run; its output goes to <out>/<run_id>.log."""
+        extra = {**self.extravars, "modelgate_run_id": run_id,
+                 "modelgate_variants": self.variants(delay_ms)}
+        vars_file = self.out / f"{run_id}.vars.json"
+        vars_file.write_text(json.dumps(extra, indent=2))
+        t0 = time.monotonic()
+        with (self.out / f"{run_id}.log").open("w") as log:
+            rc = subprocess.run(
+                [str(self.playbook), "site.yml", "--tags", tags, "-e", f"@{vars_file}"],
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+        return rc, time.monotonic() - t0
+
+    def prepare(self) -> None:
+        """The run every trial starts from: both variants built and pushed as modelcars."""
+        rc, wall = self.play("base", "provision,model,quantize,modelcar")
+        if rc != 0:
+            raise SystemExit(f"preparing the run failed (rc {rc}): see {self.out / 'base.log'}")
+        print(f"prepared the run in {wall:.0f} s", flush=True)
+
+    def new_run(self, run_id: str) -> None:
+        """A copy of the prepared run's records (nothing measured yet)."""
+        shutil.copytree(self.runs / "base", self.runs / run_id, symlinks=True)
+
+    def verdict(self, run_id: str) -> dict[str, Any]:
+        path = self.runs / run_id / "gate.json"
+        if not path.is_file():
+            raise SystemExit(f"the play wrote no gate.json for {run_id}: see "
+                             f"{self.out / (run_id + '.log')}")
+        return dict(json.loads(path.read_text())["verdicts"][0])
+
+    def calibrate(self) -> float:
+        """One A/A run of the play (it also starts the servers, kept for the trials); the
+        baseline's median request latency there sets the delay."""
+        self.new_run("calibration")
+        rc, wall = self.play("calibration", "validate")
+        self.verdict("calibration")  # the play got to a verdict
+        results = json.loads((self.runs / "calibration" / "baseline" / "guidellm" /
+                              "results.json").read_text())
+        median_s = float(results["rates"][0]["metrics"]["request_latency_s"]["p50"])
+        delay_ms = self.args.regression_pct / 100.0 * median_s * 1000.0
+        print(f"calibration run (rc {rc}, {wall:.0f} s): median request latency "
+              f"{median_s * 1000:.1f} ms at {self.args.rate} rps per variant; regression delay "
+              f"{delay_ms:.1f} ms (+{self.args.regression_pct:g}%)", flush=True)
+        return delay_ms
+
+    def trial(self, index: int, kind: str, delay_ms: float) -> TrialResult:
+        run_id = f"trial-{index:02d}-{kind}"
+        self.new_run(run_id)
+        rc, wall = self.play(run_id, "validate", delay_ms if kind == "regression" else 0.0)
+        verdict = self.verdict(run_id)
+        # the play's outcome is the gate's: it fails exactly when the verdict did not pass
+        if (rc == 0) != bool(verdict["passed"]):
+            raise SystemExit(f"{run_id}: play rc {rc} but gate passed={verdict['passed']}")
+        checks = [{"name": c["name"], "status": c["status"], "ratio": c.get("ratio"),
+                   "ci_low": c.get("ci_low"), "ci_high": c.get("ci_high"),
+                   "n": [c.get("n_baseline"), c.get("n_candidate")]}
+                  for c in verdict["checks"]]
+        self.round_walls.append(wall / self.args.play_rounds)
+        return TrialResult(index=index, kind=kind, decision=verdict["status"],
+                           rounds=self.args.play_rounds, wall_s=round(wall, 1),
+                           delay_ms=round(delay_ms if kind == "regression" else 0.0, 1),
+                           checks=checks)
+
+    def stop_servers(self) -> None:
+        """The servers the play kept running (ports 8000 and 8001 of inventories/local)."""
+        from modelgate.process import ProcessSpec
+        from modelgate.serving import server_name
+
+        for port in (8000, 8001):
+            stop_local_server(ProcessSpec(name=server_name(port), argv=[],
+                                          state_dir=REPO / ".modelgate" / "state"))
+
+
 def _fmt_check(c: dict[str, Any]) -> str:
     if c["ratio"] is None or c["ci_low"] is None:
         return f"{c['name']} {c['status']}"
@@ -287,7 +399,8 @@ def summarize(trials: list[TrialResult], round_walls: list[float], args: argpars
         "round_wall_s_mean": round(mean_round, 1),
         # a sequential round is one variant's GuideLLM run, an interleaved one serves both
         "fixed_rounds_max_wall_s": round(
-            (2 if args.design == "sequential" else 1) * args.rounds_max * mean_round, 1),
+            (2 if args.design == "sequential" else 1) * args.rounds_max * mean_round, 1)
+        if args.design != "play" else None,
         "seed_protocol_s": SEED_PROTOCOL_S,
         "regression_delay_ms": round(delay_ms, 1),
         "bench_wall_s": round(total_s, 1),
@@ -315,10 +428,12 @@ def print_table(s: dict[str, Any], args: argparse.Namespace) -> None:
           f"detection rate {pct(reg['fail_rate'])} (goal >= 95%): "
           f"{'met' if reg['fail_rate'] is not None and reg['fail_rate'] >= 0.95 else 'MISSED'}")
     mean = s["wall_s_per_decision_mean"]
+    what = ("the whole validate play per round" if args.design == "play"
+            else "GuideLLM start-up")
     print(f"validation wall time per decision: mean {mean} s, median "
           f"{s['wall_s_per_decision_median']} s (one round {s['round_wall_s_mean']} s incl. "
-          f"GuideLLM start-up, {args.seconds_per_round:g} s measured)")
-    if mean:
+          f"{what}, {args.seconds_per_round:g} s measured)")
+    if mean and s["fixed_rounds_max_wall_s"]:
         print(f"  vs always running {args.rounds_max} rounds: {s['fixed_rounds_max_wall_s']} s "
               f"({s['fixed_rounds_max_wall_s'] / mean:.1f}x more); vs the seed's fixed "
               f"protocol 2 x 9 x 900 s = {s['seed_protocol_s']:.0f} s "
@@ -332,10 +447,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=10, help="trials of EACH kind (A/A, regression)")
-    p.add_argument("--design", choices=("interleaved", "sequential"), default="interleaved",
+    p.add_argument("--design", choices=("interleaved", "sequential", "play"),
+                   default="interleaved",
                    help="interleaved: one GuideLLM run per round through an interleaving proxy "
                         "(baseline and candidate requests in turn); sequential: one GuideLLM "
-                        "run per variant per round, the order flipped every round")
+                        "run per variant per round, the order flipped every round; play: the "
+                        "play's own validate stage, servers side by side")
+    p.add_argument("--play-rounds", type=int, default=1,
+                   help="play: modelgate_validate_rounds of every trial (no early stop)")
     p.add_argument("--rounds-max", type=int, default=4,
                    help="most rounds per trial before it ends inconclusive")
     p.add_argument("--min-rounds", type=int, default=1,
@@ -369,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     out = args.out or Path("/tmp/modelgate-bench-gate") / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
+    if args.design == "play":
+        return play_main(args, out, started)
     model_dir = (args.model or newest_generated_model(
         REPO / ".modelgate" / "store" / "models")).resolve()
     serving = derive_serving_args(model_dir, device="cpu", gpu_memory_gib=4,
@@ -393,16 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                                  out / "delay-proxy.log")
             bench.proxy_url = proxy.url
         try:
-            kinds = ("aa", "regression")
-            for i in range(2 * args.trials):
-                kind = kinds[i % 2]  # interleaved, so slow drift hits both kinds alike
-                t = bench.trial(i + 1, kind, delay_ms)
-                trials.append(t)
-                print(f"trial {t.index:2d} {kind:10} -> {t.decision.upper():12} after "
-                      f"{t.rounds} round(s), {t.wall_s:6.1f} s | "
-                      + " | ".join(_fmt_check(c) for c in t.checks), flush=True)
-                (out / "trials.json").write_text(json.dumps([asdict(x) for x in trials],
-                                                            indent=2))
+            trials = run_trials(bench, args, delay_ms, out)
         finally:
             proxy_stats = proxy.stop() if proxy is not None else {}
         round_walls = bench.round_walls
@@ -411,6 +523,42 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(trials, round_walls, args, delay_ms, time.monotonic() - started)
     summary.update({"args": {k: str(v) for k, v in vars(args).items()},
                     "proxy": proxy_stats, "model": str(model_dir),
+                    "trials": [asdict(t) for t in trials]})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print_table(summary, args)
+    print(f"details: {out / 'summary.json'}")
+    return 0
+
+
+def run_trials(bench: Bench | PlayBench, args: argparse.Namespace, delay_ms: float,
+               out: Path) -> list[TrialResult]:
+    """2 x --trials trials, A/A and regression alternating (so slow drift hits both kinds
+    alike), each printed as it ends and saved to trials.json."""
+    trials: list[TrialResult] = []
+    kinds = ("aa", "regression")
+    for i in range(2 * args.trials):
+        t = bench.trial(i + 1, kinds[i % 2], delay_ms)
+        trials.append(t)
+        print(f"trial {t.index:2d} {t.kind:10} -> {t.decision.upper():12} after "
+              f"{t.rounds} round(s), {t.wall_s:6.1f} s | "
+              + " | ".join(_fmt_check(c) for c in t.checks), flush=True)
+        (out / "trials.json").write_text(json.dumps([asdict(x) for x in trials], indent=2))
+    return trials
+
+
+def play_main(args: argparse.Namespace, out: Path, started: float) -> int:
+    """--design play: trials of the play's validate stage."""
+    bench = PlayBench(args, out)
+    print(f"out {out}\npreparing a run of the embedded default (baseline = candidate) ...",
+          flush=True)
+    bench.prepare()
+    try:
+        delay_ms = bench.calibrate()
+        trials = run_trials(bench, args, delay_ms, out)
+    finally:
+        bench.stop_servers()
+    summary = summarize(trials, bench.round_walls, args, delay_ms, time.monotonic() - started)
+    summary.update({"args": {k: str(v) for k, v in vars(args).items()},
                     "trials": [asdict(t) for t in trials]})
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_table(summary, args)

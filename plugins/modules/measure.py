@@ -52,6 +52,17 @@ options:
     type: list
     elements: str
     default: []
+  servers:
+    description:
+      - With O(upstreams), the group's local vLLM CPU servers as M(modelgate.pipeline.measure_plan)
+        returns them (C(variant), C(port), C(cpus)); found running in O(state_dir), they swap
+        their cores every half time block during the load, so no variant keeps the faster core.
+    type: list
+    elements: dict
+    default: []
+  state_dir:
+    description: Where the local servers' state files are (with O(servers)).
+    type: path
   delays_ms:
     description:
       - With O(upstreams), a fixed delay in ms the proxy adds to a variant's responses - a
@@ -162,6 +173,8 @@ def main() -> None:
             "upstreams": {"type": "dict"},
             "quality_for": {"type": "list", "elements": "str", "default": []},
             "delays_ms": {"type": "dict", "default": {}},
+            "servers": {"type": "list", "elements": "dict", "default": []},
+            "state_dir": {"type": "path"},
             "baseline": {"type": "str", "default": ""},
             "base_url": {"type": "str"},
             "served_name": {"type": "str", "required": True},
@@ -188,6 +201,16 @@ def main() -> None:
 
         p = module.params
         if p["upstreams"]:
+            rotate = {}
+            if p["servers"] and p["state_dir"]:
+                from modelgate.process import ProcessSpec, read_state
+                from modelgate.serving import server_name
+
+                for srv in p["servers"]:
+                    state = read_state(ProcessSpec(name=server_name(int(srv["port"])), argv=[],
+                                                   state_dir=Path(p["state_dir"])))
+                    if state and srv.get("cpus"):
+                        rotate[srv["variant"]] = {"pid": state["pid"], "cpus": srv["cpus"]}
             together = measure_together(
                 work_dir=Path(p["work_dir"]), upstreams=p["upstreams"],
                 baseline=p["baseline"], served_name=p["served_name"],
@@ -196,7 +219,7 @@ def main() -> None:
                 accuracy_tasks=p["accuracy_tasks"], accuracy_limit=p["accuracy_limit"],
                 fidelity=p["fidelity"], round_no=p["round"], quality_for=p["quality_for"],
                 delays_ms={k: float(v) for k, v in p["delays_ms"].items()},
-                cpu_affinity=p["cpu_affinity"])
+                cpu_affinity=p["cpu_affinity"], rotate_cores=rotate)
             together["archives"] = [
                 {"variant": name, "path": entry["archive"]}
                 for name, entry in [*together["variants"].items(),

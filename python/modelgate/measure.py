@@ -9,8 +9,10 @@ gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +162,7 @@ def measure_together(
     delays_ms: dict[str, float] | None = None,
     block_s: float = 5.0,
     cpu_affinity: list[int] | None = None,
+    rotate_cores: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Measure variants served side by side: one GuideLLM run through the interleaving proxy.
 
@@ -171,6 +174,8 @@ def measure_together(
     gate pairs the variants by; the raw report and the proxy's routes stay in
     ``interleaved/r<N>/``. ``delays_ms`` adds a fixed latency to a variant's responses at the
     proxy: a known regression, to prove the gate detects one of that size on this host.
+    ``rotate_cores`` (variant -> ``{"pid", "cpus"}`` of its local server) makes the servers
+    swap their cores every half block during the load (:func:`rotating_cores`).
     """
     from modelgate import loadtest
 
@@ -190,15 +195,64 @@ def measure_together(
         entry["warm_up"] = warm_up(url, served_name, profile.prompt_tokens,
                                    profile.output_tokens)
         result["variants"][variant] = entry
-    load = loadtest.measure_interleaved(
-        profile, upstreams, served_name, processor, work_dir, round_no=round_no,
-        block_s=block_s, guidellm_bin=str(bench_bin_dir / "guidellm"),
-        cpu_affinity=cpu_affinity, delays_ms=delays_ms)
+    with rotating_cores(rotate_cores or {}, block_s / 2.0) as rotation:
+        load = loadtest.measure_interleaved(
+            profile, upstreams, served_name, processor, work_dir, round_no=round_no,
+            block_s=block_s, guidellm_bin=str(bench_bin_dir / "guidellm"),
+            cpu_affinity=cpu_affinity, delays_ms=delays_ms)
+    load["core_rotation"] = rotation
     result["load"] = load
     for variant in upstreams:
         result["variants"][variant].update(variant_archive(work_dir, variant))
     result["interleaved"] = variant_archive(work_dir, "interleaved")
     return result
+
+
+@contextlib.contextmanager
+def rotating_cores(servers: dict[str, dict[str, Any]],
+                   period_s: float) -> Iterator[dict[str, Any]]:
+    """Swap the servers' cores every ``period_s`` while the block runs.
+
+    Each local vLLM CPU server side by side has cores of its own, but cores are not equal: on
+    this 2-core host the same model read 6-9% faster on core 1 than on core 0 in five of five
+    rounds, a bias no resampling removes. Moving every thread of each server (its whole
+    session) to the next server's cores twice per time block gives every variant each core
+    for the same share of every block. ``servers``: variant -> ``{"pid", "cpus"}``; fewer than
+    two, or any without cores, rotates nothing. Yields what it did (``moves``).
+    """
+    import threading
+
+    from modelgate.process import pin_session
+
+    names = list(servers)
+    info: dict[str, Any] = {"period_s": period_s, "moves": 0}
+    if len(names) < 2 or not all(servers[n].get("cpus") and servers[n].get("pid")
+                                 for n in names):
+        info["period_s"] = None
+        yield info
+        return
+    slots = [list(servers[n]["cpus"]) for n in names]
+    stop = threading.Event()
+
+    def place(step: int) -> None:
+        for i, name in enumerate(names):
+            pin_session(int(servers[name]["pid"]), slots[(i + step) % len(slots)])
+
+    def loop() -> None:
+        step = 0
+        while not stop.wait(period_s):
+            step += 1
+            place(step)
+            info["moves"] = step
+
+    worker = threading.Thread(target=loop, name="modelgate-core-rotation", daemon=True)
+    worker.start()
+    try:
+        yield info
+    finally:
+        stop.set()
+        worker.join()
+        place(0)  # every server back on its own cores
 
 
 def variant_files(vdir: Path) -> list[str]:

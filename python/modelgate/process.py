@@ -37,6 +37,8 @@ class ProcessSpec:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     fingerprint: str = ""
+    # cores the process (and everything it starts) may run on; empty: any
+    cpu_affinity: list[int] = field(default_factory=list)
 
     @property
     def pidfile(self) -> Path:
@@ -107,6 +109,7 @@ def start(spec: ProcessSpec, extra_env: Mapping[str, str] | None = None) -> dict
             env=env,
             cwd=spec.cwd,
             start_new_session=True,
+            preexec_fn=_affinity(spec.cpu_affinity),
         )
     state = {
         "pid": proc.pid,
@@ -118,6 +121,45 @@ def start(spec: ProcessSpec, extra_env: Mapping[str, str] | None = None) -> dict
     spec.pidfile.write_text(f"{proc.pid}\n")
     spec.statefile.write_text(json.dumps(state, indent=2))
     return {**state, "changed": True}
+
+
+def _affinity(cpus: list[int]) -> Callable[[], None] | None:
+    """preexec_fn that puts the child (and so its children) on ``cpus``."""
+    if not cpus:
+        return None
+    wanted = set(cpus)
+
+    def _apply() -> None:
+        os.sched_setaffinity(0, wanted)
+
+    return _apply
+
+
+def session_threads(sid: int) -> list[int]:
+    """Every thread of every process in session ``sid`` (a supervised process started its
+    own session: it and all it started)."""
+    tids: list[int] = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) != sid:  # state, ppid, pgrp, session
+                continue
+            tids += [int(t.name) for t in (proc / "task").iterdir()]
+        except (OSError, IndexError, ValueError):
+            continue  # it exited meanwhile
+    return tids
+
+
+def pin_session(sid: int, cpus: list[int]) -> int:
+    """Move every thread of session ``sid`` onto ``cpus``; returns how many were moved."""
+    moved = 0
+    for tid in session_threads(sid):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, set(cpus))
+            moved += 1
+    return moved
 
 
 def stop(spec: ProcessSpec, timeout: float = 30.0) -> bool:

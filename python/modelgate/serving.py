@@ -352,8 +352,9 @@ def local_server_spec(
 ) -> LocalServerSpec:
     """Build the supervised-process spec of a local vLLM server.
 
-    On CPU, ``cpu_cores`` binds vLLM's OpenMP threads to exactly those cores (servers side by
-    side each get their own), else ``cpu_threads`` to the first N.
+    On CPU, ``cpu_cores`` puts the whole server on exactly those cores, its OpenMP threads
+    bound to them (servers side by side each get their own), else ``cpu_threads`` binds the
+    OpenMP threads to the first N.
 
     The fingerprint hashes the model digest, the argv and the environment we set, so the same
     model with the same arguments is found running and not restarted.
@@ -385,6 +386,8 @@ def local_server_spec(
         name=server_name(port), argv=argv, state_dir=Path(state_dir), env=proc_env,
         fingerprint=fingerprint, host=host, port=port, served_name=served_name,
         model_dir=str(model_dir),
+        # side by side, the whole server (API server, engine, worker) stays on its cores
+        cpu_affinity=sorted(cpu_cores) if serving_args.device == "cpu" and cpu_cores else [],
     )
 
 

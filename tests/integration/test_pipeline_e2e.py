@@ -188,8 +188,9 @@ def test_degraded_candidate_fails_the_play_with_the_gate_message(tmp_path: Path)
         {"name": "w8a8-degraded", "recipe": "w8a8-int8",
          "serving_overrides": {"max-num-seqs": 1}},
     ]
-    # One round per variant, measured one after the other, to keep the test short: the
-    # default policy would call its latency checks inconclusive (a within-run interval cannot
+    # One round per variant, measured one after the other (the design of a host that cannot
+    # serve both at once; the first run measures them side by side), to keep the test short:
+    # the default policy would call its latency checks inconclusive (a within-run interval cannot
     # see the host's drift between runs), so this run's policy allows 1.5x of drift, more than
     # the 1.38x measured on this host. The degraded candidate was 2-13x slower in earlier runs
     # (within-run CI low ends: request latency p50 1.4-13, TTFT p95 3.8-280): divided by 1.5,
@@ -201,6 +202,7 @@ def test_degraded_candidate_fails_the_play_with_the_gate_message(tmp_path: Path)
     runner = run_playbook(tmp / "negative", "negative", extravars={
         "modelgate_variants": variants, "modelgate_accuracy_tasks": [],
         "modelgate_validate_rounds": 1, "modelgate_gate_policy": str(policy_file),
+        "modelgate_validate_design": "sequential",
         "modelgate_load_overrides": {
             "rates": [4, 8], "output_tokens": 128, "output_tokens_stdev": 8,
             "output_tokens_min": 112, "output_tokens_max": 144}})

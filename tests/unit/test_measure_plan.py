@@ -95,3 +95,51 @@ def test_bad_inputs_name_the_field() -> None:
 def test_sequential_schedule_flips_the_order_every_round() -> None:
     assert sequential_schedule(["a", "b"], 3) == [(1, "a"), (1, "b"), (2, "b"), (2, "a"),
                                                   (3, "a"), (3, "b")]
+
+
+def test_servers_side_by_side_swap_their_cores_and_get_their_own_back() -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from modelgate.measure import rotating_cores
+    from modelgate.process import session_threads
+
+    cpus = sorted(os.sched_getaffinity(0))
+    slots = [[cpus[0]], [cpus[-1]]]
+    # two supervised-style processes, each its own session with a child thread and a child
+    code = ("import subprocess, sys, threading, time; "
+            "threading.Thread(target=time.sleep, args=(30,), daemon=True).start(); "
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
+            "time.sleep(30)")
+    procs = [subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+             for _ in slots]
+    try:
+        time.sleep(0.5)
+        servers = {f"v{i}": {"pid": p.pid, "cpus": slot}
+                   for i, (p, slot) in enumerate(zip(procs, slots, strict=True))}
+        with rotating_cores(servers, period_s=0.5) as info:
+            deadline = time.monotonic() + 20
+            while info["moves"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            moves = info["moves"]
+            seen = [os.sched_getaffinity(p.pid) for p in procs]
+            if info["moves"] == moves:  # no move in between: after an odd one, swapped
+                want = [set(slots[1]), set(slots[0])] if moves % 2 else [set(s) for s in slots]
+                assert seen == want
+        assert info["moves"] >= 1
+        # back on its own cores: every thread of the session, the child process's too
+        for proc, slot in zip(procs, slots, strict=True):
+            tids = session_threads(proc.pid)
+            assert len(tids) >= 3
+            assert all(os.sched_getaffinity(t) == set(slot) for t in tids)
+        # without cores (a GPU target), nothing rotates
+        with rotating_cores({"a": {"pid": procs[0].pid, "cpus": []},
+                             "b": {"pid": procs[1].pid, "cpus": []}}, 0.1) as none:
+            time.sleep(0.2)
+        assert none["period_s"] is None and none["moves"] == 0
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, 9)
+            proc.wait()
