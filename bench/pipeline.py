@@ -46,7 +46,7 @@ def _play_stage(play: str) -> str | None:
         "Quantize the variants": "quantize",
         "Package each variant as a modelcar image": "modelcar",
         "Deploy and prove each variant": "deploy",
-        "Measure each variant": "validate",
+        "Measure the variants": "validate",
         "Judge the run": "validate",
     }
     return names.get(play)
@@ -96,6 +96,8 @@ def run_play(tmp: Path, name: str, store: Path,
         "modelgate_store_dir": str(store),
         "modelgate_registry": {"address": "127.0.0.1:5000", "repository": repository,
                                "tls_verify": False},
+        # the by-hand path below measures one variant at a time: the play does the same here
+        "modelgate_validate_design": "sequential",
     })
     total = time.monotonic() - t0
     if runner.rc != 0:

@@ -768,12 +768,12 @@ def measure_interleaved(
     routes = work / "routes.jsonl"
     routes.unlink(missing_ok=True)
     proxy = InterleavingProxy(upstreams, delays_ms=delays_ms, routes_path=routes)
-    with serving_in_thread(proxy) as proxy:
-        summary = run_interleaved_load(profile, proxy.url, routes, list(upstreams), model_name,
+    with serving_in_thread(proxy) as running:
+        summary = run_interleaved_load(profile, running.url, routes, list(upstreams), model_name,
                                        processor, work, block_s=block_s,
                                        guidellm_bin=guidellm_bin, cpu_affinity=cpu_affinity,
                                        progress=progress)
-        summary["proxy"] = proxy.stats.to_dict()
+        summary["proxy"] = running.stats.to_dict()
     file_interleaved_round(summary, run, round_no)
     return summary
 

@@ -171,6 +171,34 @@ def test_cpu_threads_bind_omp(tmp_path):
                                overrides={"max-model-len": 2048})
     spec = local_server_spec(d, "n", 18451, sys.executable, args, tmp_path, cpu_threads=2)
     assert spec.env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    assert spec.cpu_affinity == []  # the rest of the server may run anywhere
+
+
+def test_cpu_cores_put_the_whole_server_on_them(tmp_path):
+    d = _model_dir(tmp_path, NEMOTRON_NANO_9B_V2)
+    args = derive_serving_args(d, device="cpu", gpu_memory_gib=64, weight_bytes=W4A16_BYTES,
+                               overrides={"max-model-len": 2048})
+    spec = local_server_spec(d, "n", 18452, sys.executable, args, tmp_path, cpu_threads=1,
+                             cpu_cores=[3, 2])
+    assert spec.env["VLLM_CPU_OMP_THREADS_BIND"] == "2,3"
+    assert spec.cpu_affinity == [2, 3]
+    other = local_server_spec(d, "n", 18452, sys.executable, args, tmp_path, cpu_cores=[0])
+    assert other.fingerprint != spec.fingerprint
+
+
+def test_a_cpu_server_the_host_cannot_hold_is_refused_before_it_starts(monkeypatch):
+    import modelgate.serving as serving
+
+    args = derive_serving_args(NEMOTRON_NANO_9B_V2, device="cpu", gpu_memory_gib=64,
+                               weight_bytes=W4A16_BYTES, overrides={"max-model-len": 2048})
+    need = W4A16_BYTES + args.args["kv-cache-memory-bytes"] + serving.CPU_SERVER_RUNTIME_BYTES
+    monkeypatch.setattr(serving, "host_memory_gib", lambda: need / 1024**3 + 0.5)
+    serving.check_host_memory(args, 8001)  # fits
+    monkeypatch.setattr(serving, "host_memory_gib", lambda: need / 1024**3 - 0.5)
+    with pytest.raises(ModelGateError) as err:
+        serving.check_host_memory(args, 8001)
+    assert err.value.field == "serve_local_memory_gib"
+    assert "port 8001" in err.value.message and "sequential" in err.value.fix
 
 
 def test_port_held_by_another_process_is_refused(tmp_path):
