@@ -109,6 +109,15 @@ def newest_generated_model(root: Path) -> Path:
     return found[-1][1]
 
 
+def regression_delay(args: argparse.Namespace, median_s: float, what: str) -> float:
+    """The delay of a regression trial: --regression-pct of the calibrated median latency."""
+    delay_ms = args.regression_pct / 100.0 * median_s * 1000.0
+    print(f"{what}: median request latency {median_s * 1000:.1f} ms at {args.rate} rps per "
+          f"variant; regression delay {delay_ms:.1f} ms (+{args.regression_pct:g}%)",
+          flush=True)
+    return delay_ms
+
+
 class ProxyProcess:
     """A `modelgate delay-proxy` / `interleave-proxy` as its own process: at a higher CPU
     priority than the load client, so on a 2-core host the injected delay is the delay asked
@@ -215,12 +224,8 @@ class Bench:
         else:
             self.measure(folder, "warmup", 1, self.server_url)
             rate = self.measure(folder, "baseline", 1, self.server_url)["rates"][0]
-        median_s = float(rate["request_latency_p50_s"])
-        delay_ms = self.args.regression_pct / 100.0 * median_s * 1000.0
-        print(f"calibration: median request latency {median_s * 1000:.1f} ms at "
-              f"{self.args.rate} rps per variant ({rate['requests']}); regression delay "
-              f"{delay_ms:.1f} ms (+{self.args.regression_pct:g}%)", flush=True)
-        return delay_ms
+        return regression_delay(self.args, float(rate["request_latency_p50_s"]),
+                                f"calibration ({rate['requests']})")
 
     def trial(self, index: int, kind: str, delay_ms: float) -> TrialResult:
         """A sequential A/B comparison: rounds until the gate decides."""
@@ -331,12 +336,9 @@ class PlayBench:
         self.verdict("calibration")  # the play got to a verdict
         results = json.loads((self.runs / "calibration" / "baseline" / "guidellm" /
                               "results.json").read_text())
-        median_s = float(results["rates"][0]["metrics"]["request_latency_s"]["p50"])
-        delay_ms = self.args.regression_pct / 100.0 * median_s * 1000.0
-        print(f"calibration run (rc {rc}, {wall:.0f} s): median request latency "
-              f"{median_s * 1000:.1f} ms at {self.args.rate} rps per variant; regression delay "
-              f"{delay_ms:.1f} ms (+{self.args.regression_pct:g}%)", flush=True)
-        return delay_ms
+        return regression_delay(
+            self.args, float(results["rates"][0]["metrics"]["request_latency_s"]["p50"]),
+            f"calibration run (rc {rc}, {wall:.0f} s)")
 
     def trial(self, index: int, kind: str, delay_ms: float) -> TrialResult:
         run_id = f"trial-{index:02d}-{kind}"

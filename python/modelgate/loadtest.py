@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from modelgate.errors import ModelGateError, ToolError
-from modelgate.process import log_tail
+from modelgate.process import affinity_preexec, log_tail
 
 # GuideLLM metric names -> the names in our normalized results (and their unit scale).
 # request_latency is in seconds; the others are in milliseconds already.
@@ -576,18 +576,6 @@ def resolve_guidellm(guidellm_bin: str | None) -> str:
     return candidate
 
 
-def _pin(cpu_affinity: list[int] | None) -> Any:
-    """preexec_fn that pins the child to ``cpu_affinity`` (field notes: less tail noise)."""
-    if not cpu_affinity:
-        return None
-    cpus = set(cpu_affinity)
-
-    def _apply() -> None:
-        os.sched_setaffinity(0, cpus)
-
-    return _apply
-
-
 def run_load(
     profile: LoadProfile,
     target: str,
@@ -624,7 +612,7 @@ def run_load(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             # The affinity is set in the child before exec, so GuideLLM's worker
             # processes inherit it.
-            env=env, preexec_fn=_pin(cpu_affinity),
+            env=env, preexec_fn=affinity_preexec(cpu_affinity),
         )
         assert proc.stdout is not None
         for line in proc.stdout:

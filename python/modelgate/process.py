@@ -109,7 +109,7 @@ def start(spec: ProcessSpec, extra_env: Mapping[str, str] | None = None) -> dict
             env=env,
             cwd=spec.cwd,
             start_new_session=True,
-            preexec_fn=_affinity(spec.cpu_affinity),
+            preexec_fn=affinity_preexec(spec.cpu_affinity),
         )
     state = {
         "pid": proc.pid,
@@ -123,8 +123,8 @@ def start(spec: ProcessSpec, extra_env: Mapping[str, str] | None = None) -> dict
     return {**state, "changed": True}
 
 
-def _affinity(cpus: list[int]) -> Callable[[], None] | None:
-    """preexec_fn that puts the child (and so its children) on ``cpus``."""
+def affinity_preexec(cpus: list[int] | None) -> Callable[[], None] | None:
+    """preexec_fn that puts the child (and so its children) on ``cpus``; None for any."""
     if not cpus:
         return None
     wanted = set(cpus)
