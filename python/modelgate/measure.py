@@ -211,13 +211,13 @@ def measure_together(
 @contextlib.contextmanager
 def rotating_cores(servers: dict[str, dict[str, Any]],
                    period_s: float) -> Iterator[dict[str, Any]]:
-    """Swap the servers' cores every ``period_s`` while the block runs.
+    """Move each server to the next server's cores every ``period_s`` while the load runs.
 
     Each local vLLM CPU server side by side has cores of its own, but cores are not equal: on
     this 2-core host the same model read 6-9% faster on core 1 than on core 0 in five of five
     rounds, a bias no resampling removes. Moving every thread of each server (its whole
-    session) to the next server's cores twice per time block gives every variant each core
-    for the same share of every block. ``servers``: variant -> ``{"pid", "cpus"}``; fewer than
+    session) to the next server's cores, twice per time block, gives every variant each core
+    for the same share of the run (of every block, with two servers). ``servers``: variant -> ``{"pid", "cpus"}``; fewer than
     two, or any without cores, rotates nothing. Yields what it did (``moves``).
     """
     import threading
