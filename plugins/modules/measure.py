@@ -197,20 +197,16 @@ def main() -> None:
         import json
         from pathlib import Path
 
-        from modelgate.measure import measure_together, measure_variant
+        from modelgate.measure import (
+            local_server_sessions,
+            measure_together,
+            measure_variant,
+        )
 
         p = module.params
         if p["upstreams"]:
-            rotate = {}
-            if p["servers"] and p["state_dir"]:
-                from modelgate.process import ProcessSpec, read_state
-                from modelgate.serving import server_name
-
-                for srv in p["servers"]:
-                    state = read_state(ProcessSpec(name=server_name(int(srv["port"])), argv=[],
-                                                   state_dir=Path(p["state_dir"])))
-                    if state and srv.get("cpus"):
-                        rotate[srv["variant"]] = {"pid": state["pid"], "cpus": srv["cpus"]}
+            rotate = (local_server_sessions(p["servers"], Path(p["state_dir"]))
+                      if p["servers"] and p["state_dir"] else {})
             together = measure_together(
                 work_dir=Path(p["work_dir"]), upstreams=p["upstreams"],
                 baseline=p["baseline"], served_name=p["served_name"],

@@ -2285,10 +2285,10 @@ def _rounds_measured_with(base: VariantResults,
     """
     if not cand.rounds or not base.rounds:
         return base, ""
-    groups = [_round_group(r) for r in base.rounds + cand.rounds]
-    if any(g is None for g in groups):
+    base_groups = [_round_group(r) for r in base.rounds]
+    if None in base_groups or any(_round_group(r) is None for r in cand.rounds):
         return base, ""
-    kept = [r for r in base.rounds if cand.name in (_round_group(r) or set())]
+    kept = [r for r, g in zip(base.rounds, base_groups, strict=True) if g and cand.name in g]
     # no round names the candidate (results renamed since): nothing tells the groups apart
     if not kept or len(kept) == len(base.rounds):
         return base, ""

@@ -208,6 +208,22 @@ def measure_together(
     return result
 
 
+def local_server_sessions(servers: list[dict[str, Any]],
+                          state_dir: Path) -> dict[str, dict[str, Any]]:
+    """``{variant: {"pid", "cpus"}}`` of the group's local vLLM CPU servers found running in
+    ``state_dir`` (``servers`` as measure_plan gives them), for :func:`rotating_cores`."""
+    from modelgate.process import ProcessSpec, read_state
+    from modelgate.serving import server_name
+
+    found: dict[str, dict[str, Any]] = {}
+    for srv in servers:
+        state = read_state(ProcessSpec(name=server_name(int(srv["port"])), argv=[],
+                                       state_dir=state_dir))
+        if state and srv.get("cpus"):
+            found[str(srv["variant"])] = {"pid": state["pid"], "cpus": list(srv["cpus"])}
+    return found
+
+
 @contextlib.contextmanager
 def rotating_cores(servers: dict[str, dict[str, Any]],
                    period_s: float) -> Iterator[dict[str, Any]]:
@@ -217,8 +233,9 @@ def rotating_cores(servers: dict[str, dict[str, Any]],
     this 2-core host the same model read 6-9% faster on core 1 than on core 0 in five of five
     rounds, a bias no resampling removes. Moving every thread of each server (its whole
     session) to the next server's cores, twice per time block, gives every variant each core
-    for the same share of the run (of every block, with two servers). ``servers``: variant -> ``{"pid", "cpus"}``; fewer than
-    two, or any without cores, rotates nothing. Yields what it did (``moves``).
+    for the same share of the run (of every block, with two servers). ``servers``: variant ->
+    ``{"pid", "cpus"}``; fewer than two, or any without cores, rotates nothing. Yields what
+    it did (``moves``).
     """
     import threading
 

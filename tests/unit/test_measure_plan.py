@@ -143,3 +143,22 @@ def test_servers_side_by_side_swap_their_cores_and_get_their_own_back() -> None:
         for proc in procs:
             os.killpg(proc.pid, 9)
             proc.wait()
+
+
+def test_the_group_s_running_local_servers_are_found_by_port(tmp_path) -> None:
+    import sys
+
+    from modelgate.measure import local_server_sessions
+    from modelgate.process import ProcessSpec, start, stop
+    from modelgate.serving import server_name
+
+    spec = ProcessSpec(name=server_name(8000), state_dir=tmp_path,
+                       argv=[sys.executable, "-c", "import time; time.sleep(30)"])
+    state = start(spec)
+    try:
+        servers = [{"variant": "bf16", "port": 8000, "cpus": [0], "gpus": []},
+                   {"variant": "w8a8", "port": 8001, "cpus": [1], "gpus": []}]  # not running
+        assert local_server_sessions(servers, tmp_path) == {
+            "bf16": {"pid": state["pid"], "cpus": [0]}}
+    finally:
+        stop(spec)
