@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelgate import k8s
 from modelgate.container_tools import run_container_tool
 from modelgate.errors import ModelGateError, ToolError
 
@@ -42,9 +43,6 @@ JOB_ENV = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 # ConfigMaps hold at most 1 MiB; leave room for the spec and the job's source.
 CONFIGMAP_CALIBRATION_LIMIT = 900 * 1024
-# Kubernetes names that end up in pod labels must stay within 63 characters.
-K8S_NAME_MAX = 63
-_DNS1123 = re.compile(r"[^a-z0-9-]+")
 
 
 # ------------------------------------------------------------------------------------ podman
@@ -180,15 +178,8 @@ class KubernetesRunner:
 def k8s_job_name(variant: str, key: str) -> str:
     """``modelgate-quantize-<variant>-<key[:12]>``, DNS-1123 and at most 63 characters."""
     suffix = f"-{key[:12]}"
-    stem = _DNS1123.sub("-", f"modelgate-quantize-{variant}".lower()).strip("-")
-    return stem[:K8S_NAME_MAX - len(suffix)].rstrip("-") + suffix
-
-
-def _labels(variant: str, key: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "modelgate", "app.kubernetes.io/component": "quantize",
-            "app.kubernetes.io/managed-by": "modelgate",
-            "modelgate.io/variant": _DNS1123.sub("-", variant.lower()).strip("-")[:63] or "x",
-            "modelgate.io/key": key[:16]}
+    stem = k8s.label_value(f"modelgate-quantize-{variant}")
+    return stem[:k8s.NAME_MAX - len(suffix)].rstrip("-") + suffix
 
 
 def _job_script(out_root: str, key: str, python: str) -> str:
@@ -244,7 +235,7 @@ def render_k8s_quantize(runner: KubernetesRunner, *, variant: str, job_spec: dic
     if spec.get("calibration"):
         spec["calibration"] = {**spec["calibration"],
                                "files": ["/etc/modelgate/calibration.jsonl"]}
-    labels = _labels(variant, key)
+    labels = k8s.labels("quantize", variant=variant, key=key[:16])
     annotations = {"modelgate.io/key": key, "modelgate.io/variant": variant}
     configmap = {
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -253,14 +244,8 @@ def render_k8s_quantize(runner: KubernetesRunner, *, variant: str, job_spec: dic
         "data": {"spec.json": json.dumps(spec, indent=2, sort_keys=True),
                  "quantize_job.py": job_source, "calibration.jsonl": calibration_jsonl},
     }
-    resources: dict[str, dict[str, Any]] = {
-        "requests": {"cpu": runner.cpu, "memory": runner.memory},
-        "limits": {"memory": runner.memory},
-    }
-    if runner.gpu_count:
-        # extended resources: the request must equal the limit
-        resources["requests"][runner.gpu_resource] = runner.gpu_count
-        resources["limits"][runner.gpu_resource] = runner.gpu_count
+    resources = k8s.resources(cpu=runner.cpu, memory=runner.memory, gpus=runner.gpu_count,
+                              gpu_resource=runner.gpu_resource)
     env = {**JOB_ENV, "HOME": "/tmp", "HF_HOME": "/tmp/hf"}
     container = {
         "name": "quantize",
@@ -276,10 +261,7 @@ def render_k8s_quantize(runner: KubernetesRunner, *, variant: str, job_spec: dic
         ],
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        # what OpenShift's restricted-v2 SCC admits
-        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
-                            "capabilities": {"drop": ["ALL"]},
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": k8s.restricted_security_context(),
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
