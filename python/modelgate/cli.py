@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "modelgate.modelcar",
     "modelgate.registry",
     "modelgate.serving",
+    "modelgate.kserve",
     "modelgate.loadtest",
     "modelgate.accuracy",
     "modelgate.fidelity",

@@ -379,11 +379,13 @@ def plan_measurement(
     Side by side (``interleaved``) when the host can give every variant measured together a
     share of its own: on the local target's vLLM CPU, whole cores (``cpus``, default the ones
     this process may use; two servers bound to one core starve each other); on a GPU target,
-    whole GPUs (``gpus``: the indices the target may use). With more variants than shares, the
-    baseline is measured together with as many candidates at a time as fit, group after
-    group; the gate compares each candidate with the baseline rounds it shared. Otherwise
-    ``sequential``: one variant at a time, the order flipped every round. ``design`` forces
-    one (``interleaved`` the host cannot do is an error); ``auto`` picks and says why.
+    whole GPUs (``gpus``: the indices the target may use); on the kserve target, always
+    (each variant is an InferenceService of its own, on GPUs the cluster schedules). With more
+    variants than shares, the baseline is measured together with as many candidates at a time
+    as fit, group after group; the gate compares each candidate with the baseline rounds it
+    shared. Otherwise ``sequential``: one variant at a time, the order flipped every round.
+    ``design`` forces one (``interleaved`` the host cannot do is an error); ``auto`` picks and
+    says why.
     """
     if design not in DESIGNS:
         raise ModelGateError(f"unknown validate design {design!r}",
@@ -401,6 +403,9 @@ def plan_measurement(
     elif target in ("local", "rhaiis") and device == "cuda":
         units = sorted(gpus or [])
         what = "GPU"
+    elif target == "kserve":
+        # each variant is its own InferenceService: the cluster gives each its own GPUs
+        units, what = list(range(k)), "InferenceService"
     else:
         units, what = [], ""
     size = min(k, len(units))

@@ -831,8 +831,12 @@ def publish_modelcar(*, checkpoint: Path, variant: str, layout_dir: Path, base: 
                      registry: str, repository: str, tag: str | None = None,
                      provenance: Mapping[str, object] | None = None, tls_verify: bool = True,
                      username: str | None = None, password: str | None = None,
-                     check_mode: bool = False) -> dict[str, object]:
+                     check_mode: bool = False, base_layout: Path | None = None
+                     ) -> dict[str, object]:
     """The modelcar stage for one variant: build, push, verify; the module, CLI and bench's.
+
+    ``base_layout``, an OCI layout of the base image made elsewhere (the in-cluster Job's
+    init container copies it with skopeo), is used as it is instead of ``base``.
 
     Returns the pushed image (``ref``, ``ref_by_digest``, ``digest``, ...) and its run
     ``record`` (``{variant, stage: modelcar, data}``) for the controller to store. In check
@@ -854,11 +858,12 @@ def publish_modelcar(*, checkpoint: Path, variant: str, layout_dir: Path, base: 
         if (layout_dir / tag / "index.json").exists():
             local = read_layout_manifest(layout_dir / tag)[0]
         return {"changed": remote is None or remote != local, "ref": ref, "digest": local}
-    base_layout = base_layout_dir(layout_dir, base)
-    if base == "busybox":
-        build_busybox_base(base_layout)
-    else:
-        pull_base(base, base_layout, tls_verify=tls_verify, **creds)
+    if base_layout is None:
+        base_layout = base_layout_dir(layout_dir, base)
+        if base == "busybox":
+            build_busybox_base(base_layout)
+        else:
+            pull_base(base, base_layout, tls_verify=tls_verify, **creds)
     prov = Provenance.from_dict({"title": variant or checkpoint.name,
                                  "checkpoint_digest": ckpt_digest, **(provenance or {})})
     image = build_modelcar(checkpoint, base_layout, layout_dir / tag,
@@ -949,6 +954,23 @@ def _cmd(args: argparse.Namespace) -> int:
                                username=args.username, password=_password(args))
         emit(result.to_dict())
         return 0 if result.ok else 1
+    elif args.action == "publish":
+        from modelgate.modelcar_k8s import summary
+
+        password = os.environ.get(args.password_env) if args.password_env else None
+        username = os.environ.get(args.username_env) if args.username_env else None
+        prov = json.loads(Path(args.provenance_file).read_text()) if args.provenance_file \
+            else {}
+        out = publish_modelcar(
+            checkpoint=Path(args.checkpoint), variant=args.variant,
+            layout_dir=Path(args.layout_dir), base=args.base, registry=args.registry,
+            repository=args.repository, tag=args.tag, provenance=prov, tls_verify=tls,
+            username=username, password=password,
+            base_layout=Path(args.base_layout) if args.base_layout else None)
+        data = dict(out["record"]["data"])  # type: ignore[index]
+        if args.summary_file:
+            Path(args.summary_file).write_text(json.dumps(summary(data)))
+        emit(data)
     elif args.action == "extract":
         out = extract_stage(ref=args.ref, dest=Path(args.dest), tls_verify=tls,
                             username=args.username, password=_password(args))
@@ -957,7 +979,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``modelgate modelcar base|build|push|verify|extract`` (and ``registry``)."""
+    """Add ``modelgate modelcar base|build|publish|push|verify|extract`` (and ``registry``)."""
     p = subparsers.add_parser("modelcar", help="build, push, verify and extract modelcar images")
     sub = p.add_subparsers(dest="action", required=True)
 
@@ -978,6 +1000,27 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--threshold-mib", type=int, default=SHARD_THRESHOLD >> 20,
                        help="files at least this large get a layer of their own")
     build.add_argument("--force", action="store_true", help="rewrite every layer")
+
+    pub = sub.add_parser("publish", help="build, push and verify one variant's modelcar "
+                                         "(the modelcar stage; the in-cluster Job runs it)")
+    pub.add_argument("--checkpoint", required=True)
+    pub.add_argument("--variant", required=True)
+    pub.add_argument("--layout-dir", required=True, help="where the OCI layouts are kept")
+    pub.add_argument("--base", default="busybox", help="busybox, or a base image by digest")
+    pub.add_argument("--base-layout", default=None,
+                     help="an OCI layout of the base image made elsewhere (instead of --base)")
+    pub.add_argument("--registry", required=True)
+    pub.add_argument("--repository", required=True)
+    pub.add_argument("--tag", default=None, help="default: sha256-<checkpoint digest>")
+    pub.add_argument("--provenance-file", default=None,
+                     help="JSON: source_model, source_revision, recipe_hash, ...")
+    pub.add_argument("--insecure", action="store_true", help="plain HTTP / unverified TLS")
+    pub.add_argument("--username-env", default=None,
+                     help="environment variable holding the registry user")
+    pub.add_argument("--password-env", default=None,
+                     help="environment variable holding the registry password")
+    pub.add_argument("--summary-file", default=None,
+                     help="also write the pushed ref and digest here (a termination message)")
 
     for name, helptext in (("push", "push a layout to a registry"),
                            ("verify", "compare a pushed image's files with the checkpoint"),

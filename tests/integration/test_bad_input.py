@@ -79,6 +79,6 @@ def test_inputs_of_the_wrong_kind_stop_the_first_play(tmp_path: Path) -> None:
     # every play includes the modelgate role, whose argument specs check the pipeline's inputs:
     # a target with no serve role, a count that is not a number
     runner = run_playbook(tmp_path, "inputs", extravars={
-        "modelgate_target": "kserve", "modelgate_validate_rounds": "two"})
-    text = _fails_with(runner, "modelgate_target", "kserve", "modelgate_validate_rounds")
+        "modelgate_target": "triton", "modelgate_validate_rounds": "two"})
+    text = _fails_with(runner, "modelgate_target", "triton", "modelgate_validate_rounds")
     assert "Create the tool virtualenvs" not in text  # stopped before provisioning anything
