@@ -117,9 +117,15 @@ def _ci() -> bool:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """Under CI, a test that would skip fails: a missing tool is a missing install step."""
+    """Under CI, a test that would skip fails: a missing tool is a missing install step.
+
+    A ``live_cluster`` test may skip: no Kubernetes API server can run on these machines, so
+    without a KUBECONFIG it is reported as skipped (never as passed).
+    """
     outcome = yield
     report = outcome.get_result()
+    if item.get_closest_marker("live_cluster"):
+        return
     if _ci() and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
