@@ -698,14 +698,45 @@ def push_modelcar(layout: Path, ref: str, *, username: str | None = None,
 
 
 def _pull_layout(ref: str, layout: Path, *, tls_verify: bool, username: str | None,
-                 password: str | None, retries: int = 3) -> str:
+                 password: str | None, retries: int = 3, client: str = "skopeo") -> str:
     creds = RegistryCredentials.for_ref(ref, username, password)
+    if client == "native":
+        return _pull_layout_native(ref, layout, creds=creds, tls_verify=tls_verify,
+                                   retries=retries)
     with creds.authfile() as auth:
         args = ["copy", "--preserve-digests", *auth, _tls("src-tls-verify", tls_verify),
                 f"docker://{ref}", f"oci:{layout}"]
         with_retries(lambda: run_container_tool("skopeo", args, secrets=creds.secrets),
                      retries=retries, backoff=2.0)
     return read_layout_manifest(layout)[0]
+
+
+def _pull_layout_native(ref: str, layout: Path, *, creds: RegistryCredentials,
+                        tls_verify: bool, retries: int) -> str:
+    """Copy an image manifest (tag or digest) and its blobs into an OCI layout, over HTTP.
+
+    For hosts without skopeo (the in-cluster modelcar Job): every blob's digest is checked as
+    it arrives, so the layout holds exactly what the registry serves.
+    """
+    host, _, rest = ref.partition("/")
+    repo, sep, digest = rest.partition("@")
+    reference = digest if sep else rest.rpartition(":")[2]
+    repo = repo if sep else rest.rpartition(":")[0]
+    registry = RegistryClient(host, credentials=creds, tls_verify=tls_verify)
+    manifest_digest, data = with_retries(lambda: registry.get_manifest(repo, reference),
+                                         retries=retries, backoff=2.0)
+    manifest = json.loads(data)
+    if manifest.get("mediaType") not in (MT_MANIFEST, DOCKER_MANIFEST) or "layers" not in manifest:
+        raise ModelGateError(f"{ref} is not an image manifest ({manifest.get('mediaType')})",
+                             field="ref", fix="give the modelcar's own reference")
+    _init_layout(layout)
+    _blob_path(layout, manifest_digest).write_bytes(data)
+    for desc in [manifest["config"], *manifest["layers"]]:
+        dest = _blob_path(layout, desc["digest"])
+        with_retries(lambda d=desc, p=dest: registry.download_blob(repo, d["digest"], p),
+                     retries=retries, backoff=2.0)
+    _write_index(layout, manifest_digest, len(data))
+    return manifest_digest
 
 
 def _model_members(layout: Path, manifest: dict) -> Iterable[tuple[tarfile.TarFile,
@@ -721,15 +752,19 @@ def _model_members(layout: Path, manifest: dict) -> Iterable[tuple[tarfile.TarFi
 
 
 def verify_pushed(ref: str, checkpoint_dir: Path, *, tls_verify: bool = True,
-                  username: str | None = None, password: str | None = None) -> VerifyResult:
-    """Pull ``ref`` back and compare the sha256 of each file under /models with the checkpoint."""
+                  username: str | None = None, password: str | None = None,
+                  client: str = "skopeo") -> VerifyResult:
+    """Pull ``ref`` back and compare the sha256 of each file under /models with the checkpoint.
+
+    ``client`` pulls with skopeo, or ``native`` over the registry's HTTP API.
+    """
     checkpoint = Path(checkpoint_dir)
     expected = file_digests(checkpoint)  # symlinked files by their targets' content
     found: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="modelgate-verify-") as tmp:
         layout = Path(tmp) / "oci"
         digest = _pull_layout(ref, layout, tls_verify=tls_verify, username=username,
-                              password=password)
+                              password=password, client=client)
         _, manifest = read_layout_manifest(layout)
         for tar, member, rel in _model_members(layout, manifest):
             if not member.isfile():
@@ -831,12 +866,13 @@ def publish_modelcar(*, checkpoint: Path, variant: str, layout_dir: Path, base: 
                      registry: str, repository: str, tag: str | None = None,
                      provenance: Mapping[str, object] | None = None, tls_verify: bool = True,
                      username: str | None = None, password: str | None = None,
-                     check_mode: bool = False, base_layout: Path | None = None
-                     ) -> dict[str, object]:
+                     check_mode: bool = False, base_layout: Path | None = None,
+                     verify_client: str = "skopeo") -> dict[str, object]:
     """The modelcar stage for one variant: build, push, verify; the module, CLI and bench's.
 
     ``base_layout``, an OCI layout of the base image made elsewhere (the in-cluster Job's
-    init container copies it with skopeo), is used as it is instead of ``base``.
+    init container copies it with skopeo), is used as it is instead of ``base``;
+    ``verify_client`` ``native`` pulls the image back without skopeo (that Job has none).
 
     Returns the pushed image (``ref``, ``ref_by_digest``, ``digest``, ...) and its run
     ``record`` (``{variant, stage: modelcar, data}``) for the controller to store. In check
@@ -869,7 +905,8 @@ def publish_modelcar(*, checkpoint: Path, variant: str, layout_dir: Path, base: 
     image = build_modelcar(checkpoint, base_layout, layout_dir / tag,
                            labels=provenance_labels(prov))
     pushed = push_modelcar(layout_dir / tag, ref, tls_verify=tls_verify, **creds)
-    verified = verify_pushed(ref, checkpoint, tls_verify=tls_verify, **creds)
+    verified = verify_pushed(ref, checkpoint, tls_verify=tls_verify, client=verify_client,
+                             **creds)
     if not verified.ok:
         raise ModelGateError(f"the pushed image {ref} does not carry the checkpoint: "
                              f"mismatched {verified.mismatched}, missing {verified.missing}",
@@ -966,7 +1003,8 @@ def _cmd(args: argparse.Namespace) -> int:
             layout_dir=Path(args.layout_dir), base=args.base, registry=args.registry,
             repository=args.repository, tag=args.tag, provenance=prov, tls_verify=tls,
             username=username, password=password,
-            base_layout=Path(args.base_layout) if args.base_layout else None)
+            base_layout=Path(args.base_layout) if args.base_layout else None,
+            verify_client=args.verify_client)
         data = dict(out["record"]["data"])  # type: ignore[index]
         if args.summary_file:
             Path(args.summary_file).write_text(json.dumps(summary(data)))
@@ -1019,6 +1057,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                      help="environment variable holding the registry user")
     pub.add_argument("--password-env", default=None,
                      help="environment variable holding the registry password")
+    pub.add_argument("--verify-client", choices=PUSH_CLIENTS, default="skopeo",
+                     help="pull the image back with skopeo or the native client to verify it")
     pub.add_argument("--summary-file", default=None,
                      help="also write the pushed ref and digest here (a termination message)")
 

@@ -117,7 +117,7 @@ def _publish_script(job: ModelcarJob, *, variant: str, checkpoint: str, tag: str
             "--layout-dir", f"{SCRATCH}/oci", "--base-layout", f"{SCRATCH}/base",
             "--registry", job.registry, "--repository", job.repository, "--tag", tag,
             "--provenance-file", "/etc/modelgate/provenance.json",
-            "--summary-file", "/dev/termination-log"]
+            "--summary-file", "/dev/termination-log", "--verify-client", "native"]
     if not job.tls_verify:
         argv.append("--insecure")
     if job.push_secret:

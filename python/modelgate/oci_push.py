@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from modelgate.errors import ModelGateError, ToolError
@@ -47,6 +47,8 @@ MANIFEST_ACCEPT = ", ".join((
 ))
 DEFAULT_PARALLEL = 4
 _TIMEOUT = 300.0
+_STREAM_CHUNK = 4 << 20
+_MAX_REDIRECTS = 3
 _T = TypeVar("_T")
 _NAME_RE = re.compile(r"[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*")
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -127,6 +129,23 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, http.client.RemoteDisconnected):
         return "EOF: the registry closed the connection"
     return f"{type(exc).__name__}: {exc}".lower()
+
+
+class _HashingWriter:
+    """A file-like sink that hashes what passes through it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f, self._h, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        """Hash and write one chunk."""
+        self._h.update(data)
+        self.size += len(data)
+        return self._f.write(data)
+
+    def digest(self) -> str:
+        """``sha256:<hex>`` of everything written."""
+        return "sha256:" + self._h.hexdigest()
 
 
 @dataclass
@@ -285,12 +304,13 @@ class RegistryClient:
 
     def request(self, method: str, url: str, *, scope: str,
                 headers: dict[str, str] | None = None, body: bytes | None = None,
-                file: Path | None = None) -> _Response:
+                file: Path | None = None, sink: BinaryIO | None = None) -> _Response:
         """Send one request (authenticating once on a 401 challenge); return the response.
 
         ``url`` is absolute or a path on the registry. Network failures, 429 and 5xx raise
         :class:`TransientRegistryError`; 401/403 after authenticating raise
-        :class:`RegistryAuthError`; other statuses are returned.
+        :class:`RegistryAuthError`; other statuses are returned. With ``sink``, a 200 answer's
+        body is streamed into it instead of being kept.
         """
         if not url.startswith(("http://", "https://")):
             url = urljoin(self.base_url(), url)
@@ -299,7 +319,7 @@ class RegistryClient:
         for authenticated in (False, True):
             hdrs = {**(headers or {}), **self._headers(scope, parts.netloc)}
             resp, failure = self._send(parts.scheme, parts.netloc, method, target, hdrs,
-                                       body, file)
+                                       body, file, sink)
             if failure:
                 raise TransientRegistryError(f"{method} {parts.netloc}{parts.path}: {failure}",
                                              fix="retry later; check the registry's health")
@@ -331,8 +351,8 @@ class RegistryClient:
             raise self._auth_error(401, self.registry)
 
     def _send(self, scheme: str, host: str, method: str, target: str,
-              headers: dict[str, str], body: bytes | None, file: Path | None
-              ) -> tuple[_Response | None, str]:
+              headers: dict[str, str], body: bytes | None, file: Path | None,
+              sink: BinaryIO | None = None) -> tuple[_Response | None, str]:
         """One HTTP exchange; returns (response, "") or (None, reason) on a network failure."""
         conn = self._connect(scheme, host)
         try:
@@ -341,8 +361,14 @@ class RegistryClient:
             else:
                 self._send_file(conn, method, target, headers, file)
             resp = conn.getresponse()
+            data = b""
+            if sink is not None and resp.status == 200:
+                while chunk := resp.read(_STREAM_CHUNK):
+                    sink.write(chunk)
+            else:
+                data = resp.read()
             return _Response(resp.status, {k.lower(): v for k, v in resp.getheaders()},
-                             resp.read()), ""
+                             data), ""
         except (OSError, http.client.HTTPException) as exc:
             return None, _reason(exc)
         finally:
@@ -382,6 +408,43 @@ class RegistryClient:
             raise ToolError(f"GET manifest {repo}:{reference}: HTTP {resp.status} "
                             f"{resp.error_codes()}")
         return "sha256:" + hashlib.sha256(resp.body).hexdigest()
+
+    def get_manifest(self, repo: str, reference: str) -> tuple[str, bytes]:
+        """The manifest ``repo:reference`` (tag or digest) as sent: its digest and bytes."""
+        resp = self.request("GET", f"/v2/{repo}/manifests/{quote(reference)}",
+                            scope=f"repository:{repo}:pull", headers={"Accept": MANIFEST_ACCEPT})
+        if resp.status != 200:
+            raise (RegistryNotFound if resp.status == 404 else ToolError)(
+                f"GET manifest {repo}:{reference}: HTTP {resp.status} {resp.error_codes()}")
+        return "sha256:" + hashlib.sha256(resp.body).hexdigest(), resp.body
+
+    def download_blob(self, repo: str, digest: str, dest: Path) -> int:
+        """Stream blob ``digest`` of ``repo`` into ``dest``, checking its digest; its size.
+
+        Registries answer blob GETs with redirects to their storage: they are followed, with
+        credentials sent only to the registry itself (``_headers``).
+        """
+        url = f"/v2/{repo}/blobs/{digest}"
+        part = dest.with_name(f".{dest.name}.part")
+        for _ in range(_MAX_REDIRECTS + 1):
+            with part.open("wb") as f:
+                hashing = _HashingWriter(f)
+                resp = self.request("GET", url, scope=f"repository:{repo}:pull", sink=hashing)
+            location = resp.headers.get("location")
+            if resp.status in (301, 302, 303, 307, 308) and location:
+                url = urljoin(url if url.startswith("http") else self.base_url() + url, location)
+                continue
+            break
+        if resp.status != 200:
+            part.unlink(missing_ok=True)
+            raise ToolError(f"GET blob {digest} of {repo}: HTTP {resp.status} "
+                            f"{resp.error_codes()}")
+        if hashing.digest() != digest:
+            part.unlink(missing_ok=True)
+            raise TransientRegistryError(f"blob {digest} of {repo} arrived as {hashing.digest()}",
+                                         fix="retry; check the registry's storage")
+        part.replace(dest)
+        return hashing.size
 
     def blob_exists(self, repo: str, digest: str) -> bool:
         """Whether ``repo`` already has the blob (so it need not be sent)."""

@@ -195,15 +195,19 @@ def test_skopeo_and_native_clients_push_the_same_image(pushed):
     assert again.changed is False and again.uploaded_bytes == 0
 
 
+@pytest.mark.parametrize("client", ["skopeo", "native"])
 def test_verify_pushed_matches_checkpoint_and_catches_a_difference(pushed, checkpoint,
-                                                                   tmp_path):
-    ok = modelcar.verify_pushed(pushed["ref"], checkpoint, tls_verify=False)
+                                                                   tmp_path, client):
+    # native: the in-cluster modelcar Job's pull-back, over HTTP (that pod has no skopeo)
+    ok = modelcar.verify_pushed(pushed["ref"], checkpoint, tls_verify=False, client=client)
     assert ok.ok and ok.files_checked == 4 and ok.manifest_digest == pushed["push"].digest
+    by_digest = pushed["ref"].rpartition(":")[0] + "@" + pushed["push"].digest
+    assert modelcar.verify_pushed(by_digest, checkpoint, tls_verify=False, client=client).ok
     other = tmp_path / "other"
     shutil.copytree(checkpoint, other)
     (other / "config.json").write_text("{}")
     (other / "extra.txt").write_text("x")
-    bad = modelcar.verify_pushed(pushed["ref"], other, tls_verify=False)
+    bad = modelcar.verify_pushed(pushed["ref"], other, tls_verify=False, client=client)
     assert not bad.ok
     assert bad.mismatched == ["config.json"] and bad.missing == ["extra.txt"]
 
