@@ -287,10 +287,22 @@ def service_state(obj: Mapping[str, Any] | None) -> dict[str, Any]:
     if not internal:
         addresses = [a.get("url") for a in status.get("addresses") or [] if a.get("url")]
         internal = addresses[0] if addresses else None
+    external = _base_url(status.get("url"))
     return {"exists": True, "ready": str(cond.get("status")) == "True",
-            "url": status.get("url") or internal, "internal_url": internal,
+            "url": external or _base_url(internal), "internal_url": _base_url(internal),
             "reason": cond.get("reason") or ("no Ready condition yet" if not cond else ""),
             "message": cond.get("message") or ""}
+
+
+def _base_url(url: str | None) -> str | None:
+    """``scheme://host[:port]`` of a status URL (older KServe put a predict path after it):
+    the OpenAI API lives at the server's root."""
+    if not url:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else url
 
 
 def pod_summary(pods: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

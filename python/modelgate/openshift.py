@@ -216,6 +216,14 @@ def gpu_nodes(nodes: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def daemonset_ready(ds: Mapping[str, Any] | None) -> bool:
+    """Every node a DaemonSet is scheduled on runs a ready pod (and it is scheduled somewhere)."""
+    status = (ds or {}).get("status") or {}
+    desired = int(status.get("desiredNumberScheduled") or 0)
+    return desired > 0 and int(status.get("numberReady") or 0) == desired \
+        and int(status.get("updatedNumberScheduled", desired) or 0) == desired
+
+
 def cluster_policy_ready(policy: Mapping[str, Any] | None) -> bool:
     """``ClusterPolicy.status.state == ready``."""
     return ((policy or {}).get("status") or {}).get("state") == "ready"

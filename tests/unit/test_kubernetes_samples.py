@@ -1,0 +1,108 @@
+"""What the roles' waits read, on objects published from real clusters and KServe's docs.
+
+The samples and where each comes from: tests/data/kubernetes/README.md. The same functions
+back the collection's filters (plugins/filter/kubernetes_state.py), which the waits call in
+their ``until``; the last test resolves each filter through Ansible itself.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from modelgate import kserve, openshift
+
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "kubernetes"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _sample(name: str) -> dict:
+    return yaml.safe_load((SAMPLES / name).read_text())
+
+
+def test_a_ready_inferenceservice_and_its_urls():
+    state = kserve.service_state(_sample("inferenceservice_ready.yaml"))
+    assert state["exists"] and state["ready"]
+    # status.url is the external one; the in-cluster address had a predict path in that
+    # KServe release: the OpenAI API is at the server's root, so the path is dropped
+    assert state["url"] == "http://flower-sample.kserve-test.example.com"
+    assert state["internal_url"] == "http://flower-sample.kserve-test.svc.cluster.local"
+
+
+def test_a_ready_llminferenceservice_and_its_addresses():
+    state = kserve.service_state(_sample("llminferenceservice_ready.yaml"))
+    assert state["ready"] and state["url"] == "https://my-llm.example.com"
+    assert state["internal_url"].startswith(("http://", "https://"))
+
+
+def test_a_not_ready_service_says_why():
+    obj = _sample("llminferenceservice_ready.yaml")
+    for cond in obj["status"]["conditions"]:
+        if cond["type"] == "Ready":
+            cond.update(status="False", reason="WaitingForGateway", message="no Gateway yet")
+    state = kserve.service_state(obj)
+    assert not state["ready"] and state["reason"] == "WaitingForGateway"
+
+
+def test_a_subscription_with_healthy_catalogs_and_its_csv():
+    state = openshift.subscription_state(_sample("subscription.yaml"))
+    assert state == {"healthy": True, "csv": "strimzi-cluster-operator.v0.18.0", "reason": ""}
+
+
+def test_a_packagemanifest_gives_its_default_channel_and_catalog():
+    assert openshift.package_defaults(_sample("packagemanifest.yaml")) == {
+        "channel": "fast", "source": "redhat-operators",
+        "source_namespace": "openshift-marketplace"}
+
+
+def test_a_crashlooping_pod_is_summarised_and_tolerated():
+    pod = _sample("pod_crashloop.yaml")
+    (summary,) = kserve.pod_summary([pod])
+    init = next(c for c in summary["containers"] if c["waiting"] == "CrashLoopBackOff")
+    assert init["restarts"] == 7527 and init["last_exit"] == 1 and init["last_reason"] == "Error"
+    assert summary["phase"] == "Pending"
+    # restarting is what a modelcar race looks like on the way to Ready: not fatal
+    assert kserve.fatal_reason([pod]) is None
+
+
+def test_the_odh_kserve_component_reports_ready_as_the_dsc_does():
+    component = _sample("kserve_component_ready.yaml")
+    assert openshift.dsc_ready(component)
+
+
+def test_the_filters_resolve_in_ansible(tmp_path: Path):
+    play = tmp_path / "filters.yml"
+    play.write_text(yaml.safe_dump([{
+        "hosts": "localhost", "gather_facts": False,
+        "tasks": [{"name": "Read the samples through the filters", "ansible.builtin.debug": {
+            "msg": "{{ {"
+                   "'isvc': lookup('file', d ~ '/inferenceservice_ready.yaml') | from_yaml"
+                   " | modelgate.pipeline.kserve_service_state,"
+                   "'sub': lookup('file', d ~ '/subscription.yaml') | from_yaml"
+                   " | modelgate.pipeline.olm_subscription_state,"
+                   "'pods': [lookup('file', d ~ '/pod_crashloop.yaml') | from_yaml]"
+                   " | modelgate.pipeline.kserve_pod_summary | map(attribute='restarts') | list,"
+                   "'ready': lookup('file', d ~ '/kserve_component_ready.yaml') | from_yaml"
+                   " | modelgate.pipeline.dsc_ready,"
+                   "'csv': none | modelgate.pipeline.olm_csv_phase,"
+                   "'nodes': [] | modelgate.pipeline.gpu_nodes,"
+                   "'ds': none | modelgate.pipeline.daemonset_ready,"
+                   "'policy': {'status': {'state': 'ready'}} | modelgate.pipeline.cluster_policy_ready"
+                   "} | to_json }}"}}],
+    }]))
+    env = {"ANSIBLE_COLLECTIONS_PATH": str(REPO / ".modelgate" / "collections"),
+           "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+           "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), str(play),
+                           "-e", f"d={SAMPLES}"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300, check=False)  # not the repo's ansible.cfg
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+    msg = json.loads(result) if isinstance(result, str) else result
+    assert msg["isvc"]["ready"] is True and msg["sub"]["healthy"] is True
+    assert msg["pods"] == [7527] and msg["ready"] is True
+    assert msg["csv"] == "Pending" and msg["nodes"] == [] and msg["ds"] is False
+    assert msg["policy"] is True
