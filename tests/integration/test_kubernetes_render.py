@@ -5,7 +5,8 @@ stage the kserve target has (cluster preparation, the quantize Jobs, the in-clus
 Jobs, the serving resources) and applies nothing. Each object it writes is validated: KServe
 kinds against KServe's CRDs, the operators' kinds against theirs, DSC/DSCI against the
 operator's Go types, core kinds with kubernetes-validate (tests/k8s_schemas.py). A second run
-changes nothing, no secret reaches any file, and no verdict is given (nothing was measured).
+changes nothing, nor does one in check mode; no secret reaches any file, and no verdict is
+given (nothing was measured).
 
 What differs from the inventory as shipped: the model is generated here (no model hub), so the
 serving length fits it, and W4A16 keeps the Mamba in_proj layers unquantized (their 1184 output
@@ -74,6 +75,9 @@ def test_the_openshift_run_renders_every_manifest_and_applies_none(tmp_path: Pat
                           extravars={**EXTRAVARS, "modelgate_run_id": "latest"})
     assert second.rc == 0, play_outcome(second)
     assert second.stats["changed"] == {}, play_outcome(second)
+    check = run_playbook(tmp_path, "render-check", inventory=REPO / "inventories" / "openshift",
+                         extravars={**EXTRAVARS, "modelgate_run_id": "latest"}, cmdline="--check")
+    assert check.rc == 0 and check.stats["changed"] == {}, play_outcome(check)
 
     # the registry password and the HF token are in no manifest, record, log or event (only in
     # the extra vars this test gave ansible-runner: runner-*/env/)
