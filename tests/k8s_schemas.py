@@ -67,15 +67,23 @@ def crd_schemas() -> dict[str, dict[str, Any]]:
     return out
 
 
+@cache
+def _validator(key: str) -> Any:
+    # checked once: a CRD schema is large, and jsonschema.validate re-checks it on every call
+    schema = crd_schemas()[key]
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
 def validate_object(obj: dict[str, Any]) -> str:
     """Validate one object; returns how (``crd`` or ``core``), raises on the first error."""
     api, kind = obj.get("apiVersion", ""), obj.get("kind", "")
     name = (obj.get("metadata") or {}).get("name", "")
     assert _DNS1123.match(name) and len(name) <= 253, f"{kind} name {name!r} is not DNS-1123"
     key = f"{api}/{kind}"
-    schemas = crd_schemas()
-    if key in schemas:
-        jsonschema.validate(obj, schemas[key])
+    if key in crd_schemas():
+        _validator(key).validate(obj)
         return "crd"
     if "/" in api and not api.startswith(("apps/", "batch/", "rbac.authorization.k8s.io/")):
         raise AssertionError(f"no schema for {key}: add its CRD to ../shared/schemas")

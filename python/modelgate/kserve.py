@@ -340,22 +340,110 @@ def fatal_reason(pods: Sequence[Mapping[str, Any]]) -> str | None:
 # ---------------------------------------------------------------------------------- CLI
 
 
+def _templated(value: Any) -> bool:
+    return isinstance(value, str) and "{{" in value
+
+
+def inventory_vars(inventory: Path) -> dict[str, Any]:
+    """The inventory's ``group_vars/all`` (``all.yml`` or ``all/*.yml``, in name order).
+
+    Values still holding Jinja (vault references, lookups) are kept as the text they are;
+    rendering reads none of them except to know that a secret is set (its Secret is then
+    referenced by name: secret values never reach the manifests).
+    """
+    import yaml
+
+    root = Path(inventory) / "group_vars"
+    files = sorted(root.glob("all.y*ml")) + sorted((root / "all").glob("*.y*ml"))
+    if not files:
+        raise ModelGateError(f"{inventory} has no group_vars/all", field="--inventory",
+                             fix="give an inventory directory such as inventories/openshift")
+    out: dict[str, Any] = {}
+    for path in files:
+        out.update(yaml.safe_load(path.read_text()) or {})
+    return out
+
+
+def render_inventory(inventory: Path, *, model: Path | None = None, run: Path | None = None,
+                     modelcars: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every variant's serving objects for an inventory, as its deploy stage would apply them.
+
+    The modelcars come from ``modelcars`` (variant -> ref), else from the run's records (the
+    pushed image by digest, or the tag its modelcar Job will push); the model's config.json
+    from ``model``, else the run's source model. A run's own model, variants and serving
+    settings (what it was run with, extra vars included) win over the inventory's.
+    """
+    from modelgate.rundir import RunDir
+
+    inv = {k: v for k, v in inventory_vars(inventory).items() if not _templated(v)}
+    hf_token_set = bool(inventory_vars(inventory).get("modelgate_hf_token"))
+    records: dict[str, Any] = {}
+    if run is not None:
+        opened = RunDir.existing(Path(run).resolve())
+        records = opened.records()
+        manifest = opened.manifest()
+        inputs = manifest.get("inputs") or {}
+        for key, value in (("modelgate_model", inputs.get("model")),
+                           ("modelgate_serving", inputs.get("serving")),
+                           ("modelgate_variants", manifest.get("variants"))):
+            if value:
+                inv[key] = value
+        if model is None:
+            source = inputs.get("source_model") or {}
+            model = Path(source["path"]) if source.get("path") else None
+    if model is None:
+        raise ModelGateError("no model to derive the serving arguments from", field="--model",
+                             fix="give --model DIR (with config.json) or --run RUN")
+    name = str((inv.get("modelgate_model") or {}).get("name") or Path(model).name)
+    serving = inv.get("modelgate_serving") or {}
+    settings = KServeSettings(
+        namespace=str(inv.get("modelgate_namespace") or "modelgate"),
+        image=str(inv.get("serve_kserve_image") or ""),
+        shape=str(inv.get("serve_kserve_shape") or "inferenceservice"),
+        gpus=int(inv.get("serve_kserve_gpus") or 1), cpu=str(inv.get("serve_kserve_cpu") or "4"),
+        memory=str(inv.get("serve_kserve_memory") or "32Gi"),
+        tolerations=inv.get("modelgate_gpu_tolerations") or (),
+        node_selector=inv.get("serve_kserve_node_selector") or {},
+        pull_secret=str(inv.get("serve_kserve_pull_secret") or "modelgate-registry"),
+        hf_token_secret=str(inv.get("serve_kserve_hf_token_secret") or "modelgate-hf-token")
+        if hf_token_set else "",
+        expose=bool(inv.get("serve_kserve_expose")), router=inv.get("serve_kserve_router"))
+    objects: list[dict[str, Any]] = []
+    for variant in inv.get("modelgate_variants") or []:
+        vname = str(variant["name"])
+        rec = records.get(vname) or {}
+        ref = (modelcars or {}).get(vname) or (rec.get("modelcar") or {}).get("ref_by_digest") \
+            or (rec.get("modelcar-job") or {}).get("ref")
+        if not ref:
+            raise ModelGateError(f"no modelcar for variant {vname}", field="--modelcar",
+                                 fix=f"pass --run (a run of this inventory) or --modelcar "
+                                     f"{vname}=REGISTRY/REPO@sha256:DIGEST")
+        overrides = {"max-model-len": serving.get("max_model_len"),
+                     **(serving.get("overrides") or {}),
+                     **(variant.get("serving_overrides") or {})}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if settings.gpus > 1:
+            overrides.setdefault("tensor-parallel-size", settings.gpus)
+        args = derive_serving_args(Path(model), overrides=overrides, served_model_name=name,
+                                   gpu_memory_gib=inv.get("serve_kserve_gpu_memory_gib"))
+        objects += render_variant(settings, model=name, variant=vname, modelcar=ref,
+                                  serving_args=args, served_name=name,
+                                  by_tag="@sha256:" not in ref)["objects"]
+    return objects
+
+
 def _cmd_render(ns: argparse.Namespace) -> int:
     import yaml
 
-    settings = KServeSettings(namespace=ns.namespace, image=ns.image, shape=ns.shape,
-                              gpus=ns.gpus, expose=ns.expose)
-    objects: list[dict[str, Any]] = []
-    for item in ns.variant:
-        variant, _, ref = item.partition("=")
-        if not ref:
-            raise ModelGateError(f"--variant {item!r} has no modelcar", field="--variant",
-                                 fix="use --variant NAME=REGISTRY/REPO@sha256:DIGEST")
-        args = derive_serving_args(Path(ns.model), overrides=dict(
-            kv.split("=", 1) for kv in ns.override or []), served_model_name=ns.served_name)
-        objects += render_variant(settings, model=ns.served_name, variant=variant,
-                                  modelcar=ref, serving_args=args,
-                                  served_name=ns.served_name)["objects"]
+    modelcars = {}
+    for item in ns.modelcar or []:
+        variant, sep, ref = item.partition("=")
+        if not sep or not ref:
+            raise ModelGateError(f"--modelcar {item!r} is not VARIANT=REF", field="--modelcar",
+                                 fix="use --modelcar w4a16=REGISTRY/REPO@sha256:DIGEST")
+        modelcars[variant] = ref
+    objects = render_inventory(Path(ns.inventory), model=Path(ns.model) if ns.model else None,
+                               run=Path(ns.run) if ns.run else None, modelcars=modelcars)
     yaml.safe_dump_all(objects, sys.stdout, sort_keys=False)
     return 0
 
@@ -364,15 +452,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """``modelgate kserve render``."""
     p = subparsers.add_parser("kserve", help="KServe manifests")
     sub = p.add_subparsers(dest="kserve_cmd", required=True)
-    r = sub.add_parser("render", help="print the manifests that serve the given variants")
-    r.add_argument("--model", required=True, help="a directory with the model's config.json")
-    r.add_argument("--served-name", required=True)
-    r.add_argument("--variant", action="append", required=True,
-                   help="NAME=MODELCAR_REF_BY_DIGEST (repeat per variant)")
-    r.add_argument("--namespace", default="modelgate")
-    r.add_argument("--image", required=True, help="the vLLM (RHAIIS) serving image")
-    r.add_argument("--shape", choices=SHAPES, default="inferenceservice")
-    r.add_argument("--gpus", type=int, default=1)
-    r.add_argument("--expose", action="store_true", help="an external Route")
-    r.add_argument("--override", action="append", help="vLLM flag=value")
+    r = sub.add_parser("render", help="print, as YAML, the serving manifests of an inventory's "
+                                      "variants (what its deploy stage applies)")
+    r.add_argument("--inventory", required=True, help="e.g. inventories/openshift")
+    r.add_argument("--run", help="a run of that inventory (its modelcars and source model)")
+    r.add_argument("--model", help="a directory with the model's config.json")
+    r.add_argument("--modelcar", action="append", help="VARIANT=REF (repeat per variant)")
     r.set_defaults(func=_cmd_render)

@@ -15,8 +15,11 @@ features fit no Hopper W4A16 kernel: the preflight says so for this small model)
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import yaml
 from conftest import REPO, play_outcome, run_playbook, runner_text
 from k8s_schemas import load_manifests, validate_all
 
@@ -67,6 +70,17 @@ def test_the_openshift_run_renders_every_manifest_and_applies_none(tmp_path: Pat
                 if o["kind"] == "InferenceService")
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == \
         "oci://" + job["metadata"]["annotations"]["modelgate.io/ref"]
+    # `modelgate kserve render` prints what the deploy stage rendered for this run
+    proc = subprocess.run([str(Path(sys.executable).parent / "modelgate"), "kserve", "render",
+                           "--inventory", str(REPO / "inventories" / "openshift"),
+                           "--run", str(run)], capture_output=True, text=True, check=False,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    printed = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    rendered = [o for v in ("bf16", "w4a16", "fp8")
+                for o in by_file[f"{run.name}/{v}/kserve/manifests.yaml"]]
+    key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
+    assert sorted(printed, key=key) == sorted(rendered, key=key)
     # nothing was measured, so nothing was judged
     assert not (run / "gate.json").exists()
     assert "nothing was applied, served or measured" in runner_text(first)

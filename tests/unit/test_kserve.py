@@ -174,3 +174,38 @@ def test_fatal_reason_ignores_restarts_but_not_a_config_error():
     broken["status"]["containerStatuses"][0]["state"] = {"waiting": {
         "reason": "CreateContainerConfigError", "message": 'secret "hf" not found'}}
     assert "CreateContainerConfigError" in kserve.fatal_reason([broken])
+
+
+INVENTORY = Path(__file__).resolve().parents[2] / "inventories" / "openshift"
+
+
+def test_render_prints_the_shipped_inventorys_manifests(capsys):
+    from modelgate.cli import main
+
+    refs = [f"--modelcar={v}=quay.example.com/acme/nemotron-nano-9b-v2@sha256:{c * 64}"
+            for v, c in (("bf16", "1"), ("w4a16", "2"), ("fp8", "3"))]
+    assert main(["kserve", "render", "--inventory", str(INVENTORY), "--model", str(NEMOTRON),
+                 *refs]) == 0
+    import yaml
+
+    objects = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert validate_all(objects) == {"ServingRuntime": 3, "InferenceService": 3}
+    runtime = next(o for o in objects if o["kind"] == "ServingRuntime"
+                   and o["metadata"]["name"].endswith("-w4a16"))
+    args = runtime["spec"]["containers"][0]["args"]
+    # the inventory's serving settings: 16384 tokens, 64 sequences, the float32 SSM state
+    assert args[args.index("--max-model-len") + 1] == "16384"
+    assert args[args.index("--max-num-seqs") + 1] == "64"
+    assert args[args.index("--mamba-ssm-cache-dtype") + 1] == "float32"
+    # the inventory sets an HF token (a vault variable): its Secret is named, its value never
+    env = {e["name"]: e for e in runtime["spec"]["containers"][0]["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "modelgate-hf-token"
+
+
+def test_render_without_modelcars_names_what_is_missing(capsys):
+    from modelgate.cli import main
+
+    assert main(["kserve", "render", "--inventory", str(INVENTORY), "--model",
+                 str(NEMOTRON)]) == 2
+    err = json.loads(capsys.readouterr().out)
+    assert err["field"] == "--modelcar" and "--run" in err["fix"]
