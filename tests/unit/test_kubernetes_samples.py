@@ -90,7 +90,8 @@ def test_the_filters_resolve_in_ansible(tmp_path: Path):
                    "'csv': none | modelgate.pipeline.olm_csv_phase,"
                    "'nodes': [] | modelgate.pipeline.gpu_nodes,"
                    "'ds': none | modelgate.pipeline.daemonset_ready,"
-                   "'policy': {'status': {'state': 'ready'}} | modelgate.pipeline.cluster_policy_ready"
+                   "'policy': {'status': {'state': 'ready'}}"
+                   " | modelgate.pipeline.cluster_policy_ready"
                    "} | to_json }}"}}],
     }]))
     env = {"ANSIBLE_COLLECTIONS_PATH": str(REPO / ".modelgate" / "collections"),
