@@ -33,6 +33,7 @@ import contextlib
 import json
 import re
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -77,15 +78,24 @@ def parse_hostport(text: str, field: str = "listen") -> tuple[str, int]:
 
 
 def parse_upstream(url: str) -> tuple[str, int]:
-    """``http://HOST:PORT`` -> (host, port); only plain HTTP upstreams are supported."""
+    """``http[s]://HOST[:PORT]`` -> (host, port), the port defaulting to the scheme's."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme != "http" or not parts.hostname:
-        raise ModelGateError(f"upstream must be an http:// URL, got {url!r}", field="upstream",
-                             fix="e.g. http://127.0.0.1:8000 (TLS upstreams are not supported)")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ModelGateError(f"upstream must be an http:// or https:// URL, got {url!r}",
+                             field="upstream", fix="e.g. http://127.0.0.1:8000")
     if parts.path not in ("", "/"):
         raise ModelGateError(f"upstream {url!r} has a path; the proxy forwards paths unchanged",
                              field="upstream", fix="give only scheme, host and port")
-    return parts.hostname, parts.port or 80
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def upstream_tls(url: str) -> ssl.SSLContext | None:
+    """The TLS context for an ``https://`` upstream (a cluster's Route), None for http.
+
+    Verified against the system's CAs, or ``SSL_CERT_FILE`` where the cluster's ingress
+    certificate is signed by its own CA, as the clients that talk to it directly do.
+    """
+    return ssl.create_default_context() if urlsplit(url).scheme == "https" else None
 
 
 class _ClosedEarly(Exception):
@@ -196,6 +206,13 @@ class _Route:
     port: int
     delay_s: float = 0.0
     stretch: float = 0.0
+    tls: ssl.SSLContext | None = None
+
+    @property
+    def host_header(self) -> str:
+        """``host`` alone on the scheme's own port (a Route is matched by its host name)."""
+        default = 443 if self.tls is not None else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
 
 
 # The response's id (OpenAI-style APIs put it in every JSON body and in each streamed event);
@@ -328,15 +345,15 @@ class DelayProxy:
         sent = time.time()
         if index not in conns:
             try:
-                conns[index] = await asyncio.open_connection(route.host, route.port,
-                                                             limit=_MAX_HEAD)
+                conns[index] = await asyncio.open_connection(
+                    route.host, route.port, limit=_MAX_HEAD, ssl=route.tls,
+                    server_hostname=route.host if route.tls is not None else None)
             except OSError as exc:
                 self._record(route, sent, 502, None, False)
                 await self._refuse(c_writer, route, exc)
                 return False
         u_reader, u_writer = conns[index]
-        u_writer.write(_forward_head(request_line, req_headers, f"{route.host}:{route.port}",
-                                     False))
+        u_writer.write(_forward_head(request_line, req_headers, route.host_header, False))
         async for piece in _body_pieces(c_reader, req_headers, until_close=False):
             u_writer.write(piece)
         await u_writer.drain()
@@ -469,7 +486,7 @@ def _make_route(name: str, url: str, delay_ms: float, stretch: float) -> _Route:
                              fix="a proxy can only add latency")
     host, port = parse_upstream(url)
     return _Route(name=name, url=url, host=host, port=port, delay_s=delay_ms / 1000.0,
-                  stretch=stretch)
+                  stretch=stretch, tls=upstream_tls(url))
 
 
 @contextlib.contextmanager

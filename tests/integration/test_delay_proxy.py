@@ -300,3 +300,39 @@ def test_interleave_cli_parses_named_upstreams(two_upstreams: dict[str, str],
     assert served == ["a", "b", "a", "b"]
     assert json.loads(out)["stats"]["by_upstream"] == {"a": 2, "b": 2}
     assert len(routes_file.read_text().splitlines()) == 4
+
+
+@pytest.fixture()
+def tls_upstreams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Two HTTPS servers with a certificate for ``localhost`` that only SSL_CERT_FILE trusts:
+    the Routes of a cluster whose ingress has its own CA."""
+    import ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    servers = {}
+    for name in ("a", "b"):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Named)
+        server.name = name  # type: ignore[attr-defined]
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers[name] = server
+    yield {n: f"https://localhost:{s.server_address[1]}" for n, s in servers.items()}
+    for server in servers.values():
+        server.shutdown()
+        server.server_close()
+
+
+def test_interleaving_proxy_reaches_tls_upstreams(tls_upstreams: dict[str, str]) -> None:
+    proxy = InterleavingProxy(tls_upstreams)
+    with serving_in_thread(proxy):
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        answers = [_post(conn)[1] for _ in range(4)]
+        conn.close()
+    assert [a["served_by"] for a in answers] == ["a", "b", "a", "b"]
+    assert proxy.stats.upstream_errors == 0

@@ -35,7 +35,10 @@ def test_parse_upstream() -> None:
     assert parse_upstream("http://127.0.0.1:8000/") == ("127.0.0.1", 8000)
     assert parse_upstream("localhost:9000") == ("localhost", 9000)
     assert parse_upstream("http://example") == ("example", 80)
-    for bad in ("https://127.0.0.1:8000", "http://127.0.0.1:8000/v1"):
+    # a cluster's Route: TLS on the scheme's port
+    assert parse_upstream("https://nemotron-w4a16-modelgate.apps.example.com") == (
+        "nemotron-w4a16-modelgate.apps.example.com", 443)
+    for bad in ("ftp://127.0.0.1:8000", "http://127.0.0.1:8000/v1"):
         with pytest.raises(ModelGateError) as err:
             parse_upstream(bad)
         assert err.value.field == "upstream"
