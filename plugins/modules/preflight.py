@@ -35,6 +35,12 @@ options:
         installed vLLM decide which kernel library this CPU loads and whether it has the
         recipe's kernels. Omitted, only the layer shapes are checked.
     type: path
+  serving_overrides:
+    description:
+      - The vLLM flags the variant will be served with (C(max-model-len) and the overrides);
+        given, the serving arguments are derived from the model now, so a setting the model
+        cannot take (a length past its positions) fails before anything is quantized.
+    type: dict
 attributes:
   check_mode:
     support: full
@@ -82,6 +88,7 @@ def main() -> None:
             "backend": {"type": "str", "choices": ["vllm-cuda", "vllm-cpu"]},
             "tensor_parallel_size": {"type": "int", "default": 1},
             "serve_python": {"type": "path"},
+            "serving_overrides": {"type": "dict"},
         },
         supports_check_mode=True,
     )
@@ -105,6 +112,12 @@ def main() -> None:
         report = run_preflight(geometry, recipe, p["backend"], p["tensor_parallel_size"],
                                kernels)
         result = {"changed": False, **report.to_dict()}
+        if p["serving_overrides"] is not None:
+            from modelgate.serving import derive_serving_args
+
+            # the memory plan belongs to the serving host: here only what the model decides
+            derive_serving_args(path.parent if path.is_file() else path,
+                                device="cuda", overrides=p["serving_overrides"])
         if not report.ok:
             lines = [f"{f['layer']}: {f['problem']}. Fix: {f['fix']}"
                      for f in result["findings"][:12]]

@@ -100,3 +100,16 @@ def test_the_openshift_run_renders_every_manifest_and_applies_none(tmp_path: Pat
             text = path.read_text(errors="replace")
             for name in ("vault_registry_password", "vault_hf_token"):
                 assert SECRETS[name] not in text, f"{name}'s value is in {path}"
+
+
+def test_a_serving_length_the_model_cannot_take_stops_before_any_job(tmp_path: Path) -> None:
+    # the inventory's 16384 tokens are past this small model's 4096 positions
+    extravars = {k: v for k, v in EXTRAVARS.items() if k != "modelgate_serving"}
+    runner = run_playbook(tmp_path, "too-long", inventory=REPO / "inventories" / "openshift",
+                          extravars=extravars)
+    text = runner_text(runner)
+    assert runner.rc != 0
+    assert "max_model_len 16384 exceeds the model's max_position_embeddings 4096" in text
+    assert "Preflight every recipe" in text
+    run = (tmp_path / "runs" / "latest").resolve()
+    assert not list(run.glob("*/quantize/job.yaml")), "a quantize Job was rendered anyway"
