@@ -14,6 +14,8 @@ description:
   - Also renders the registry pull secret and the HF token Secret when their values are given
     (the result then carries them; register it with C(no_log)).
   - Talks to no cluster; apply the objects with M(kubernetes.core.k8s).
+extends_documentation_fragment:
+  - modelgate.pipeline.pod
 version_added: "0.1.0"
 author: ModelGate
 options:
@@ -73,15 +75,6 @@ options:
     description: Memory request and limit of the serving container.
     type: str
     default: 32Gi
-  tolerations:
-    description: Pod tolerations.
-    type: list
-    elements: dict
-    default: []
-  node_selector:
-    description: Pod node selector.
-    type: dict
-    default: {}
   overrides:
     description: vLLM flags (name to value) over the derived ones.
     type: dict

@@ -16,6 +16,8 @@ description:
   - With O(message) (the finished pod's termination message), returns the variant's modelcar
     C(record) for the controller to store instead of rendering.
   - Talks to no cluster; apply the manifests with M(kubernetes.core.k8s).
+extends_documentation_fragment:
+  - modelgate.pipeline.pod
 version_added: "0.1.0"
 author: ModelGate
 options:
@@ -77,15 +79,6 @@ options:
     description: Memory request and limit.
     type: str
     default: 8Gi
-  tolerations:
-    description: Pod tolerations.
-    type: list
-    elements: dict
-    default: []
-  node_selector:
-    description: Pod node selector.
-    type: dict
-    default: {}
   service_account:
     description: The Job's service account (empty, default).
     type: str

@@ -19,6 +19,7 @@ description:
     C(<run>/<variant>/quantize.json) as the local runner does instead of rendering.
   - Recipe C(none) renders no Job; the variant is the model on O(model_pvc).
 extends_documentation_fragment:
+  - modelgate.pipeline.pod
   - modelgate.pipeline.recipe
   - modelgate.pipeline.recipe.calibration
 version_added: "0.1.0"
@@ -80,15 +81,6 @@ options:
     description: Memory request and limit.
     type: str
     default: 64Gi
-  tolerations:
-    description: Pod tolerations.
-    type: list
-    elements: dict
-    default: []
-  node_selector:
-    description: Pod node selector.
-    type: dict
-    default: {}
   service_account:
     description: The Job's service account (empty = default).
     type: str

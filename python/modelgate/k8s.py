@@ -75,6 +75,22 @@ def resources(*, cpu: str | None = None, memory: str | None = None, gpus: int = 
     return out
 
 
+def pod_placement(*, tolerations: Any = (), node_selector: Any = None,
+                  service_account: str = "", pull_secret: str = "") -> dict[str, Any]:
+    """The pod spec keys that place a pod (only those given): tolerations, node selector,
+    service account, image pull secret."""
+    out: dict[str, Any] = {}
+    if tolerations:
+        out["tolerations"] = [dict(t) for t in tolerations]
+    if node_selector:
+        out["nodeSelector"] = dict(node_selector)
+    if service_account:
+        out["serviceAccountName"] = service_account
+    if pull_secret:
+        out["imagePullSecrets"] = [{"name": pull_secret}]
+    return out
+
+
 def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
     """The status condition of type ``kind`` of an object, if it has one."""
     for cond in ((obj or {}).get("status") or {}).get("conditions") or []:

@@ -145,15 +145,10 @@ def _container(settings: KServeSettings, name: str, args: list[str], timeout_s: 
 
 
 def _pod_placement(settings: KServeSettings) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if settings.tolerations:
-        out["tolerations"] = [dict(t) for t in settings.tolerations]
-    if settings.node_selector:
-        out["nodeSelector"] = dict(settings.node_selector)
-    if settings.pull_secret:
-        # the modelcar is an image the kubelet pulls: the pod's pull secret applies to it
-        out["imagePullSecrets"] = [{"name": settings.pull_secret}]
-    return out
+    # the modelcar is an image the kubelet pulls: the pod's pull secret applies to it
+    return k8s.pod_placement(tolerations=settings.tolerations,
+                             node_selector=settings.node_selector,
+                             pull_secret=settings.pull_secret)
 
 
 def _metadata(settings: KServeSettings, name: str, variant: str, *,

@@ -207,13 +207,9 @@ def render_modelcar_job(job: ModelcarJob, *, variant: str, checkpoint: str, key:
                     {"name": "checkpoint", "persistentVolumeClaim": {"claimName": claim,
                                                                      "readOnly": True}},
                     {"name": "job", "configMap": {"name": name}}],
+        **k8s.pod_placement(tolerations=job.tolerations, node_selector=job.node_selector,
+                            service_account=job.service_account),
     }
-    if job.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in job.tolerations]
-    if job.node_selector:
-        pod_spec["nodeSelector"] = dict(job.node_selector)
-    if job.service_account:
-        pod_spec["serviceAccountName"] = job.service_account
     manifest = {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "namespace": job.namespace, "labels": labels,

@@ -273,13 +273,9 @@ def render_k8s_quantize(runner: KubernetesRunner, *, variant: str, job_spec: dic
             {"name": "job", "configMap": {"name": name}},
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": runner.shm_size}},
         ],
+        **k8s.pod_placement(tolerations=runner.tolerations, node_selector=runner.node_selector,
+                            service_account=runner.service_account),
     }
-    if runner.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in runner.tolerations]
-    if runner.node_selector:
-        pod_spec["nodeSelector"] = dict(runner.node_selector)
-    if runner.service_account:
-        pod_spec["serviceAccountName"] = runner.service_account
     job = {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "namespace": runner.namespace, "labels": labels,

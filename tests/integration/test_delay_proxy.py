@@ -8,8 +8,10 @@ leave room for a loaded 2-core host (the proxy may add a few ms of its own, neve
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import ssl
 import subprocess
 import sys
 import threading
@@ -215,18 +217,30 @@ class _Named(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-@pytest.fixture()
-def two_upstreams() -> Iterator[dict[str, str]]:
+@contextlib.contextmanager
+def _named_upstreams(tls: ssl.SSLContext | None = None) -> Iterator[dict[str, str]]:
+    """Upstreams ``a`` and ``b`` (``_Named``), over TLS for ``localhost`` with ``tls``."""
     servers = {}
     for name in ("a", "b"):
         server = ThreadingHTTPServer(("127.0.0.1", 0), _Named)
         server.name = name  # type: ignore[attr-defined]
+        if tls is not None:
+            server.socket = tls.wrap_socket(server.socket, server_side=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers[name] = server
-    yield {n: f"http://127.0.0.1:{s.server_address[1]}" for n, s in servers.items()}
-    for server in servers.values():
-        server.shutdown()
-        server.server_close()
+    try:
+        yield {n: (f"https://localhost:{s.server_address[1]}" if tls else
+                   f"http://127.0.0.1:{s.server_address[1]}") for n, s in servers.items()}
+    finally:
+        for server in servers.values():
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.fixture()
+def two_upstreams() -> Iterator[dict[str, str]]:
+    with _named_upstreams() as urls:
+        yield urls
 
 
 def _post(conn: http.client.HTTPConnection) -> tuple[float, dict[str, str]]:
@@ -306,8 +320,6 @@ def test_interleave_cli_parses_named_upstreams(two_upstreams: dict[str, str],
 def tls_upstreams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """Two HTTPS servers with a certificate for ``localhost`` that only SSL_CERT_FILE trusts:
     the Routes of a cluster whose ingress has its own CA."""
-    import ssl
-
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
@@ -315,17 +327,8 @@ def tls_upstreams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[d
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
-    servers = {}
-    for name in ("a", "b"):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Named)
-        server.name = name  # type: ignore[attr-defined]
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers[name] = server
-    yield {n: f"https://localhost:{s.server_address[1]}" for n, s in servers.items()}
-    for server in servers.values():
-        server.shutdown()
-        server.server_close()
+    with _named_upstreams(ctx) as urls:
+        yield urls
 
 
 def test_interleaving_proxy_reaches_tls_upstreams(tls_upstreams: dict[str, str]) -> None:
