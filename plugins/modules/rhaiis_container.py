@@ -92,6 +92,14 @@ options:
         the container as C(--secret ...,type=env); values never appear in a result or log.
     type: dict
     default: {}
+  security_opt:
+    description:
+      - podman C(--security-opt) values of the serving container; C(label=disable), what Red Hat's
+        RHAIIS commands use, turns SELinux labelling off for it (quadlet C(SecurityLabelDisable)).
+        An empty list keeps the host's SELinux policy.
+    type: list
+    elements: str
+    default: [label=disable]
   cdi_spec_dirs:
     description: Where the host's CDI specs are (the GPUs it offers).
     type: list
@@ -218,6 +226,7 @@ def main() -> None:
             "cache_volume": {"type": "str", "default": "modelgate-vllm-cache"},
             "environment": {"type": "dict", "default": {}},
             "secrets": {"type": "dict", "default": {}, "no_log": True},
+            "security_opt": {"type": "list", "elements": "str", "default": ["label=disable"]},
             "cdi_spec_dirs": {"type": "list", "elements": "path",
                               "default": ["/etc/cdi", "/var/run/cdi"]},
             "pull": {"type": "bool", "default": True},
@@ -259,7 +268,7 @@ def main() -> None:
                 check_mode=module.check_mode,
                 tls_verify=p["tls_verify"], username=p["registry_username"],
                 password=p["registry_password"], timeout_s=p["timeout"],
-                cdi_dirs=p["cdi_spec_dirs"])
+                cdi_dirs=p["cdi_spec_dirs"], security_opt=p["security_opt"])
             return plan.to_dict()
         if module.check_mode:
             return {"changed": False, "skipped_reason": "check mode: nothing was started"}

@@ -46,6 +46,7 @@ FINGERPRINT_LABEL = "io.modelgate.fingerprint"
 CACHE_DIR = "/opt/app-root/src/.cache"  # the RHAIIS image's $HOME/.cache (user 1001)
 CDI_GPU_KIND = "nvidia.com/gpu"
 CDI_SPEC_DIRS = ("/etc/cdi", "/var/run/cdi")
+DEFAULT_SECURITY_OPT = ("label=disable",)
 # Weight files stay in the image; everything else (config, tokenizer, templates) is copied out
 # so the memory plan can read config.json and the load clients can use the tokenizer.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -71,6 +72,8 @@ class RhaiisContainer:
     volumes: list[str] = field(default_factory=list)
     secrets: dict[str, str] = field(default_factory=dict)  # env var -> podman secret name
     secret_digests: dict[str, str] = field(default_factory=dict)  # a new token restarts
+    # Red Hat's RHAIIS commands run the container with SELinux labelling off
+    security_opt: list[str] = field(default_factory=lambda: list(DEFAULT_SECURITY_OPT))
     fingerprint: str = ""
 
     def podman_container_params(self) -> dict[str, Any]:
@@ -88,6 +91,7 @@ class RhaiisContainer:
             "secrets": [f"{name},type=env,target={var}"
                         for var, name in sorted(self.secrets.items())],
             "label": {FINGERPRINT_LABEL: self.fingerprint},
+            "security_opt": list(self.security_opt),
         }
 
     def podman_run_argv(self) -> list[str]:
@@ -100,6 +104,7 @@ class RhaiisContainer:
         argv += [f"--volume={v}" for v in self.volumes]
         argv += [f"--env={k}={v}" for k, v in sorted(self.env.items())]
         argv += [f"--secret={n},type=env,target={v}" for v, n in sorted(self.secrets.items())]
+        argv += [f"--security-opt={o}" for o in self.security_opt]
         return [*argv, self.image_id or self.image, *self.command]
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,6 +239,7 @@ def build_container(
     secrets: Mapping[str, str] | None = None,
     secret_digests: Mapping[str, str] | None = None,
     name: str | None = None,
+    security_opt: Sequence[str] = DEFAULT_SECURITY_OPT,
 ) -> RhaiisContainer:
     """Describe the serving container; its fingerprint covers every input that matters.
 
@@ -258,6 +264,7 @@ def build_container(
         volumes=[f"{cache_volume}:{CACHE_DIR}"] if cache_volume else [],
         secrets=dict(sorted((secrets or {}).items())),
         secret_digests=dict(sorted((secret_digests or {}).items())),
+        security_opt=list(security_opt),
     )
     c.fingerprint = container_fingerprint(c)
     return c
@@ -597,6 +604,7 @@ def plan_deployment(
     timeout_s: float | None = None,
     cdi_dirs: Sequence[str | Path] = CDI_SPEC_DIRS,
     check_mode: bool = False,
+    security_opt: Sequence[str] = DEFAULT_SECURITY_OPT,
 ) -> RhaiisPlan:
     """Check the inputs against the host and describe the container that serves the model.
 
@@ -633,7 +641,8 @@ def plan_deployment(
         args, image=image, image_id=image_ref_id, modelcar=modelcar, modelcar_id=modelcar_id,
         served_name=served_name, port=port, bind_address=bind_address,
         container_port=container_port, devices=devices, cache_volume=cache_volume,
-        environment=environment, secrets=secrets, secret_digests=digests, name=name)
+        environment=environment, secrets=secrets, secret_digests=digests, name=name,
+        security_opt=security_opt)
     timeout = timeout_s or startup_timeout_s(weights, device)
     quadlet = ""
     if devices:  # a unit for GPU hosts (quadlet needs systemd; the CPU stand-in runs podman)
@@ -644,7 +653,8 @@ def plan_deployment(
             [int(d.split("=")[1]) for d in devices],
             container_name=container.name, cache_volume=cache_volume,
             environment={**args.env, **dict(environment or {})}, secrets=secrets,
-            bind_address=bind_address, timeout_start_s=int(timeout))
+            bind_address=bind_address, timeout_start_s=int(timeout),
+            security_opt=security_opt)
         quadlet = add_unit_label(quadlet, FINGERPRINT_LABEL, container.fingerprint)
     current = container_state(container.name)
     plan = RhaiisPlan(container=container, serving_args=args, quadlet=quadlet,

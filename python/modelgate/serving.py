@@ -22,7 +22,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from string import Template
@@ -782,8 +782,12 @@ def render_quadlet(
     secrets: Mapping[str, str] | None = None,
     bind_address: str = "0.0.0.0",
     timeout_start_s: int = 900,
+    security_opt: Sequence[str] = (),
 ) -> str:
     """Render a podman quadlet ``.container`` unit that serves the model with RHAIIS (vLLM).
+
+    ``security_opt`` are podman ``--security-opt`` values; ``label=disable`` (what Red Hat's
+    RHAIIS commands use) is quadlet's ``SecurityLabelDisable=true``.
 
     ``gpus`` is ``"all"`` or a list of GPU indices (CDI devices ``nvidia.com/gpu=<i>``).
     ``secrets`` maps an environment variable to a podman secret name (e.g. HF_TOKEN ->
@@ -827,4 +831,7 @@ def render_quadlet(
                           for var, name in sorted((secrets or {}).items())),
         exec_args=" ".join(_systemd_quote(a) for a in exec_argv),
         timeout_start=timeout_start_s,
+        security="\n".join("SecurityLabelDisable=true" if o == "label=disable" else
+                           f"PodmanArgs={_systemd_quote('--security-opt=' + o)}"
+                           for o in security_opt),
     )

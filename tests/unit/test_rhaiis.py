@@ -61,6 +61,22 @@ def test_command_is_the_quadlet_exec_line() -> None:
     assert command[command.index("--mamba-ssm-cache-dtype") + 1] == "float32"
 
 
+def test_selinux_labelling_is_off_as_red_hat_runs_rhaiis_unless_a_policy_is_chosen() -> None:
+    c = _container()
+    assert c.podman_container_params()["security_opt"] == ["label=disable"]
+    assert "--security-opt=label=disable" in c.podman_run_argv()
+    unit = render_quadlet(_args(), image="img", modelcar="mc", served_name="tiny",
+                          security_opt=["label=disable"])
+    assert "SecurityLabelDisable=true" in unit.splitlines()
+    own = _container(security_opt=[])
+    assert own.podman_container_params()["security_opt"] == []
+    assert not any(a.startswith("--security-opt") for a in own.podman_run_argv())
+    assert own.fingerprint != c.fingerprint  # changing the policy replaces the container
+    unit = render_quadlet(_args(), image="img", modelcar="mc", served_name="tiny",
+                          security_opt=["label=type:container_runtime_t"])
+    assert "PodmanArgs=--security-opt=label=type:container_runtime_t" in unit.splitlines()
+
+
 def test_container_shape() -> None:
     """Port, modelcar mount, cache volume, IPC and the fingerprint label are all there."""
     c = _container(bind_address="127.0.0.1")
