@@ -79,6 +79,31 @@ def run_playbook(tmp: Path, name: str, playbook: str = "site.yml", *,
     )
 
 
+def ansible_expression(expression: str, tmp: Path, **extravars: str) -> Any:
+    """The value of one Jinja expression as ansible-playbook evaluates it, with the project's
+    collection (its filters) and ``extravars``; run outside the repo's ansible.cfg."""
+    import json
+    import subprocess
+
+    import yaml
+
+    play = tmp / "expression.yml"
+    play.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "Evaluate", "ansible.builtin.debug": {
+            "msg": "{{ (" + expression + ") | to_json }}"}}]}]))
+    env = {"ANSIBLE_COLLECTIONS_PATH": str(REPO / ".modelgate" / "collections"),
+           "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+           "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(play)]
+    for key, value in extravars.items():
+        argv += ["-e", f"{key}={value}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    msg = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+    return json.loads(msg) if isinstance(msg, str) else msg
+
+
 def runner_text(runner: Any) -> str:
     """The play's whole output."""
     return runner.stdout.read() if hasattr(runner.stdout, "read") else str(runner.stdout)

@@ -7,16 +7,13 @@ their ``until``; the last test resolves each filter through Ansible itself.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+from conftest import ansible_expression
 from modelgate import kserve, openshift
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "kubernetes"
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _sample(name: str) -> dict:
@@ -74,35 +71,21 @@ def test_the_odh_kserve_component_reports_ready_as_the_dsc_does():
 
 
 def test_the_filters_resolve_in_ansible(tmp_path: Path):
-    play = tmp_path / "filters.yml"
-    play.write_text(yaml.safe_dump([{
-        "hosts": "localhost", "gather_facts": False,
-        "tasks": [{"name": "Read the samples through the filters", "ansible.builtin.debug": {
-            "msg": "{{ {"
-                   "'isvc': lookup('file', d ~ '/inferenceservice_ready.yaml') | from_yaml"
-                   " | modelgate.pipeline.kserve_service_state,"
-                   "'sub': lookup('file', d ~ '/subscription.yaml') | from_yaml"
-                   " | modelgate.pipeline.olm_subscription_state,"
-                   "'pods': [lookup('file', d ~ '/pod_crashloop.yaml') | from_yaml]"
-                   " | modelgate.pipeline.kserve_pod_summary | map(attribute='restarts') | list,"
-                   "'ready': lookup('file', d ~ '/kserve_component_ready.yaml') | from_yaml"
-                   " | modelgate.pipeline.dsc_ready,"
-                   "'csv': none | modelgate.pipeline.olm_csv_phase,"
-                   "'nodes': [] | modelgate.pipeline.gpu_nodes,"
-                   "'ds': none | modelgate.pipeline.daemonset_ready,"
-                   "'policy': {'status': {'state': 'ready'}}"
-                   " | modelgate.pipeline.cluster_policy_ready"
-                   "} | to_json }}"}}],
-    }]))
-    env = {"ANSIBLE_COLLECTIONS_PATH": str(REPO / ".modelgate" / "collections"),
-           "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
-           "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
-    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), str(play),
-                           "-e", f"d={SAMPLES}"], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=300, check=False)  # not the repo's ansible.cfg
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
-    msg = json.loads(result) if isinstance(result, str) else result
+    msg = ansible_expression(
+        "{"
+        "'isvc': lookup('file', d ~ '/inferenceservice_ready.yaml') | from_yaml"
+        " | modelgate.pipeline.kserve_service_state,"
+        "'sub': lookup('file', d ~ '/subscription.yaml') | from_yaml"
+        " | modelgate.pipeline.olm_subscription_state,"
+        "'pods': [lookup('file', d ~ '/pod_crashloop.yaml') | from_yaml]"
+        " | modelgate.pipeline.kserve_pod_summary | map(attribute='restarts') | list,"
+        "'ready': lookup('file', d ~ '/kserve_component_ready.yaml') | from_yaml"
+        " | modelgate.pipeline.dsc_ready,"
+        "'csv': none | modelgate.pipeline.olm_csv_phase,"
+        "'nodes': [] | modelgate.pipeline.gpu_nodes,"
+        "'ds': none | modelgate.pipeline.daemonset_ready,"
+        "'policy': {'status': {'state': 'ready'}} | modelgate.pipeline.cluster_policy_ready"
+        "}", tmp_path, d=str(SAMPLES))
     assert msg["isvc"]["ready"] is True and msg["sub"]["healthy"] is True
     assert msg["pods"] == [7527] and msg["ready"] is True
     assert msg["csv"] == "Pending" and msg["nodes"] == [] and msg["ds"] is False

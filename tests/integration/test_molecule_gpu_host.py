@@ -1,0 +1,38 @@
+"""The gpu_host Molecule scenario, run by ``make test``: the role on a host without GPUs.
+
+Runs ``molecule test -s gpu_host``: a fresh Debian 12 container (scripts/fresh-host.sh's
+image) reached over containers.podman.podman stands in for a remote host without GPUs. The
+role must report its preflight (no RHEL, no NVIDIA GPU on the PCI bus), skip every GPU step
+with the reason, install podman, change nothing on the second run (Molecule's idempotence),
+and refuse the same host when GPUs are required. The RHEL and GPU steps cannot run here (no
+RHEL image, no GPU); modelgate.gpu_host's decisions are unit-tested on recorded outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.needs_tools
+
+
+def test_molecule_gpu_host(repo_root: Path) -> None:
+    for tool in ("podman", "debootstrap"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (make provision installs it)")
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "ANSIBLE_COLLECTIONS_PATH": str(repo_root / ".modelgate" / "collections"),
+           "ANSIBLE_FORCE_COLOR": "0", "NO_COLOR": "1"}
+    proc = subprocess.run([str(bin_dir / "molecule"), "test", "-s", "gpu_host"],
+                          cwd=repo_root, env=env, capture_output=True, text=True,
+                          timeout=3600, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"molecule test failed (exit {proc.returncode}):\n{out[-8000:]}"
+    assert "Idempotence completed successfully" in out or "idempotence" in out.lower(), out[-4000:]
+    assert "GPU steps skipped (no NVIDIA GPU on the PCI bus)" in out, out[-4000:]
