@@ -35,6 +35,13 @@ options:
         installed vLLM decide which kernel library this CPU loads and whether it has the
         recipe's kernels. Omitted, only the layer shapes are checked.
     type: path
+  cuda_kernels:
+    description:
+      - With O(backend=vllm-cuda), the W4A16 kernels of the serving GPUs' architecture (the
+        gpu_host role's C(gpu_host_gpu.w4a16_kernels)); empty, Hopper's (Machete and Marlin).
+    type: list
+    elements: str
+    default: []
   serving_overrides:
     description:
       - The vLLM flags the variant will be served with (C(max-model-len) and the overrides);
@@ -88,6 +95,7 @@ def main() -> None:
             "backend": {"type": "str", "choices": ["vllm-cuda", "vllm-cpu"]},
             "tensor_parallel_size": {"type": "int", "default": 1},
             "serve_python": {"type": "path"},
+            "cuda_kernels": {"type": "list", "elements": "str", "default": []},
             "serving_overrides": {"type": "dict"},
         },
         supports_check_mode=True,
@@ -110,7 +118,7 @@ def main() -> None:
 
             kernels = detect(p["serve_python"])
         report = run_preflight(geometry, recipe, p["backend"], p["tensor_parallel_size"],
-                               kernels)
+                               kernels, cuda_kernels=p["cuda_kernels"])
         result = {"changed": False, **report.to_dict()}
         if p["serving_overrides"] is not None:
             from modelgate.serving import derive_serving_args

