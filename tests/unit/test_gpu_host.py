@@ -189,3 +189,12 @@ def test_the_role_reads_dnf_streams_through_the_filter(tmp_path: Path):
         "lookup('file', f) | modelgate.pipeline.dnf_enabled_streams", tmp_path,
         f=str(DATA / "dnf-module-list-nvidia-driver.txt"))
     assert streams == ["latest"]
+
+
+def test_the_sysfs_listing_reads_like_lspci():
+    # what the role prints from /sys/bus/pci/devices where lspci is not installed yet
+    text = ("0000:1b:00.0 Class [0302]: Device [10de:2330]\n"
+            "0000:07:00.0 Class [0680]: Device [10de:22a3]\n"
+            "0000:04:00.0 Class [0300]: Device [1a03:2000]\n")
+    gpus = gpu_host.nvidia_gpus(gpu_host.parse_lspci(text))
+    assert [(g.slot, g.device) for g in gpus] == [("0000:1b:00.0", "2330")]
