@@ -29,6 +29,12 @@ def kserve_service_state(obj: Any) -> dict[str, Any]:
     return kserve.service_state(obj or None)
 
 
+def kserve_endpoint(service: Any, routes: Any = ()) -> str | None:
+    """A variant's endpoint: its Route's URL when it has one, else the service's URL."""
+    _need()
+    return kserve.endpoint(service or None, list(routes or []))
+
+
 def kserve_pod_summary(pods: Any) -> list[dict[str, Any]]:
     """Per pod: phase, restarts, why each container is not running."""
     _need()
@@ -76,6 +82,6 @@ class FilterModule:
 
     def filters(self) -> dict[str, Any]:
         """Name -> function."""
-        return {f.__name__: f for f in (kserve_service_state, kserve_pod_summary,
+        return {f.__name__: f for f in (kserve_service_state, kserve_endpoint, kserve_pod_summary,
                                         olm_subscription_state, olm_csv_phase, gpu_nodes,
                                         daemonset_ready, cluster_policy_ready, dsc_ready)}

@@ -289,6 +289,27 @@ def service_state(obj: Mapping[str, Any] | None) -> dict[str, Any]:
             "message": cond.get("message") or ""}
 
 
+def route_url(route: Mapping[str, Any] | None) -> str | None:
+    """The URL of an OpenShift Route (https when it terminates TLS), None without a host."""
+    spec = (route or {}).get("spec") or {}
+    host = spec.get("host") or next((i.get("host") for i in ((route or {}).get("status") or {})
+                                     .get("ingress") or [] if i.get("host")), None)
+    if not host:
+        return None
+    return f"{'https' if spec.get('tls') else 'http'}://{host}"
+
+
+def endpoint(service: Mapping[str, Any] | None, routes: Sequence[Mapping[str, Any]] = ()
+             ) -> str | None:
+    """Where the validate stage reaches a variant: its Route when it has one (OpenShift AI
+    exposes an InferenceService through a Route of its own), else the service's URL."""
+    for route in routes:
+        url = route_url(route)
+        if url:
+            return url
+    return service_state(service)["url"]
+
+
 def _base_url(url: str | None) -> str | None:
     """``scheme://host[:port]`` of a status URL (older KServe put a predict path after it):
     the OpenAI API lives at the server's root."""

@@ -84,9 +84,22 @@ def test_the_filters_resolve_in_ansible(tmp_path: Path):
         "'csv': none | modelgate.pipeline.olm_csv_phase,"
         "'nodes': [] | modelgate.pipeline.gpu_nodes,"
         "'ds': none | modelgate.pipeline.daemonset_ready,"
-        "'policy': {'status': {'state': 'ready'}} | modelgate.pipeline.cluster_policy_ready"
+        "'policy': {'status': {'state': 'ready'}} | modelgate.pipeline.cluster_policy_ready,"
+        "'endpoint': lookup('file', d ~ '/inferenceservice_ready.yaml') | from_yaml"
+        " | modelgate.pipeline.kserve_endpoint([{'spec': {'host': 'r.apps.example.com'}}])"
         "}", tmp_path, d=str(SAMPLES))
     assert msg["isvc"]["ready"] is True and msg["sub"]["healthy"] is True
     assert msg["pods"] == [7527] and msg["ready"] is True
     assert msg["csv"] == "Pending" and msg["nodes"] == [] and msg["ds"] is False
-    assert msg["policy"] is True
+    assert msg["policy"] is True and msg["endpoint"] == "http://r.apps.example.com"
+
+
+def test_the_endpoint_is_the_route_when_there_is_one():
+    isvc = _sample("inferenceservice_ready.yaml")
+    route = {"apiVersion": "route.openshift.io/v1", "kind": "Route",
+             "spec": {"host": "nemotron-w4a16-modelgate.apps.example.com",
+                      "tls": {"termination": "edge"}}}
+    assert kserve.endpoint(isvc, [route]) == "https://nemotron-w4a16-modelgate.apps.example.com"
+    plain = {"spec": {}, "status": {"ingress": [{"host": "x.apps.example.com"}]}}
+    assert kserve.route_url(plain) == "http://x.apps.example.com"
+    assert kserve.endpoint(isvc) == "http://flower-sample.kserve-test.example.com"
