@@ -83,6 +83,11 @@ options:
     description: Label the InferenceService for an external Route (OpenShift AI).
     type: bool
     default: false
+  llmisvc_version:
+    description: The LLMInferenceService API version (v1alpha1 is served wherever the kind is).
+    type: str
+    choices: [v1alpha1, v1alpha2]
+    default: v1alpha1
   router:
     description: The LLMInferenceService router (C(gateway), C(route), C(scheduler)); omitted, none.
     type: dict
@@ -190,6 +195,8 @@ def main() -> None:
             "overrides": {"type": "dict", "default": {}},
             "expose": {"type": "bool", "default": False},
             "router": {"type": "dict"},
+            "llmisvc_version": {"type": "str", "choices": ["v1alpha1", "v1alpha2"],
+                                "default": "v1alpha1"},
             "pull_secret": {"type": "str", "default": ""},
             "registry": {"type": "str", "default": ""},
             "registry_username": {"type": "str", "default": ""},
@@ -217,7 +224,7 @@ def main() -> None:
             gpu_resource=p["gpu_resource"], cpu=p["cpu"], memory=p["memory"],
             tolerations=p["tolerations"], node_selector=p["node_selector"],
             pull_secret=p["pull_secret"], hf_token_secret=p["hf_token_secret"],
-            expose=p["expose"], router=p["router"])
+            expose=p["expose"], router=p["router"], llmisvc_version=p["llmisvc_version"])
         args = derive_serving_args(Path(p["model"]), gpu_memory_gib=p["gpu_memory_gib"],
                                    overrides=overrides, served_model_name=p["served_name"])
         try:

@@ -7,7 +7,8 @@ Two serving shapes, both served by vLLM from the variant's modelcar (``oci://`` 
   max-model-len, the Mamba SSM cache dtype of hybrids, overrides), and an ``InferenceService``
   (v1beta1, RawDeployment: OpenShift AI 3 has no Serverless mode) whose predictor names that
   runtime and the modelcar.
-- **llminferenceservice**: an ``LLMInferenceService`` (v1alpha2, the llm-d based path), the
+- **llminferenceservice**: an ``LLMInferenceService`` (v1alpha1, or v1alpha2 where the
+  cluster's KServe serves it; the llm-d based path), the
   modelcar in ``spec.model.uri``, the vLLM container ``main`` in ``spec.template``, and the
   router (gateway, route, scheduler) when asked for.
 
@@ -32,6 +33,7 @@ from modelgate.errors import ModelGateError
 from modelgate.serving import ServingArgs, derive_serving_args, startup_timeout_s
 
 SHAPES = ("inferenceservice", "llminferenceservice")
+LLMISVC_VERSIONS = ("v1alpha1", "v1alpha2")
 API_GROUP = "serving.kserve.io"
 RUNTIME_PORT = 8080
 MODEL_MOUNT = "/mnt/models"  # where KServe puts the modelcar's /models
@@ -66,6 +68,9 @@ class KServeSettings:
     hf_token_secret: str = ""
     expose: bool = False
     router: Mapping[str, Any] | None = None
+    # v1alpha1 is served by every KServe with the LLMInferenceService CRD (0.16, OpenShift AI
+    # 3.0); v1alpha2, the storage version from 0.17 on, only by those
+    llmisvc_version: str = "v1alpha1"
     runtime_command: Sequence[str] = ("python", "-m", "vllm.entrypoints.openai.api_server")
 
     def validate(self) -> None:
@@ -83,6 +88,10 @@ class KServeSettings:
         if self.gpus < 0:
             raise ModelGateError(f"gpus {self.gpus} is negative", field="serve_kserve_gpus",
                                  fix="use 0 (CPU) or more")
+        if self.llmisvc_version not in LLMISVC_VERSIONS:
+            raise ModelGateError(f"LLMInferenceService version {self.llmisvc_version!r}",
+                                 field="serve_kserve_llmisvc_version",
+                                 fix=f"use one of {list(LLMISVC_VERSIONS)}")
         if self.router is not None and self.shape != "llminferenceservice":
             raise ModelGateError("a router is a LLMInferenceService feature",
                                  field="serve_kserve_router",
@@ -232,10 +241,11 @@ def render_variant(settings: KServeSettings, *, model: str, variant: str, modelc
         }
         if settings.router is not None:
             spec["router"] = dict(settings.router)
-        objects = [{"apiVersion": f"{API_GROUP}/v1alpha2", "kind": "LLMInferenceService",
+        api_version = f"{API_GROUP}/{settings.llmisvc_version}"
+        objects = [{"apiVersion": api_version, "kind": "LLMInferenceService",
                     "metadata": _metadata(settings, name, variant, annotations=display),
                     "spec": spec}]
-        kind, api_version = "LLMInferenceService", f"{API_GROUP}/v1alpha2"
+        kind = "LLMInferenceService"
     return {"name": name, "kind": kind, "api_version": api_version, "objects": objects,
             "startup_timeout_s": timeout, "vllm_args": args}
 

@@ -31,23 +31,27 @@ def _args(**over):
                                served_model_name="nemotron-nano-9b-v2")
 
 
-def _render(shape="inferenceservice", *, gpus=1, router=None, expose=False, ref=REF, **kw):
+def _render(shape="inferenceservice", *, gpus=1, router=None, expose=False, ref=REF,
+            llmisvc_version="v1alpha1", **kw):
     settings = kserve.KServeSettings(
         namespace="modelgate", image=IMAGE, shape=shape, gpus=gpus, tolerations=TOLERATIONS,
         pull_secret="modelgate-registry", hf_token_secret="modelgate-hf-token",
-        router=router, expose=expose)
+        router=router, expose=expose, llmisvc_version=llmisvc_version)
     return kserve.render_variant(settings, model="nemotron-nano-9b-v2", variant="w4a16",
                                  modelcar=ref, serving_args=_args(),
                                  served_name="nemotron-nano-9b-v2", **kw)
 
 
-@pytest.mark.parametrize("shape,router", [
-    ("inferenceservice", None),
-    ("llminferenceservice", None),
-    ("llminferenceservice", {"gateway": {}, "route": {}, "scheduler": {}}),
+@pytest.mark.parametrize("shape,router,version", [
+    ("inferenceservice", None, "v1alpha1"),
+    ("llminferenceservice", None, "v1alpha1"),
+    ("llminferenceservice", None, "v1alpha2"),
+    ("llminferenceservice", {"gateway": {}, "route": {}, "scheduler": {}}, "v1alpha1"),
+    ("llminferenceservice", {"gateway": {}, "route": {}, "scheduler": {}}, "v1alpha2"),
 ])
-def test_every_shape_validates_against_kserves_crds(shape, router):
-    out = _render(shape, router=router, expose=shape == "inferenceservice")
+def test_every_shape_validates_against_kserves_crds(shape, router, version):
+    out = _render(shape, router=router, expose=shape == "inferenceservice",
+                  llmisvc_version=version)
     counts = validate_all(out["objects"])
     expected = ({"ServingRuntime": 1, "InferenceService": 1} if shape == "inferenceservice"
                 else {"LLMInferenceService": 1})
@@ -99,7 +103,9 @@ def test_the_startup_probe_waits_as_long_as_the_weights_need():
 
 def test_llminferenceservice_uses_the_presets_command_port_and_tls():
     (llmisvc,) = _render("llminferenceservice")["objects"]
-    assert llmisvc["apiVersion"] == "serving.kserve.io/v1alpha2"
+    assert llmisvc["apiVersion"] == "serving.kserve.io/v1alpha1"  # served wherever the kind is
+    assert _render("llminferenceservice", llmisvc_version="v1alpha2")["objects"][0][
+        "apiVersion"] == "serving.kserve.io/v1alpha2"
     assert llmisvc["spec"]["model"] == {"uri": f"oci://{REF}", "name": "nemotron-nano-9b-v2"}
     (main,) = llmisvc["spec"]["template"]["containers"]
     assert main["name"] == "main"  # the container the controller attaches the model to
