@@ -104,6 +104,22 @@ def ansible_expression(expression: str, tmp: Path, **extravars: str) -> Any:
     return json.loads(msg) if isinstance(msg, str) else msg
 
 
+def run_molecule(scenario: str, timeout: float = 3600) -> str:
+    """``molecule test -s <scenario>`` from the repository root with the controller
+    virtualenv's tools; asserts it passed and returns its whole output."""
+    import subprocess
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".modelgate" / "collections"),
+           "ANSIBLE_FORCE_COLOR": "0", "NO_COLOR": "1"}
+    proc = subprocess.run([str(bin_dir / "molecule"), "test", "-s", scenario], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"molecule test failed (exit {proc.returncode}):\n{out[-8000:]}"
+    return out
+
+
 def runner_text(runner: Any) -> str:
     """The play's whole output."""
     return runner.stdout.read() if hasattr(runner.stdout, "read") else str(runner.stdout)

@@ -12,12 +12,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_playbook, runner_text
+from conftest import run_molecule, run_playbook, runner_text
 
 PASSWORD = "S3cret-unreachable-password"
 TOKEN = "hf_unreachable-token"
@@ -62,11 +60,4 @@ def test_molecule_openshift() -> None:
     if missing or not Path(os.environ.get("KUBECONFIG", "")).is_file():
         pytest.skip(f"no cluster to run against ({', '.join(missing) or 'KUBECONFIG'} not "
                     "set): molecule/openshift was not run")
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".modelgate" / "collections"),
-           "ANSIBLE_FORCE_COLOR": "0", "NO_COLOR": "1"}
-    proc = subprocess.run([str(bin_dir / "molecule"), "test", "-s", "openshift"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=7200, check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"molecule test failed (exit {proc.returncode}):\n{out[-8000:]}"
+    run_molecule("openshift", timeout=7200)

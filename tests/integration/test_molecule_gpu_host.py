@@ -11,13 +11,11 @@ RHEL image, no GPU); modelgate.gpu_host's decisions are unit-tested on recorded 
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_molecule
 
 pytestmark = pytest.mark.needs_tools
 
@@ -26,15 +24,7 @@ def test_molecule_gpu_host(repo_root: Path) -> None:
     for tool in ("podman", "debootstrap"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (make provision installs it)")
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "ANSIBLE_COLLECTIONS_PATH": str(repo_root / ".modelgate" / "collections"),
-           "ANSIBLE_FORCE_COLOR": "0", "NO_COLOR": "1"}
-    proc = subprocess.run([str(bin_dir / "molecule"), "test", "-s", "gpu_host"],
-                          cwd=repo_root, env=env, capture_output=True, text=True,
-                          timeout=3600, check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"molecule test failed (exit {proc.returncode}):\n{out[-8000:]}"
+    out = run_molecule("gpu_host")
     assert "Idempotence completed successfully" in out or "idempotence" in out.lower(), out[-4000:]
     assert "GPU steps skipped (no NVIDIA GPU on the PCI bus)" in out, out[-4000:]
     # the scenario's registry password went to a login that failed, and into no line of output

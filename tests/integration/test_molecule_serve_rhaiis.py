@@ -13,14 +13,11 @@ where several people share the machine: it holds a vLLM server for about a minut
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import tool_path
+from conftest import run_molecule, tool_path
 
 pytestmark = pytest.mark.needs_tools
 
@@ -35,15 +32,7 @@ def test_molecule_serve_rhaiis(repo_root: Path) -> None:
 
     if probe_v2("127.0.0.1:5000") is None:
         pytest.skip("the local registry 127.0.0.1:5000 is not running (make provision)")
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "ANSIBLE_COLLECTIONS_PATH": str(repo_root / ".modelgate" / "collections"),
-           "ANSIBLE_FORCE_COLOR": "0", "NO_COLOR": "1"}
-    proc = subprocess.run([str(bin_dir / "molecule"), "test", "-s", "serve_rhaiis"],
-                          cwd=repo_root, env=env, capture_output=True, text=True,
-                          timeout=3600, check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"molecule test failed (exit {proc.returncode}):\n{out[-8000:]}"
+    out = run_molecule("serve_rhaiis")
     # the idempotence step ran and found nothing changed on the second converge
     assert "Idempotence completed successfully" in out or "idempotence" in out.lower(), out[-4000:]
     assert "a broken checkpoint was served" not in out
