@@ -50,6 +50,14 @@ options:
     type: list
     elements: str
     default: []
+  tolerances:
+    description:
+      - Replaces the tolerance of every check of a dimension (V(latency), V(throughput),
+        V(errors), V(accuracy), V(fidelity)); for example V(latency) set to V(0.2) lets each
+        latency check be 20% worse, V(accuracy) set to V(0.98) sets the minimum recovery. The
+        policy used, with these, is recorded in gate.json.
+    type: dict
+    default: {}
   fail_on_regression:
     description:
       - Fail the task when the verdict is not a pass (V(fail) or V(inconclusive)).
@@ -105,6 +113,7 @@ def main() -> None:
             "policy": {"type": "path"},
             "baseline": {"type": "path"},
             "accept_inconclusive": {"type": "list", "elements": "str", "default": []},
+            "tolerances": {"type": "dict", "default": {}},
             "fail_on_regression": {"type": "bool", "default": True},
         },
     )
@@ -117,7 +126,8 @@ def main() -> None:
         p = module.params
         outcome = judge_run(Path(p["run_path"]), policy=p["policy"] or None,
                             baseline=p["baseline"] or None,
-                            accept_inconclusive=p["accept_inconclusive"])
+                            accept_inconclusive=p["accept_inconclusive"],
+                            tolerances=p["tolerances"])
         if p["fail_on_regression"] and not outcome["passed"]:
             module.fail_json(msg=outcome["message"], **{k: v for k, v in outcome.items()
                                                         if k != "message"})

@@ -423,6 +423,41 @@ def _metric_known(metric: str) -> bool:
     )
 
 
+def with_tolerances(policy: GatePolicy, tolerances: dict[str, Any]) -> GatePolicy:
+    """The policy with the tolerance of every check of a dimension replaced: ``{"latency":
+    0.2}`` lets each latency check be 20% worse, ``{"accuracy": 0.98}`` sets the minimum
+    recovery. A job template's survey states thresholds this way, without a policy file; each
+    value is checked as the policy file's own would be."""
+    if not tolerances:
+        return policy
+    unknown = sorted(set(tolerances) - set(DIMENSIONS))
+    if unknown:
+        raise ModelGateError(f"unknown gate dimension {unknown[0]!r} in tolerances",
+                             field=f"tolerances.{unknown[0]}",
+                             fix=f"use some of {', '.join(DIMENSIONS)}")
+    missing = [d for d in tolerances if not any(c.dimension == d for c in policy.checks)]
+    if missing:
+        raise ModelGateError(
+            f"gate policy {policy.source} has no {missing[0]} check to set a tolerance for",
+            field=f"tolerances.{missing[0]}",
+            fix=f"leave it out, or add a {missing[0]} check to the policy file")
+    checks = []
+    for index, check in enumerate(policy.checks):
+        if check.dimension in tolerances:
+            raw = {**asdict(check), "tolerance": tolerances[check.dimension],
+                   "rates": check.rates if isinstance(check.rates, str) else list(check.rates)}
+            if raw["statistic"] is None:
+                del raw["statistic"]
+            try:
+                check = _parse_check(raw, index, f"tolerances.{check.dimension}")
+            except ModelGateError as exc:
+                raise ModelGateError(str(exc), field=f"tolerances.{check.dimension}",
+                                     fix=exc.fix) from exc
+        checks.append(check)
+    given = ", ".join(f"{d}={tolerances[d]}" for d in DIMENSIONS if d in tolerances)
+    return replace(policy, checks=tuple(checks), source=f"{policy.source} (tolerances {given})")
+
+
 def _natural_direction(metric: str) -> str | None:
     """The only sensible direction for metrics whose tolerance is not a relative ratio."""
     if metric.startswith("accuracy:"):

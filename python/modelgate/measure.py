@@ -301,18 +301,22 @@ def variant_archive(work_dir: Path, variant: str) -> dict[str, Any]:
 
 def judge_run(run_path: Path, policy: str | None = None,
               baseline: str | None = None,
-              accept_inconclusive: list[str] | None = None) -> dict[str, Any]:
+              accept_inconclusive: list[str] | None = None,
+              tolerances: dict[str, float] | None = None) -> dict[str, Any]:
     """Gate every candidate of the run, write gate.json + junit.xml, then the report.
 
     ``accept_inconclusive`` adds dimensions to the policy's own ``accept_inconclusive`` (an
-    inventory's "accuracy is at chance here", without copying the whole policy). Artifacts are
-    written before the caller fails anything, so a failing gate still leaves the whole record.
+    inventory's "accuracy is at chance here", without copying the whole policy);
+    ``tolerances`` replaces the tolerance of every check of a dimension (an AAP survey's
+    thresholds, see ``gate.with_tolerances``); the policy used is recorded in gate.json.
+    Artifacts are written before the caller fails anything, so a failing gate still leaves
+    the whole record.
     """
     from dataclasses import replace
 
     from modelgate import gate, report
 
-    loaded = gate.load_policy(policy)
+    loaded = gate.with_tolerances(gate.load_policy(policy), tolerances or {})
     extra = list(accept_inconclusive or [])
     unknown = [d for d in extra if d not in gate.DIMENSIONS]
     if unknown:

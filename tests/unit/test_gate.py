@@ -524,3 +524,23 @@ def test_rates_without_a_fixed_rate_are_skipped_and_saturation_is_reported(tmp_p
     assert check.reason.endswith("over-saturated: candidate")
     assert sync.rate is None and sync.point == "synchronous"
     assert sync.label.endswith("@ synchronous")
+
+
+def test_tolerances_by_dimension_replace_every_check_of_it_and_are_validated() -> None:
+    policy = gate.load_policy()
+    changed = gate.with_tolerances(policy, {"latency": 0.25, "accuracy": 0.98})
+    for before, after in zip(policy.checks, changed.checks, strict=True):
+        expected = {"latency": 0.25, "accuracy": 0.98}.get(before.dimension, before.tolerance)
+        assert after.tolerance == expected
+        assert (after.name, after.metric, after.statistic) == (
+            before.name, before.metric, before.statistic)
+    assert changed.source == f"{policy.source} (tolerances latency=0.25, accuracy=0.98)"
+    assert gate.with_tolerances(policy, {}) is policy
+    with pytest.raises(ModelGateError, match="unknown gate dimension 'latncy'"):
+        gate.with_tolerances(policy, {"latncy": 0.2})
+    with pytest.raises(ModelGateError, match="minimum recovery") as bad:
+        gate.with_tolerances(policy, {"accuracy": 5})
+    assert bad.value.field == "tolerances.accuracy"
+    only_latency = gate.parse_policy({"checks": [{"metric": "ttft_ms", "tolerance": 0.1}]})
+    with pytest.raises(ModelGateError, match="has no accuracy check"):
+        gate.with_tolerances(only_latency, {"accuracy": 0.99})
