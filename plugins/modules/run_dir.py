@@ -94,6 +94,14 @@ records:
   description: "Every stored record of the run: C({variant: {stage: record}})."
   type: dict
   returned: always
+workflow_artifacts:
+  description:
+    - What the next node of an AAP workflow reads (the stages publish it with
+      C(ansible.builtin.set_stats)), C(modelgate_run_id), C(modelgate_modelcars) (variant to
+      reference by digest), C(modelgate_endpoints) (variant to URL) and C(modelgate_gate)
+      (passed, status, message, gate, junit, report; null before the gate ran).
+  type: dict
+  returned: always
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -139,7 +147,8 @@ def main() -> None:
             changed = unpack_measurements(run_dir, str(entry["variant"]), Path(entry["path"]),
                                           dry_run=check) or changed
         return {"changed": changed, "created": created, "run_id": run_dir.run_id,
-                "path": str(run_dir.path), "records": run_dir.records()}
+                "path": str(run_dir.path), "records": run_dir.records(),
+                "workflow_artifacts": run_dir.workflow_artifacts()}
 
     run(module, action)
 

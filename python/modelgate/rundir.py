@@ -212,6 +212,28 @@ class RunDir:
             )
         return json.loads(path.read_text())
 
+    def workflow_artifacts(self) -> dict[str, Any]:
+        """What the next node of an AAP workflow reads from this run, as ``set_stats`` data
+        (a job's artifacts become the extra variables of the nodes after it): the run to
+        continue, each variant's modelcar by digest and endpoint, and the gate's verdict with
+        the report's location. A stage that has not run yet publishes ``{}`` / ``None``."""
+        records = self.records()
+        gate_path = self.path / "gate.json"
+        gate = json.loads(gate_path.read_text()) if gate_path.is_file() else None
+        report = self.path / "report.html"
+        return {
+            "modelgate_run_id": self.run_id,
+            "modelgate_modelcars": {v: r["modelcar"]["ref_by_digest"] for v, r in records.items()
+                                    if r.get("modelcar", {}).get("ref_by_digest")},
+            "modelgate_endpoints": {v: r["deploy"]["endpoint"] for v, r in records.items()
+                                    if r.get("deploy", {}).get("endpoint")},
+            "modelgate_gate": None if gate is None else {
+                "passed": gate["passed"], "status": gate["status"], "message": gate["message"],
+                "gate": str(gate_path), "junit": str(self.path / "junit.xml"),
+                "report": str(report) if report.is_file() else None,
+            },
+        }
+
 
 def stage_record(variant: str, stage: str, data: dict[str, Any],
                  files: dict[str, Any] | None = None) -> dict[str, Any]:

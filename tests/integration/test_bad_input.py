@@ -82,3 +82,13 @@ def test_inputs_of_the_wrong_kind_stop_the_first_play(tmp_path: Path) -> None:
         "modelgate_target": "triton", "modelgate_validate_rounds": "two"})
     text = _fails_with(runner, "modelgate_target", "triton", "modelgate_validate_rounds")
     assert "Create the tool virtualenvs" not in text  # stopped before provisioning anything
+
+
+def test_a_variant_name_the_inventory_lacks_is_refused_before_the_run_opens(
+        tmp_path: Path) -> None:
+    # a survey's multiple-select answer (modelgate_variant_names) naming no variant
+    runner = run_playbook(tmp_path, "names", tags="quantize",
+                          extravars={"modelgate_variant_names": ["bf16", "fp9"]})
+    _fails_with(runner, "modelgate_variant_names: fp9 not among modelgate_variants",
+                "bf16, w8a8, w4a16")
+    assert not (tmp_path / "runs").exists()  # no run was opened for it

@@ -120,6 +120,30 @@ def test_first_run_writes_every_artifact_and_a_verdict(first_run: tuple[Path, An
     assert list(run_dir.glob("*.png"))
 
 
+def test_the_stages_publish_what_the_next_workflow_node_reads(
+        first_run: tuple[Path, Any]) -> None:
+    """set_stats data (an AAP job's artifacts, the extra variables of the workflow's next
+    nodes): the run to continue, the modelcars by digest, the endpoints and the verdict."""
+    tmp, runner = first_run
+    run_dir = (tmp / "runs" / "latest").resolve()
+    stats = [ev for ev in runner.events if ev.get("event") == "playbook_on_stats"]
+    artifacts = stats[-1]["event_data"]["artifact_data"]
+    # modelgate_run_id is the input by which every stage's run_dir play continues a run
+    assert artifacts["modelgate_run_id"] == run_dir.name
+    manifest = _run_file(runner, run_dir / "manifest.json")
+    names = [v["name"] for v in manifest["variants"]]
+    assert sorted(artifacts["modelgate_modelcars"]) == sorted(names)
+    for variant, ref in artifacts["modelgate_modelcars"].items():
+        assert ref == _run_file(runner, run_dir / variant / "modelcar.json")["ref_by_digest"]
+        assert "@sha256:" in ref
+    assert sorted(artifacts["modelgate_endpoints"]) == sorted(names)
+    assert all(url.startswith("http://") for url in artifacts["modelgate_endpoints"].values())
+    gate = _run_file(runner, run_dir / "gate.json")
+    assert artifacts["modelgate_gate"]["passed"] == gate["passed"]
+    assert artifacts["modelgate_gate"]["status"] == gate["status"]
+    assert Path(artifacts["modelgate_gate"]["report"]).is_file()
+
+
 def test_second_run_changes_nothing_in_quantize_and_modelcar(
         first_run: tuple[Path, Any]) -> None:
     tmp, _ = first_run

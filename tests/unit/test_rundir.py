@@ -118,3 +118,25 @@ def test_the_source_bundle_is_reproducible_and_leaves_caches_out(tmp_path: Path)
     assert source_bundle(project, dest)["digest"] != first["digest"]
     with pytest.raises(ModelGateError, match="requirements"):
         source_bundle(tmp_path / "nothing", dest)
+
+
+def test_workflow_artifacts_hold_what_the_next_workflow_node_reads(tmp_path: Path) -> None:
+    run, _ = RunDir.open(tmp_path / "runs")
+    run.update(variants=[{"name": "bf16", "baseline": True}, {"name": "w4a16"}])
+    empty = run.workflow_artifacts()
+    assert empty == {"modelgate_run_id": run.run_id, "modelgate_modelcars": {},
+                     "modelgate_endpoints": {}, "modelgate_gate": None}
+    ref = "registry.example.com/m@sha256:" + "a" * 64
+    store_records(run, [stage_record("bf16", "modelcar", {"ref_by_digest": ref}),
+                        stage_record("bf16", "deploy", {"endpoint": "http://h:8000"}),
+                        stage_record("w4a16", "modelcar", {"ref_by_digest": ref + "b"})])
+    (run.path / "gate.json").write_text(json.dumps(
+        {"passed": False, "status": "fail", "message": "gate failed for run x"}))
+    (run.path / "report.html").write_text("<html></html>")
+    published = run.workflow_artifacts()
+    assert published["modelgate_modelcars"] == {"bf16": ref, "w4a16": ref + "b"}
+    assert published["modelgate_endpoints"] == {"bf16": "http://h:8000"}
+    assert published["modelgate_gate"] == {
+        "passed": False, "status": "fail", "message": "gate failed for run x",
+        "gate": str(run.path / "gate.json"), "junit": str(run.path / "junit.xml"),
+        "report": str(run.path / "report.html")}
