@@ -43,6 +43,10 @@ def _argument_spec(module: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, An
     monkeypatch.syspath_prepend(str(COLLECTIONS))
     mod = importlib.import_module(
         f"ansible_collections.modelgate.pipeline.plugins.modules.{module}")
+    if not hasattr(mod, "main"):  # the documentation of an action plugin: its spec is there
+        action = importlib.import_module(
+            f"ansible_collections.modelgate.pipeline.plugins.action.{module}")
+        return action.ActionModule.ARGUMENT_SPEC
     captured: dict[str, Any] = {}
 
     def fake_module(*_args: Any, **kwargs: Any) -> None:
