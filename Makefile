@@ -18,7 +18,8 @@ export ANSIBLE_COLLECTIONS_PATH := $(HOME_DIR)/collections
 export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint unit integration provision bench clean-runs teardown bootstrap fresh-demo
+.PHONY: demo test lint unit integration provision bench clean-runs teardown bootstrap fresh-demo \
+	ee-context ee
 
 bootstrap: $(STAMP) $(COLLECTION_LINK)
 
@@ -74,6 +75,16 @@ test: lint provision
 # The quick start on a fresh Debian 12 container (debootstrap): set-up and play times, verdict.
 fresh-demo: provision
 	@bash scripts/fresh-host.sh demo
+
+# The execution environment for AAP (execution-environment.yml): its build context, and the
+# image built from it with podman (tag modelgate-ee:<galaxy.yml version>; EE_TAG to change).
+ee-context: bootstrap
+	@bash scripts/ee-context.sh
+
+ee: ee-context
+	@$(BIN)/ansible-builder build -f execution-environment.yml -c $(HOME_DIR)/ee/context \
+	    --container-runtime podman -t $${EE_TAG:-modelgate-ee:$$($(BIN)/python -c \
+	    'import yaml; print(yaml.safe_load(open("galaxy.yml"))["version"])')}
 
 bench: bootstrap
 	@$(BIN)/python bench/pipeline.py
