@@ -13,6 +13,7 @@ loader renames it, see transformers ``conversion_mapping.py``), so a layer is
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -674,6 +675,65 @@ def read_safetensors_shapes(model_dir: Path) -> dict[str, dict[str, Any]]:
             tensors[name] = {"dtype": info["dtype"], "shape": info["shape"],
                              "bytes": int(end) - int(start)}
     return tensors
+
+
+def read_safetensors_index(model_dir: Path | str) -> dict[str, Any] | None:
+    """``model.safetensors.index.json`` of a model directory ({metadata, weight_map}), or None."""
+    path = Path(model_dir) / "model.safetensors.index.json"
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelGateError(f"{path} is not valid JSON: {exc}", field="model",
+                             fix="restore the checkpoint's model.safetensors.index.json") from exc
+    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+        raise ModelGateError(f"{path} has no weight_map", field="model",
+                             fix="restore the checkpoint's model.safetensors.index.json")
+    return index
+
+
+# A tensor-name fragment every layer of a kind has in a checkpoint (the index cross-check).
+_KIND_MARKERS: dict[str, tuple[str, ...]] = {
+    "attention": ("q_proj", "q_a_proj", "qkv_proj"),
+    "sliding_attention": ("q_proj", "qkv_proj"),
+    "mla_attention": ("q_proj", "q_a_proj", "kv_a_proj_with_mqa"),
+    "mamba": ("A_log", "in_proj"),
+    "gated_delta_net": ("A_log", "in_proj_qkvz", "linear_attn"),
+    "mlp": ("up_proj", "fc1"),
+    "moe": ("experts", "gate"),
+}
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def index_layer_mismatches(geometry: ModelGeometry, weight_map: dict[str, Any]) -> list[str]:
+    """Disagreements between the geometry's layer list and the checkpoint's tensor names.
+
+    Every layer the geometry has must have tensors, of its kind (``_KIND_MARKERS``); a layer
+    index beyond the geometry's is reported unless the config declares multi-token
+    prediction layers (``num_nextn_predict_layers``, stored after the decoder layers).
+    """
+    by_layer: dict[int, list[str]] = {}
+    for name in weight_map:
+        m = _LAYER_RE.search(name)
+        if m and not name.startswith("mtp."):
+            by_layer.setdefault(int(m.group(1)), []).append(name)
+    problems: list[str] = []
+    for i, kind in enumerate(geometry.block_kinds):
+        names = by_layer.get(i)
+        if not names:
+            problems.append(f"layer {i} ({kind}) has no tensors in the index")
+            continue
+        markers = _KIND_MARKERS.get(kind)
+        if markers and not any(mk in n for n in names for mk in markers):
+            problems.append(f"layer {i} is {kind} in config.json but its tensors are "
+                            f"{sorted(names)[:3]}")
+    extra_ok = int(geometry.config.get("num_nextn_predict_layers") or 0)
+    extra = sorted(i for i in by_layer if i >= geometry.num_layers + extra_ok)
+    if extra:
+        problems.append(f"the index has layers {extra[:5]} beyond the {geometry.num_layers} "
+                        "of config.json")
+    return problems
 
 
 def weight_bytes(source: ModelGeometry | Path | str) -> int:

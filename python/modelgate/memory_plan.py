@@ -18,7 +18,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from modelgate.errors import ModelGateError
-from modelgate.geometry import CACHE_KINDS, ModelGeometry, UnsupportedModelError
+from modelgate.geometry import (
+    CACHE_KINDS,
+    ModelGeometry,
+    UnsupportedModelError,
+    index_layer_mismatches,
+    read_safetensors_index,
+)
 
 GiB = 1024**3
 # Bytes per element of the dtype names used in config.json and on vLLM's command line.
@@ -261,16 +267,21 @@ SRC_ATTENTION = ("vllm/v1/kv_cache_interface.py AttentionSpec.page_size_bytes: 2
                  "kv_heads x head_size x dtype")
 SRC_MLA = ("vllm/v1/kv_cache_interface.py MLAAttentionSpec: one latent of kv_lora_rank + "
            "qk_rope_head_dim per token, no separate V")
-SRC_SLIDING = ("vllm/v1/kv_cache_interface.py SlidingWindowSpec.max_memory_usage_bytes: "
-               "(cdiv(min(window - 1 + max_num_batched_tokens, max_model_len), block) + 1) pages")
+SRC_SLIDING = ("vllm/v1/kv_cache_interface.py SlidingWindowSpec.max_admission_blocks_per_request:"
+               " cdiv(min(window - 1 + max_in_flight_tokens, max_model_len), block) + 1 pages; "
+               "vllm/config/vllm.py VllmConfig.max_in_flight_tokens = 2 batches (async "
+               "scheduling) x max_num_batched_tokens")
 SRC_MAMBA2 = ("vllm/model_executor/layers/mamba/mamba_utils.py "
               "MambaStateShapeCalculator.mamba2_state_shape")
 SRC_GDN = ("vllm/model_executor/layers/mamba/mamba_utils.py "
            "MambaStateShapeCalculator.gated_delta_net_state_shape")
 SRC_PAGING = ("vllm/v1/core/kv_cache_utils.py _get_kv_cache_groups_uniform_page_size; "
               "vllm/model_executor/models/config.py HybridAttentionMambaModelConfig")
-# vLLM's default chunked-prefill budget on a GPU for the OpenAI server (>= 70 GiB devices).
+# vLLM's default chunked-prefill budget on a GPU for the OpenAI server (>= 70 GiB devices,
+# vllm/engine/arg_utils.py), times the 2 batches in flight under async scheduling
+# (VllmConfig.max_concurrent_batches): what a sliding-window layer holds beyond its window.
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+DEFAULT_IN_FLIGHT_TOKENS = 2 * DEFAULT_MAX_NUM_BATCHED_TOKENS
 
 
 def require_modelled(geometry: ModelGeometry) -> None:
@@ -409,7 +420,7 @@ class PagedLayout:
     mamba_page_bytes: int
     sliding_groups: int = 0
     sliding_window: int = 0
-    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
+    in_flight_tokens: int = DEFAULT_IN_FLIGHT_TOKENS
 
     @property
     def bytes_per_block(self) -> int:
@@ -420,7 +431,7 @@ class PagedLayout:
         """Blocks one sliding-window group holds for a sequence of ``max_model_len``."""
         if not self.sliding_groups:
             return 0
-        tokens = min(self.sliding_window - 1 + self.max_num_batched_tokens, max_model_len)
+        tokens = min(self.sliding_window - 1 + self.in_flight_tokens, max_model_len)
         return _cdiv(tokens, self.block_size) + 1
 
     def blocks_per_sequence(self, max_model_len: int) -> int:
@@ -450,7 +461,7 @@ class PagedLayout:
         sliding = ""
         if self.sliding_groups:
             sliding = (f" + {self.sliding_groups} sliding groups x "
-                       f"(cdiv(min({self.sliding_window} - 1 + {self.max_num_batched_tokens}, "
+                       f"(cdiv(min({self.sliding_window} - 1 + {self.in_flight_tokens}, "
                        f"{max_model_len}), {self.block_size}) + 1)")
         return (
             f"(cdiv({max_model_len}, block {self.block_size}) x {self.attention_groups} "
@@ -464,7 +475,7 @@ class PagedLayout:
 def paged_layout(geometry: ModelGeometry, *, kv_cache_dtype: str = "auto",
                  mamba_cache_dtype: str = "auto", mamba_ssm_cache_dtype: str = "float32",
                  block_alignment: int = 16, prefix_caching: bool = True,
-                 max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS) -> PagedLayout:
+                 in_flight_tokens: int = DEFAULT_IN_FLIGHT_TOKENS) -> PagedLayout:
     """vLLM's page geometry for this model (see ``PagedLayout``)."""
     require_modelled(geometry)
     kinds = count_kinds(geometry)
@@ -493,7 +504,7 @@ def paged_layout(geometry: ModelGeometry, *, kv_cache_dtype: str = "auto",
         mamba_page_bytes=rec_page,
         sliding_groups=_cdiv(n_sliding, group) if n_sliding else 0,
         sliding_window=window,
-        max_num_batched_tokens=max_num_batched_tokens,
+        in_flight_tokens=in_flight_tokens,
     )
 
 
@@ -507,7 +518,7 @@ def sliding_window_bytes(geometry: ModelGeometry, layout: PagedLayout, kv_cache_
     tokens = layout.sliding_blocks(max_model_len) * layout.block_size
     return n * per_layer * tokens, (
         f"{n} sliding-window layers x {tokens} tokens (window {layout.sliding_window}, "
-        f"{layout.max_num_batched_tokens} batched tokens, +1 block) x {formula} "
+        f"{layout.in_flight_tokens} in-flight tokens, +1 block) x {formula} "
         f"[{SRC_SLIDING}]")
 
 
@@ -515,6 +526,54 @@ def choose_max_num_seqs(fit: int, cap: int = DEFAULT_MAX_NUM_SEQS_CAP) -> int:
     """min(cap, fit), rounded down to a multiple of 8 once it is at least 8."""
     chosen = max(0, min(cap, fit))
     return chosen // 8 * 8 if chosen >= 8 else chosen
+
+
+INDEX_TOLERANCE = 0.02  # a checkpoint index disagreeing by more than this stops the plan
+
+
+def cross_check_index(geometry: ModelGeometry) -> MemoryTerm | None:
+    """Compare ``model.safetensors.index.json`` with the geometry; ModelGateError on mismatch.
+
+    Its ``metadata.total_size`` against the geometry's weight bytes (``config_weight_bytes``;
+    more than 2% apart stops the plan with both numbers), its tensor names against the layer
+    list (``index_layer_mismatches``). None when the directory has no index.
+    """
+    if not geometry.model_dir:
+        return None
+    index = read_safetensors_index(geometry.model_dir)
+    if index is None:
+        return None
+    problems = index_layer_mismatches(geometry, index["weight_map"])
+    if problems:
+        raise ModelGateError(
+            f"model.safetensors.index.json disagrees with the {geometry.model_type} geometry "
+            f"derived from config.json: {'; '.join(problems[:4])}",
+            field="model_config",
+            fix="check that config.json belongs to these weights; if it does, the family's "
+            "geometry is not what modelgate models: give --max-num-seqs explicitly and file an "
+            "issue")
+    total = (index.get("metadata") or {}).get("total_size")
+    expected, formula = config_weight_bytes(geometry)
+    if total is None:
+        return MemoryTerm("checkpoint_index", 0, "index has no metadata.total_size; "
+                          "tensor names match the layer list")
+    total = int(total)
+    has_mtp = any(n.startswith("mtp.") for n in index["weight_map"]) or bool(
+        geometry.config.get("num_nextn_predict_layers"))
+    gap = abs(total - expected) / max(total, 1)
+    if gap > INDEX_TOLERANCE and not has_mtp:
+        raise ModelGateError(
+            f"the checkpoint index says the weights are {total:,} B ({total / GiB:.2f} GiB) but "
+            f"the geometry from config.json gives {expected:,} B ({expected / GiB:.2f} GiB, "
+            f"{formula}): {gap:.1%} apart, beyond {INDEX_TOLERANCE:.0%}",
+            field="model_config",
+            fix="check that config.json (and its quantization_config) belongs to these "
+            "weights; if it does, give --max-num-seqs explicitly (no plan) and file an issue")
+    note = (f"index total_size {total:,} B vs geometry {expected:,} B ({gap:.2%} apart"
+            + (", multi-token-prediction weights included in the index and not in the "
+               "geometry: size not compared" if has_mtp else "") + "); tensor names match the "
+            "layer list")
+    return MemoryTerm("checkpoint_index", total, note)
 
 
 def plan_memory(
@@ -532,7 +591,7 @@ def plan_memory(
     max_num_seqs_cap: int = DEFAULT_MAX_NUM_SEQS_CAP,
     block_alignment: int = 16,
     prefix_caching: bool = True,
-    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    in_flight_tokens: int = DEFAULT_IN_FLIGHT_TOKENS,
 ) -> MemoryPlan:
     """Plan the memory of one server; ModelGateError (with the numbers) when it cannot fit.
 
@@ -568,6 +627,9 @@ def plan_memory(
         source = ("parameters x dtype" if quant_scheme(geometry) is None
                   else "parameters x stored format (config.json quantization_config)")
     terms.append(MemoryTerm("weights", weights, w_formula))
+    index_term = cross_check_index(geometry)
+    if index_term is not None:
+        terms.append(index_term)
 
     reserve = int(activation_reserve_gib * GiB)
     terms.append(MemoryTerm("activation_reserve", reserve,
@@ -596,7 +658,7 @@ def plan_memory(
                           mamba_cache_dtype=mamba_cache_dtype,
                           mamba_ssm_cache_dtype=mamba_ssm_cache_dtype,
                           block_alignment=block_alignment, prefix_caching=prefix_caching,
-                          max_num_batched_tokens=max_num_batched_tokens)
+                          in_flight_tokens=in_flight_tokens)
     sliding = sliding_window_bytes(geometry, paging, kv_cache_dtype, max_model_len)
     if sliding[0]:
         terms.append(MemoryTerm("sliding_window_kv_per_sequence", sliding[0], sliding[1]))
