@@ -3,8 +3,8 @@
 Every expected number is written as the arithmetic that produces it from the config, so a
 reviewer can check it against the model card without running anything. The configs are under
 tests/data/model_configs/ (their sources in that folder's README.md); families whose published
-config is not among them (Qwen3-Next, Granite-4.0-H, DeepSeek-V2) are checked on the published
-figures of their config.json, restated below with the keys the geometry reads.
+config could not be found as a copy (Qwen3-Next, Granite-4.0-H, DeepSeek-V2) are checked on the
+published figures of their config.json, restated in tests/data/model_figures/.
 """
 
 from __future__ import annotations
@@ -27,8 +27,16 @@ from modelgate.memory_plan import (
 from modelgate.serving import derive_serving_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "data" / "model_configs"
+FIGURES = CONFIGS.parent / "model_figures"
 BUDGET_80 = int(80 * GiB * 0.9)  # 80 GiB GPU x gpu_memory_utilization 0.9
 RESERVE = 3  # GiB of activation reserve in every plan below (a round, stated figure)
+
+
+def _figures(name: str) -> dict:
+    """A restated published config (tests/data/model_figures), without its _comment."""
+    cfg = json.loads((FIGURES / name / "config.json").read_text())
+    cfg.pop("_comment")
+    return cfg
 
 
 def load(name: str) -> ModelGeometry:
@@ -174,15 +182,7 @@ def test_gpt_oss_sliding_window_is_bounded_at_long_context():
     assert layout.blocks_per_sequence(131072) == 131072 // 16 + 1033
 
 
-DEEPSEEK_V2_LITE = {  # deepseek-ai/DeepSeek-V2-Lite config.json (published figures)
-    "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
-    "hidden_size": 2048, "intermediate_size": 10944, "num_hidden_layers": 27,
-    "num_attention_heads": 16, "num_key_value_heads": 16, "kv_lora_rank": 512,
-    "q_lora_rank": None, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
-    "n_routed_experts": 64, "n_shared_experts": 2, "moe_intermediate_size": 1408,
-    "first_k_dense_replace": 1, "moe_layer_freq": 1, "vocab_size": 102400,
-    "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-}
+DEEPSEEK_V2_LITE = _figures("DeepSeek-V2-Lite")
 
 
 def test_deepseek_v2_lite_mla_and_shared_experts():
@@ -202,15 +202,7 @@ def test_deepseek_v2_lite_mla_and_shared_experts():
 
 # ------------------------------------------------------------------ Mamba-2 hybrids
 
-GRANITE_4_H_SMALL = {  # ibm-granite/granite-4.0-h-small config.json (published figures)
-    "architectures": ["GraniteMoeHybridForCausalLM"], "model_type": "granitemoehybrid",
-    "hidden_size": 4096, "num_hidden_layers": 40, "num_attention_heads": 32,
-    "num_key_value_heads": 8, "num_local_experts": 72, "intermediate_size": 768,
-    "shared_intermediate_size": 1536, "mamba_d_state": 128, "mamba_d_conv": 4,
-    "mamba_expand": 2, "mamba_n_heads": 128, "mamba_d_head": 64, "mamba_n_groups": 1,
-    "vocab_size": 100352, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
-    "layer_types": (["mamba"] * 5 + ["attention"] + ["mamba"] * 4) * 4,
-}
+GRANITE_4_H_SMALL = _figures("granite-4.0-h-small")
 
 
 def test_granite_4_h_small_layers_and_state():
@@ -242,16 +234,7 @@ def test_granite_hybrid_without_experts_is_dense_shared_mlp():
 
 # ------------------------------------------------------------------ linear-attention hybrid
 
-QWEN3_NEXT_80B = {  # Qwen/Qwen3-Next-80B-A3B-Instruct config.json (published figures)
-    "architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next",
-    "hidden_size": 2048, "num_hidden_layers": 48, "num_attention_heads": 16,
-    "num_key_value_heads": 2, "head_dim": 256, "intermediate_size": 5120,
-    "full_attention_interval": 4, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128,
-    "linear_num_key_heads": 16, "linear_num_value_heads": 32, "linear_value_head_dim": 128,
-    "decoder_sparse_step": 1, "mlp_only_layers": [], "moe_intermediate_size": 512,
-    "num_experts": 512, "num_experts_per_tok": 10, "shared_expert_intermediate_size": 512,
-    "vocab_size": 151936, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-}
+QWEN3_NEXT_80B = _figures("Qwen3-Next-80B-A3B")
 
 
 def test_qwen3_next_80b_has_12_attention_layers_and_80b_parameters():
