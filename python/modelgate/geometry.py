@@ -267,9 +267,10 @@ def _lm_head(config: dict[str, Any], hidden: int) -> LinearLayer:
 def _attention_kinds(config: dict[str, Any], n: int) -> tuple[list[str], int | None]:
     """Per-layer attention kind from ``layer_types`` / ``sliding_window``, and the window.
 
-    vLLM gives a layer a SlidingWindowSpec only when its layer type says so (llama.py,
-    qwen2.py, gpt_oss.py read ``config.layer_types``); a model-wide ``sliding_window``
-    without per-layer types is ambiguous across vLLM versions, so it is refused.
+    ``layer_types`` decides per layer (vLLM llama.py, gpt_oss.py pass it as
+    ``per_layer_sliding_window``); a model-wide ``sliding_window`` (Mistral-7B-v0.1) makes
+    every layer sliding, unless ``use_sliding_window`` is false (Qwen2: transformers then
+    drops the window).
     """
     window = config.get("sliding_window")
     types = config.get("layer_types")
@@ -293,9 +294,9 @@ def _attention_kinds(config: dict[str, Any], n: int) -> tuple[list[str], int | N
                                             f"layer type {t!r}")
         return kinds, int(window) if "sliding_attention" in kinds else None
     if window and config.get("use_sliding_window", True) is not False:
-        raise UnsupportedModelError(
-            str(config.get("model_type")), "",
-            f"a model-wide sliding_window {window} without per-layer layer_types")
+        # a model-wide window: vLLM's Attention takes cache_config.sliding_window for every
+        # layer without a per-layer one (vllm/model_executor/layers/attention/attention.py)
+        return ["sliding_attention"] * n, int(window)
     return ["attention"] * n, None
 
 

@@ -101,12 +101,16 @@ def test_qwen3_8b():
     assert plan.max_sequences_fit == fit80(params * 2, 16384 * 147456) == 23
 
 
-def test_model_wide_sliding_window_without_layer_types_is_refused():
+def test_model_wide_sliding_window_makes_every_layer_sliding():
     cfg = json.loads((CONFIGS / "Qwen3-8B" / "config.json").read_text())
-    cfg.update(model_type="mistral", sliding_window=4096)
+    cfg.update(model_type="mistral", sliding_window=4096)  # as Mistral-7B-v0.1 publishes it
     cfg.pop("use_sliding_window")
-    with pytest.raises(UnsupportedModelError, match="sliding_window 4096"):
-        ModelGeometry.from_config(cfg)
+    g = ModelGeometry.from_config(cfg)
+    assert set(g.block_kinds) == {"sliding_attention"}
+    layout = paged_layout(g)
+    # a 131072-token sequence holds cdiv(4096 - 1 + 2 x 8192, 16) + 1 = 1281 blocks per layer
+    assert layout.blocks_per_sequence(131072) == -(-(4095 + 16384) // 16) + 1 == 1281
+    assert kv_bytes_per_token(g, "auto")[0] == 0  # nothing grows with the whole sequence
 
 
 # ------------------------------------------------------------------ MoE
