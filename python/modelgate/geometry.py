@@ -161,14 +161,16 @@ class ModelGeometry:
 class UnsupportedModelError(ModelGateError):
     """A model_type (or a layer kind) whose geometry modelgate does not model: refused."""
 
-    def __init__(self, model_type: str, architecture: str = "", detail: str = "") -> None:
+    def __init__(self, model_type: str, architecture: str = "", detail: str = "",
+                 *, extra_fix: str = "") -> None:
         what = f"model_type {model_type!r}" + (f" ({architecture})" if architecture else "")
         super().__init__(
             f"modelgate does not model the layers of {what}{': ' + detail if detail else ''}; "
             "a memory plan for it would be a guess, so none is made. Modelled: "
             f"{', '.join(sorted(FAMILIES))}",
             field="model_config",
-            fix="give --max-num-seqs explicitly (the plan is then skipped and vLLM's own "
+            fix=(extra_fix + ", or " if extra_fix else "")
+            + "give --max-num-seqs explicitly (the plan is then skipped and vLLM's own "
             "start-up profile is the check), or file a modelgate issue to add this family",
         )
         self.model_type = model_type

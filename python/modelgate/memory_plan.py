@@ -174,6 +174,10 @@ class QuantScheme:
         return n * self.bits / 8 + scales * self.scale_bytes
 
 
+_EXACT_SIZES_FIX = ("give the model directory with its *.safetensors files (their headers give "
+                    "the exact weight bytes)")
+
+
 def quant_scheme(geometry: ModelGeometry) -> QuantScheme | None:
     """The checkpoint's quantization as stored, from ``quantization_config``; None for none.
 
@@ -207,11 +211,10 @@ def quant_scheme(geometry: ModelGeometry) -> QuantScheme | None:
         weights = [g.get("weights") for g in groups.values() if isinstance(g, dict)]
         weights = [w for w in weights if isinstance(w, dict)]
         if len(weights) != 1:
-            raise ModelGateError(
-                f"compressed-tensors config with {len(weights)} weight schemes: sizing mixed "
-                "schemes is not modelled", field="model_config",
-                fix="give the model directory with its *.safetensors files (their sizes are "
-                "exact), or --max-num-seqs explicitly")
+            raise UnsupportedModelError(
+                geometry.model_type, geometry.architecture,
+                f"a compressed-tensors config with {len(weights)} weight schemes (sizing mixed "
+                "schemes is not modelled)", extra_fix=_EXACT_SIZES_FIX)
         w = weights[0]
         bits = int(w.get("num_bits") or 8)
         strategy = str(w.get("strategy") or "")
@@ -222,11 +225,10 @@ def quant_scheme(geometry: ModelGeometry) -> QuantScheme | None:
         if w.get("symmetric") is False:
             scale += bits / 8
         return QuantScheme(method, bits, group, scale, skip)
-    raise ModelGateError(
-        f"quantization_config.quant_method {method!r}: its stored size is not modelled",
-        field="model_config",
-        fix="give the model directory with its *.safetensors files (their sizes are exact), "
-        "or --max-num-seqs explicitly")
+    raise UnsupportedModelError(
+        geometry.model_type, geometry.architecture,
+        f"quantization_config.quant_method {method!r} (its stored size is not modelled)",
+        extra_fix=_EXACT_SIZES_FIX)
 
 
 def config_weight_bytes(geometry: ModelGeometry) -> tuple[int, str]:
@@ -553,10 +555,14 @@ def cross_check_index(geometry: ModelGeometry) -> MemoryTerm | None:
             "geometry is not what modelgate models: give --max-num-seqs explicitly and file an "
             "issue")
     total = (index.get("metadata") or {}).get("total_size")
-    expected, formula = config_weight_bytes(geometry)
     if total is None:
         return MemoryTerm("checkpoint_index", 0, "index has no metadata.total_size; "
                           "tensor names match the layer list")
+    try:
+        expected, formula = config_weight_bytes(geometry)
+    except UnsupportedModelError as exc:  # sized from the shards' headers instead
+        return MemoryTerm("checkpoint_index", int(total), "tensor names match the layer list; "
+                          f"size not compared: {exc.message.split(';')[0]}")
     total = int(total)
     has_mtp = any(n.startswith("mtp.") for n in index["weight_map"]) or bool(
         geometry.config.get("num_nextn_predict_layers"))

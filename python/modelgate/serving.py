@@ -259,30 +259,40 @@ def derive_serving_args(
             weight_bytes = geometry_mod.weight_bytes(model_dir)
         except ModelGateError:
             weight_bytes = None  # config-only directory: fall back to parameters x dtype
-    if gpu_memory_gib is not None and not planned:
-        if requested_seqs is None or device != "cuda":
-            require_modelled(geometry)  # raises: this family has no memory plan
+    refused: UnsupportedModelError | None = None
+    if gpu_memory_gib is not None:
+        try:
+            if not planned:
+                require_modelled(geometry)  # raises: this family has no memory plan
+            reserve = activation_reserve_gib if activation_reserve_gib is not None else \
+                default_activation_reserve_gib(geometry, device=device)
+            out.plan = plan_memory(
+                geometry,
+                gpu_memory_gib=float(gpu_memory_gib),
+                gpu_memory_utilization=util,
+                max_model_len=max_len,
+                kv_cache_dtype=kv_dtype,
+                mamba_cache_dtype=mamba_dtype,
+                mamba_ssm_cache_dtype=ssm_dtype if geometry.is_hybrid else "auto",
+                weight_bytes=weight_bytes,
+                activation_reserve_gib=reserve,
+                max_num_seqs=int(requested_seqs) if requested_seqs is not None else None,
+                max_num_seqs_cap=CPU_MAX_NUM_SEQS_CAP if device == "cpu"
+                else GPU_MAX_NUM_SEQS_CAP,
+                block_alignment=CPU_BLOCK_ALIGNMENT if device == "cpu" else GPU_BLOCK_ALIGNMENT,
+                prefix_caching=_prefix_caching(over),
+            )
+        except UnsupportedModelError as exc:
+            # the documented way past a refusal: an explicit --max-num-seqs (GPU only; the
+            # CPU target sizes its KV cache from the plan)
+            if requested_seqs is None or device != "cuda":
+                raise
+            refused = exc
+    if refused is not None:
         out.set("max-num-seqs", int(requested_seqs),
-                f"user override (no memory plan: model_type {geometry.model_type!r} is not "
-                "modelled; vLLM's start-up profile is the check)")
-    elif gpu_memory_gib is not None:
-        reserve = activation_reserve_gib if activation_reserve_gib is not None else \
-            default_activation_reserve_gib(geometry, device=device)
-        out.plan = plan_memory(
-            geometry,
-            gpu_memory_gib=float(gpu_memory_gib),
-            gpu_memory_utilization=util,
-            max_model_len=max_len,
-            kv_cache_dtype=kv_dtype,
-            mamba_cache_dtype=mamba_dtype,
-            mamba_ssm_cache_dtype=ssm_dtype if geometry.is_hybrid else "auto",
-            weight_bytes=weight_bytes,
-            activation_reserve_gib=reserve,
-            max_num_seqs=int(requested_seqs) if requested_seqs is not None else None,
-            max_num_seqs_cap=CPU_MAX_NUM_SEQS_CAP if device == "cpu" else GPU_MAX_NUM_SEQS_CAP,
-            block_alignment=CPU_BLOCK_ALIGNMENT if device == "cpu" else GPU_BLOCK_ALIGNMENT,
-            prefix_caching=_prefix_caching(over),
-        )
+                f"user override (no memory plan: {refused.message.split(';')[0]}; vLLM's "
+                "start-up profile is the check)")
+    elif out.plan is not None:
         plan = out.plan
         out.set("max-num-seqs", plan.max_num_seqs,
                 "user override (fits the memory plan)" if requested_seqs is not None else

@@ -359,8 +359,9 @@ def test_compressed_tensors_w8a8_channel_with_ignore_list():
 
 def test_unknown_quant_method_is_refused():
     g = _with_quant("Qwen3-8B", {"quant_method": "bitsandbytes", "load_in_4bit": True})
-    with pytest.raises(ModelGateError, match="bitsandbytes"):
+    with pytest.raises(UnsupportedModelError, match="bitsandbytes") as err:
         config_weight_bytes(g)
+    assert "safetensors" in err.value.fix and "--max-num-seqs" in err.value.fix
 
 
 # ------------------------------------------------------------------ safetensors index
@@ -407,3 +408,14 @@ def test_index_whose_layer_kinds_disagree_stops(tmp_path):
     with pytest.raises(ModelGateError, match="layer 0 is gated_delta_net"):
         plan_memory(ModelGeometry.from_model_dir(tmp_path), gpu_memory_gib=400,
                     max_model_len=1024, activation_reserve_gib=1)
+
+
+def test_unmodelled_quantization_with_explicit_max_num_seqs_skips_the_plan(tmp_path):
+    cfg = json.loads((CONFIGS / "Qwen3-8B" / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UnsupportedModelError, match="bitsandbytes"):
+        derive_serving_args(tmp_path, gpu_memory_gib=80)
+    args = derive_serving_args(tmp_path, gpu_memory_gib=80, overrides={"max-num-seqs": 8})
+    assert args.plan is None and args.args["max-num-seqs"] == 8
+    assert "bitsandbytes" in args.reasons["max-num-seqs"]
