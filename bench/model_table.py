@@ -17,7 +17,13 @@ from pathlib import Path
 
 from modelgate.errors import ModelGateError
 from modelgate.geometry import ModelGeometry
-from modelgate.memory_plan import GiB, parameter_count
+from modelgate.memory_plan import (
+    GiB,
+    config_weight_bytes,
+    kv_bytes_per_token,
+    mamba_state_bytes,
+    parameter_count,
+)
 from modelgate.serving import derive_serving_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +76,11 @@ def row(model_dir: Path) -> list[str]:
         args = derive_serving_args(model_dir, gpu_memory_gib=GPU_GIB,
                                    overrides={"max-model-len": MAX_MODEL_LEN})
     except ModelGateError as exc:
-        return [name, g.family, params, published, "", "", "",
+        # no plan: still show what the weights, the KV cache and the state take
+        ssm = "float32" if g.is_hybrid else "auto"
+        conv, state, _ = mamba_state_bytes(g, "auto", ssm)
+        return [name, g.family, params, published, f"{config_weight_bytes(g)[0] / GiB:.2f}",
+                f"{kv_bytes_per_token(g, 'auto')[0]:,}", f"{conv + state:,}",
                 "does not fit: " + exc.message.split(":")[0], f"`{test}`" if test else ""]
     plan = args.plan
     assert plan is not None
