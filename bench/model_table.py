@@ -22,6 +22,7 @@ from modelgate.memory_plan import (
     config_weight_bytes,
     kv_bytes_per_token,
     mamba_state_bytes,
+    paged_layout,
     parameter_count,
 )
 from modelgate.serving import derive_serving_args
@@ -33,6 +34,13 @@ MAX_MODEL_LEN = 16384
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
 
 # Published total parameters (model cards), and the test that does the arithmetic by hand.
+# What vLLM itself logged for a model (test_model_families.py reproduces each figure).
+VLLM_REPORTED: dict[str, str] = {
+    "Llama-3.1-8B": "1952 blocks = 3.81 GiB KV, 1.56x at 20000 tokens (vllm#10517)",
+    "nemotron_nano_9b_v2": "block 672 tokens with a bf16 state (vllm#24280)",
+    "Qwen3-Next-80B-A3B": "block 544 tokens (vllm#32492)",
+    "granite-4.0-h-small": "block 528 tokens with a bf16 state (vllm-gaudi#1564)",
+}
 REFERENCE: dict[str, tuple[str, str]] = {
     "Llama-3.1-8B": ("8.03 B", "test_llama_3_1_8b"),
     "Llama-3.2-3B": ("3.21 B", "test_llama_3_2_3b_tied_embeddings_are_counted_once"),
@@ -70,7 +78,7 @@ def row(model_dir: Path) -> list[str]:
     try:
         g = ModelGeometry.from_model_dir(model_dir)
     except ModelGateError as exc:
-        return [name, "refused", "", published, "", "", "", exc.message[:60], test]
+        return [name, "refused", "", published, "", "", "", exc.message[:60], "", "", test]
     params = f"{parameter_count(g) / 1e9:.2f} B"
     try:
         args = derive_serving_args(model_dir, gpu_memory_gib=GPU_GIB,
@@ -81,15 +89,21 @@ def row(model_dir: Path) -> list[str]:
         conv, state, _ = mamba_state_bytes(g, "auto", ssm)
         return [name, g.family, params, published, f"{config_weight_bytes(g)[0] / GiB:.2f}",
                 f"{kv_bytes_per_token(g, 'auto')[0]:,}", f"{conv + state:,}",
-                "does not fit: " + exc.message.split(":")[0], f"`{test}`" if test else ""]
+                "does not fit: " + exc.message.split(":")[0],
+                f"{paged_layout(g, mamba_ssm_cache_dtype=ssm).block_size}",
+                VLLM_REPORTED.get(model_dir.name, ""), f"`{test}`" if test else ""]
     plan = args.plan
     assert plan is not None
     fixed = plan.mamba_state_bytes_per_sequence + plan.sliding_window_bytes_per_sequence
+    block = int(plan.paging["block_size"])
+    bf16_block = paged_layout(g, mamba_ssm_cache_dtype="auto").block_size
     return [
         name, g.family, params, published, f"{plan.weight_bytes / GiB:.2f}",
         f"{plan.kv_bytes_per_token:,}", f"{fixed:,}",
         f"{plan.max_num_seqs} (fit {plan.max_sequences_fit}, reserve "
         f"{plan.activation_reserve_bytes / GiB:.2f} GiB)",
+        f"{block}" + (f" ({bf16_block} at bf16 state)" if bf16_block != block else ""),
+        VLLM_REPORTED.get(model_dir.name, ""),
         f"`{test}`" if test else "",
     ]
 
@@ -98,7 +112,7 @@ def table() -> str:
     """The Markdown table."""
     head = ["model", "family", "parameters (geometry)", "published", "weights GiB",
             "KV B/token", "fixed B/sequence", f"--max-num-seqs @ {GPU_GIB} GiB, {MAX_MODEL_LEN}",
-            "hand arithmetic in tests/unit/test_model_families.py"]
+            "block tokens", "vLLM-reported", "hand arithmetic in tests/unit/test_model_families.py"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     lines += ["| " + " | ".join(row(d)) + " |" for d in model_dirs()]
     return "\n".join(lines)

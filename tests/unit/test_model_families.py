@@ -419,3 +419,35 @@ def test_unmodelled_quantization_with_explicit_max_num_seqs_skips_the_plan(tmp_p
     args = derive_serving_args(tmp_path, gpu_memory_gib=80, overrides={"max-num-seqs": 8})
     assert args.plan is None and args.args["max-num-seqs"] == 8
     assert "bitsandbytes" in args.reasons["max-num-seqs"]
+
+
+# ------------------------------------------------------------------ figures vLLM itself logged
+
+def test_llama_3_1_8b_matches_vllm_logged_kv_cache_and_concurrency():
+    # vllm-project/vllm issue 10517 (RTX 3090, Llama-3.1-8B-Instruct, max_model_len 20000):
+    # "kv_cache_size=3.81GiB", "# GPU blocks: 1952", "Maximum concurrency for 20000 tokens
+    # per request: 1.56x". With 131072 B per token and 16-token blocks:
+    g = load("Llama-3.1-8B")
+    per_block = 16 * kv_bytes_per_token(g, "auto")[0]
+    assert round(1952 * per_block / GiB, 2) == 3.81
+    layout = paged_layout(g)
+    assert round(1952 / layout.blocks_per_sequence(20000), 2) == 1.56  # 1952 / 1250
+
+
+@pytest.mark.parametrize(("geometry", "ssm_dtype", "vllm_block", "where"), [
+    # vllm-project/vllm issue 24280: "672 tokens for nvidia/NVIDIA-Nemotron-Nano-9B-v2", when
+    # its SSM state was bf16; vLLM 0.32 defaults Nemotron-H to float32 (1312, as planned)
+    ("nemotron", "auto", 672, "vllm#24280"),
+    # vllm-project/vllm PR 32492: "qwen3-next ... uses non-standard block size (544)"
+    ("qwen3_next", "auto", 544, "vllm#32492"),
+    # vllm-project/vllm-gaudi PR 1564 (granite-4.0-h-small): "inflates cache_config.block_size
+    # to 528 (no prefix caching) for mamba page alignment"
+    ("granite", "auto", 528, "vllm-gaudi#1564"),
+])
+def test_hybrid_block_sizes_match_what_vllm_logged(geometry, ssm_dtype, vllm_block, where):
+    g = {"nemotron": lambda: ModelGeometry.from_model_dir(
+             CONFIGS.parent / "nemotron_nano_9b_v2"),
+         "qwen3_next": lambda: ModelGeometry.from_config(QWEN3_NEXT_80B),
+         "granite": lambda: ModelGeometry.from_config(GRANITE_4_H_SMALL)}[geometry]()
+    # the SSM / temporal state in the model dtype (bf16, "auto"), as in those logs
+    assert paged_layout(g, mamba_ssm_cache_dtype=ssm_dtype).block_size == vllm_block, where
