@@ -82,11 +82,6 @@ class ModelGeometry:
         """True when the model mixes Mamba (state-space) blocks with attention."""
         return "mamba" in self.block_kinds
 
-    @property
-    def has_recurrent_state(self) -> bool:
-        """True when some layer keeps a fixed per-sequence state (Mamba-2, gated delta net)."""
-        return any(k in RECURRENT_KINDS for k in self.block_kinds)
-
     def layer(self, name: str) -> LinearLayer:
         """Return the layer with this module name (KeyError when absent)."""
         for lin in self.linear_layers:
@@ -176,8 +171,6 @@ class UnsupportedModelError(ModelGateError):
         self.model_type = model_type
 
 
-# Layer kinds that keep a fixed state per sequence instead of a per-token KV cache.
-RECURRENT_KINDS = ("mamba", "gated_delta_net")
 # Every layer kind the memory plan knows how to size (memory_plan.py has the formulas).
 CACHE_KINDS = ("attention", "sliding_attention", "mla_attention", "mamba", "gated_delta_net",
                "mlp", "moe")
