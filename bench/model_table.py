@@ -59,6 +59,7 @@ REFERENCE: dict[str, tuple[str, str]] = {
         "80 B", "test_qwen3_next_80b_has_12_attention_layers_and_80b_parameters"),
     "granite-4.0-h-small": ("32 B", "test_granite_4_h_small_layers_and_state"),
     "DeepSeek-V2-Lite": ("15.7 B", "test_deepseek_v2_lite_mla_and_shared_experts"),
+    "Jamba-v0.1": ("51.6 B", "test_jamba_v0_1_mamba1_layers_and_state"),
 }
 
 

@@ -172,8 +172,8 @@ class UnsupportedModelError(ModelGateError):
 
 
 # Every layer kind the memory plan knows how to size (memory_plan.py has the formulas).
-CACHE_KINDS = ("attention", "sliding_attention", "mla_attention", "mamba", "gated_delta_net",
-               "mlp", "moe")
+CACHE_KINDS = ("attention", "sliding_attention", "mla_attention", "mamba", "mamba1",
+               "gated_delta_net", "mlp", "moe")
 
 Family = tuple[str, list[str], list[LinearLayer], dict[str, Any]]
 
@@ -626,10 +626,70 @@ def _qwen3_next_layers(config: dict[str, Any]) -> Family:
     return "linear_attention_hybrid", kinds, layers, cache
 
 
+def _jamba_layers(config: dict[str, Any]) -> Family:
+    """Jamba: Mamba-1 layers with an attention layer every ``attn_layer_period``, and MoE FFNs
+    every ``expert_layer_period`` (dense MLP elsewhere).
+
+    Layer i is attention when ``i % attn_layer_period == attn_layer_offset`` and has
+    ``num_experts`` experts when ``i % expert_layer_period == expert_layer_offset``
+    (transformers configuration_jamba.py ``layers_block_type`` / ``layers_num_experts``; vLLM
+    jamba.py builds from the same). The Mamba-1 mixer (vLLM MambaMixer): in_proj hidden ->
+    2 x inner, depthwise conv over inner, x_proj inner -> dt_rank + 2 x d_state, dt_proj
+    dt_rank -> inner, out_proj inner -> hidden, with inner = mamba_expand x hidden.
+    """
+    hidden = _cfg_int(config, "hidden_size")
+    n = _cfg_int(config, "num_hidden_layers")
+    types = config.get("layers_block_type")
+    if isinstance(types, list) and types:
+        unknown = sorted(set(types) - {"attention", "mamba"})
+        if unknown:
+            raise UnsupportedModelError("jamba", "", f"layer types {unknown}")
+        kinds = ["attention" if t == "attention" else "mamba1" for t in types]
+    else:
+        period = _cfg_int(config, "attn_layer_period")
+        offset = _cfg_int(config, "attn_layer_offset")
+        kinds = ["attention" if i % period == offset else "mamba1" for i in range(n)]
+    m1 = {"inner": _cfg_int(config, "mamba_expand") * hidden,
+          "state": _cfg_int(config, "mamba_d_state"),
+          "kernel": _cfg_int(config, "mamba_d_conv", default=4)}
+    dt_rank = config.get("mamba_dt_rank")
+    dt_rank = -(-hidden // 16) if dt_rank in (None, "auto") else int(dt_rank)
+    att = _attention_cache(config)
+    n_exp = _cfg_int(config, "num_experts", default=1)
+    e_period = _cfg_int(config, "expert_layer_period", default=1)
+    e_offset = _cfg_int(config, "expert_layer_offset", default=0)
+    inter = _cfg_int(config, "intermediate_size")
+    layers: list[LinearLayer] = []
+    for i, kind in enumerate(kinds):
+        p = f"model.layers.{i}"
+        if kind == "attention":
+            layers += _attention_layers(f"{p}.self_attn", hidden, att)
+        else:
+            q = f"{p}.mamba"
+            layers += [
+                LinearLayer(f"{q}.in_proj", hidden, 2 * m1["inner"], "mamba"),
+                LinearLayer(f"{q}.conv1d", m1["kernel"], m1["inner"], "conv1d", "Conv1d"),
+                LinearLayer(f"{q}.x_proj", m1["inner"], dt_rank + 2 * m1["state"], "mamba"),
+                LinearLayer(f"{q}.dt_proj", dt_rank, m1["inner"], "mamba"),
+                LinearLayer(f"{q}.out_proj", m1["inner"], hidden, "mamba"),
+            ]
+        f = f"{p}.feed_forward"
+        if n_exp > 1 and i % e_period == e_offset:
+            layers.append(LinearLayer(f"{f}.router", hidden, n_exp, "router"))
+            layers += _experts(f"{f}.experts", hidden, inter, n_exp)
+        else:
+            layers += _gated_mlp(f, hidden, inter)
+    layers.append(_lm_head(config, hidden))
+    cache: dict[str, Any] = {"mamba1": m1}
+    if "attention" in kinds:
+        cache["attention"] = att
+    return "mamba1_hybrid", kinds, layers, cache
+
+
 # model_type -> the function that derives its layers from config.json. A model_type not
 # here is refused (UnsupportedModelError): falcon_h1 (attention and Mamba-2 side by side in
-# every layer), zamba2 (shared attention blocks), jamba (Mamba-1 state), gemma2/gemma3 and
-# the rest are not modelled yet.
+# every layer), zamba2 (shared attention blocks), gemma2/gemma3 and the rest are not
+# modelled yet.
 FAMILIES: dict[str, Any] = {
     "llama": _dense_layers, "mistral": _dense_layers, "qwen2": _dense_layers,
     "qwen3": _dense_layers,
@@ -637,7 +697,7 @@ FAMILIES: dict[str, Any] = {
     "deepseek_v2": _deepseek_layers, "deepseek_v3": _deepseek_layers,
     "gpt_oss": _gpt_oss_layers,
     "nemotron_h": _nemotron_h_layers, "granitemoehybrid": _granite_hybrid_layers,
-    "qwen3_next": _qwen3_next_layers,
+    "qwen3_next": _qwen3_next_layers, "jamba": _jamba_layers,
 }
 
 
@@ -695,6 +755,7 @@ _KIND_MARKERS: dict[str, tuple[str, ...]] = {
     "sliding_attention": ("q_proj", "qkv_proj"),
     "mla_attention": ("q_proj", "q_a_proj", "kv_a_proj_with_mqa"),
     "mamba": ("A_log", "in_proj"),
+    "mamba1": ("A_log", "in_proj", "x_proj"),
     "gated_delta_net": ("A_log", "in_proj_qkvz", "linear_attn"),
     "mlp": ("up_proj", "fc1"),
     "moe": ("experts", "gate"),

@@ -275,6 +275,8 @@ SRC_SLIDING = ("vllm/v1/kv_cache_interface.py SlidingWindowSpec.max_admission_bl
                "scheduling) x max_num_batched_tokens")
 SRC_MAMBA2 = ("vllm/model_executor/layers/mamba/mamba_utils.py "
               "MambaStateShapeCalculator.mamba2_state_shape")
+SRC_MAMBA1 = ("vllm/model_executor/layers/mamba/mamba_utils.py "
+              "MambaStateShapeCalculator.mamba1_state_shape")
 SRC_GDN = ("vllm/model_executor/layers/mamba/mamba_utils.py "
            "MambaStateShapeCalculator.gated_delta_net_state_shape")
 SRC_PAGING = ("vllm/v1/core/kv_cache_utils.py _get_kv_cache_groups_uniform_page_size; "
@@ -357,6 +359,13 @@ def recurrent_state_bytes(geometry: ModelGeometry, mamba_cache_dtype: str,
             f"conv ({m['kernel']}-1) x ({m['inner']} + 2 x {m['groups']} x {m['state']}) x "
             f"{conv_elem:g} B ({conv_dt}) | SSM {m['heads']} heads x {m['head_dim']} x "
             f"{m['state']} x {ssm_elem:g} B ({ssm_dt}) [{SRC_MAMBA2}]")
+    m1 = geometry.cache.get("mamba1")
+    if m1 and "mamba1" in geometry.block_kinds:
+        out["mamba1"] = (
+            int((m1["kernel"] - 1) * m1["inner"] * conv_elem),
+            int(m1["inner"] * m1["state"] * ssm_elem),
+            f"conv ({m1['kernel']}-1) x {m1['inner']} x {conv_elem:g} B ({conv_dt}) | SSM "
+            f"{m1['inner']} x {m1['state']} x {ssm_elem:g} B ({ssm_dt}) [{SRC_MAMBA1}]")
     g = geometry.cache.get("gated_delta_net")
     if g and "gated_delta_net" in geometry.block_kinds:
         conv_dim = 2 * g["k_heads"] * g["k_dim"] + g["v_heads"] * g["v_dim"]

@@ -35,6 +35,7 @@ HYBRID_IGNORE = (
     "re:.*block_sparse_moe\\.gate$",  # Mixtral router
     "re:.*mlp\\.router$",  # gpt-oss router
     "re:.*router\\.layer$",  # Granite-4.0-H router
+    "re:.*feed_forward\\.router$",  # Jamba router
     "re:.*shared_expert_gate$",  # Qwen-MoE / Qwen3-Next shared-expert gate (hidden -> 1)
 )
 

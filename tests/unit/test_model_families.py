@@ -3,8 +3,8 @@
 Every expected number is written as the arithmetic that produces it from the config, so a
 reviewer can check it against the model card without running anything. The configs are under
 tests/data/model_configs/ (their sources in that folder's README.md); families whose published
-config could not be found as a copy (Qwen3-Next, Granite-4.0-H, DeepSeek-V2) are checked on the
-published figures of their config.json, restated in tests/data/model_figures/.
+config could not be found as a copy (Qwen3-Next, Granite-4.0-H, DeepSeek-V2, Jamba) are
+checked on the published figures of their config.json, restated in tests/data/model_figures/.
 """
 
 from __future__ import annotations
@@ -236,6 +236,25 @@ def test_granite_hybrid_without_experts_is_dense_shared_mlp():
     assert g.layer("model.layers.0.shared_mlp.input_linear").out_features == 2 * 1536
 
 
+def test_jamba_v0_1_mamba1_layers_and_state():
+    g = ModelGeometry.from_config(_figures("Jamba-v0.1"))
+    assert [i for i, k in enumerate(g.block_kinds) if k == "attention"] == [4, 12, 20, 28]
+    inner = 2 * 4096  # mamba_expand x hidden
+    mamba = (4096 * 2 * inner + 4 * inner  # in_proj, conv1d
+             + inner * (256 + 2 * 16) + 256 * inner + inner * 4096)  # x_proj, dt_proj, out
+    attention = 2 * 4096 * 4096 + 2 * 4096 * 1024
+    moe = 4096 * 16 + 16 * 3 * 4096 * 14336  # router + 16 experts, on the odd layers
+    mlp = 3 * 4096 * 14336  # the even layers
+    params = 28 * mamba + 4 * attention + 16 * moe + 16 * mlp + 2 * 65536 * 4096
+    assert parameter_count(g) == params  # published: 52 B (51.6 B)
+    assert round(params / 1e9, 1) == 51.6
+    # Mamba-1 state (MambaStateShapeCalculator.mamba1_state_shape): conv (4 - 1) x inner,
+    # SSM inner x d_state
+    conv, ssm, _ = mamba_state_bytes(g, "auto", "auto")
+    assert conv == 28 * 3 * inner * 2 and ssm == 28 * inner * 16 * 2
+    assert kv_bytes_per_token(g, "auto")[0] == 4 * 2 * 8 * 128 * 2
+
+
 # ------------------------------------------------------------------ linear-attention hybrid
 
 QWEN3_NEXT_80B = _figures("Qwen3-Next-80B-A3B")
@@ -274,7 +293,7 @@ def test_qwen3_next_layer_types_win_over_the_interval():
 
 # ------------------------------------------------------------------ refusals
 
-@pytest.mark.parametrize("model_type", ["falcon_h1", "zamba2", "jamba", "gemma3_text", "mystery"])
+@pytest.mark.parametrize("model_type", ["falcon_h1", "zamba2", "gemma3_text", "mystery"])
 def test_unmodelled_families_are_refused_naming_the_way_forward(model_type):
     cfg = {"model_type": model_type, "architectures": ["X"], "hidden_size": 64,
            "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,

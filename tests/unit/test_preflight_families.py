@@ -30,6 +30,7 @@ def geometry(folder: str) -> ModelGeometry:
     ("granite-4.0-h-small", 40),  # block_sparse_moe.router.layer
     ("Qwen3-Next-80B-A3B", 96),  # mlp.gate and mlp.shared_expert_gate in 48 layers
     ("DeepSeek-V2-Lite", 26),  # mlp.gate of the 26 MoE layers
+    ("Jamba-v0.1", 16),  # feed_forward.router of the 16 MoE layers
 ])
 def test_default_ignore_keeps_every_router_in_full_precision(folder, routers):
     g = geometry(folder)
