@@ -60,6 +60,8 @@ REFERENCE: dict[str, tuple[str, str]] = {
     "granite-4.0-h-small": ("32 B", "test_granite_4_h_small_layers_and_state"),
     "DeepSeek-V2-Lite": ("15.7 B", "test_deepseek_v2_lite_mla_and_shared_experts"),
     "Jamba-v0.1": ("51.6 B", "test_jamba_v0_1_mamba1_layers_and_state"),
+    "gemma-2-9b": (
+        "9.24 B", "test_gemma_2_9b_alternates_sliding_and_full_layers_and_ties_embeddings"),
 }
 
 

@@ -310,6 +310,25 @@ def _dense_layers(config: dict[str, Any]) -> Family:
     return "dense", kinds, layers, {"attention": att, "sliding_window": window}
 
 
+def _gemma_layers(config: dict[str, Any]) -> Family:
+    """Gemma 2 / Gemma 3 text decoders: Llama-shaped layers, sliding and full attention mixed.
+
+    Without ``layer_types``, transformers derives it: Gemma 2 slides on every other layer
+    (``(i + 1) % 2``), Gemma 3 on all but every ``sliding_window_pattern``-th (default 6);
+    Gemma ties its embeddings unless the config says otherwise.
+    """
+    cfg = dict(config)
+    n = _cfg_int(cfg, "num_hidden_layers")
+    if not cfg.get("layer_types"):
+        every = 2 if cfg.get("model_type") == "gemma2" else _cfg_int(
+            cfg, "sliding_window_pattern", "_sliding_window_pattern", default=6)
+        cfg["layer_types"] = ["sliding_attention" if (i + 1) % every else "full_attention"
+                              for i in range(n)]
+    _, kinds, layers, cache = _dense_layers(cfg)
+    cache["tie_word_embeddings_default"] = True
+    return "dense", kinds, layers, cache
+
+
 def _experts(p: str, hidden: int, inter: int, n: int,
              names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj"),
              ) -> list[LinearLayer]:
@@ -688,11 +707,11 @@ def _jamba_layers(config: dict[str, Any]) -> Family:
 
 # model_type -> the function that derives its layers from config.json. A model_type not
 # here is refused (UnsupportedModelError): falcon_h1 (attention and Mamba-2 side by side in
-# every layer), zamba2 (shared attention blocks), gemma2/gemma3 and the rest are not
-# modelled yet.
+# every layer), zamba2 (shared attention blocks), multimodal wrappers (gemma3, qwen3_5 with
+# a text_config) and the rest are not modelled yet.
 FAMILIES: dict[str, Any] = {
     "llama": _dense_layers, "mistral": _dense_layers, "qwen2": _dense_layers,
-    "qwen3": _dense_layers,
+    "qwen3": _dense_layers, "gemma2": _gemma_layers, "gemma3_text": _gemma_layers,
     "mixtral": _mixtral_layers, "qwen2_moe": _qwen_moe_layers, "qwen3_moe": _qwen_moe_layers,
     "deepseek_v2": _deepseek_layers, "deepseek_v3": _deepseek_layers,
     "gpt_oss": _gpt_oss_layers,

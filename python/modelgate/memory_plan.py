@@ -119,6 +119,12 @@ def count_kinds(geometry: ModelGeometry) -> dict[str, int]:
     return counts
 
 
+def tied_embeddings(geometry: ModelGeometry) -> bool:
+    """Whether lm_head shares the embedding (config, else the family's default: Gemma ties)."""
+    default = bool(geometry.cache.get("tie_word_embeddings_default", False))
+    return bool(geometry.config.get("tie_word_embeddings", default))
+
+
 def parameter_count(geometry: ModelGeometry) -> int:
     """Approximate parameter count: every linear layer plus the input embedding.
 
@@ -126,7 +132,7 @@ def parameter_count(geometry: ModelGeometry) -> int:
     """
     linear = sum(lin.in_features * lin.out_features for lin in geometry.linear_layers)
     embedding = geometry.vocab_size * geometry.hidden_size
-    tied = bool(geometry.config.get("tie_word_embeddings", False))
+    tied = tied_embeddings(geometry)
     has_head = any(lin.name == "lm_head" for lin in geometry.linear_layers)
     # a tied lm_head shares the embedding's storage
     if tied and has_head:
@@ -246,7 +252,7 @@ def config_weight_bytes(geometry: ModelGeometry) -> tuple[int, str]:
     quantized = 0
     full = geometry.vocab_size * geometry.hidden_size  # the input embedding
     total = full * elem
-    tied = bool(geometry.config.get("tie_word_embeddings", False))
+    tied = tied_embeddings(geometry)
     for lin in geometry.linear_layers:
         if lin.kind == "lm_head" and tied:
             continue

@@ -113,6 +113,22 @@ def test_model_wide_sliding_window_makes_every_layer_sliding():
     assert kv_bytes_per_token(g, "auto")[0] == 0  # nothing grows with the whole sequence
 
 
+def test_gemma_2_9b_alternates_sliding_and_full_layers_and_ties_embeddings():
+    g = ModelGeometry.from_config(_figures("gemma-2-9b"))  # no layer_types, no tie key
+    assert g.block_kinds[:2] == ["sliding_attention", "attention"]  # (i + 1) % 2
+    per_layer = 3584 * 4096 + 2 * 3584 * 2048 + 4096 * 3584 + 3 * 3584 * 14336
+    assert parameter_count(g) == 42 * per_layer + 256000 * 3584  # tied: published 9.24 B
+    assert round(parameter_count(g) / 1e9, 2) == 9.24
+    # 21 full layers x 2 x 8 x 256 x 4 B (the published checkpoint is float32)
+    assert kv_bytes_per_token(g, "auto")[0] == 21 * 2 * 8 * 256 * 4
+
+
+def test_gemma_3_derives_its_five_to_one_pattern():
+    cfg = {**_figures("gemma-2-9b"), "model_type": "gemma3_text", "num_hidden_layers": 12}
+    g = ModelGeometry.from_config(cfg)  # sliding_window_pattern defaults to 6
+    assert [i for i, k in enumerate(g.block_kinds) if k == "attention"] == [5, 11]
+
+
 # ------------------------------------------------------------------ MoE
 
 def test_mixtral_8x7b_counts_every_expert():
@@ -293,7 +309,7 @@ def test_qwen3_next_layer_types_win_over_the_interval():
 
 # ------------------------------------------------------------------ refusals
 
-@pytest.mark.parametrize("model_type", ["falcon_h1", "zamba2", "gemma3_text", "mystery"])
+@pytest.mark.parametrize("model_type", ["falcon_h1", "zamba2", "gemma3", "mystery"])
 def test_unmodelled_families_are_refused_naming_the_way_forward(model_type):
     cfg = {"model_type": model_type, "architectures": ["X"], "hidden_size": 64,
            "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
