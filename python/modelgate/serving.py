@@ -33,6 +33,7 @@ from modelgate.digest import sha256_file, sha256_json, tree_files
 from modelgate.errors import ModelGateError, ToolError
 from modelgate.geometry import ModelGeometry, UnsupportedModelError
 from modelgate.memory_plan import (
+    DEFAULT_MAX_NUM_BATCHED_TOKENS,
     GiB,
     MemoryPlan,
     default_activation_reserve_gib,
@@ -281,6 +282,10 @@ def derive_serving_args(
                 else GPU_MAX_NUM_SEQS_CAP,
                 block_alignment=CPU_BLOCK_ALIGNMENT if device == "cpu" else GPU_BLOCK_ALIGNMENT,
                 prefix_caching=_prefix_caching(over),
+                # sliding-window layers hold their window plus the tokens in flight: two
+                # batches of max_num_batched_tokens (VllmConfig.max_in_flight_tokens)
+                in_flight_tokens=2 * int(over.get("max-num-batched-tokens")
+                                         or DEFAULT_MAX_NUM_BATCHED_TOKENS),
             )
         except UnsupportedModelError as exc:
             # the documented way past a refusal: an explicit --max-num-seqs (GPU only; the

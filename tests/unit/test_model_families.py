@@ -486,3 +486,11 @@ def test_hybrid_block_sizes_match_what_vllm_logged(geometry, ssm_dtype, vllm_blo
          "granite": lambda: ModelGeometry.from_config(GRANITE_4_H_SMALL)}[geometry]()
     # the SSM / temporal state in the model dtype (bf16, "auto"), as in those logs
     assert paged_layout(g, mamba_ssm_cache_dtype=ssm_dtype).block_size == vllm_block, where
+
+
+def test_max_num_batched_tokens_override_reaches_the_sliding_window_term():
+    args = derive_serving_args(CONFIGS / "gpt-oss-20b", gpu_memory_gib=80, overrides={
+        "max-model-len": 131072, "max-num-batched-tokens": 2048})
+    # 12 sliding layers x (cdiv(127 + 2 x 2048, 16) + 1) blocks x 16 tokens x 2048 B
+    blocks = -(-(127 + 2 * 2048) // 16) + 1
+    assert args.plan.sliding_window_bytes_per_sequence == 12 * blocks * 16 * 2048
