@@ -12,11 +12,19 @@ of cache. It is an estimate made before any server starts; vLLM's own profile at
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from modelgate.errors import ModelGateError
-from modelgate.geometry import ModelGeometry
+from modelgate.geometry import (
+    CACHE_KINDS,
+    ModelGeometry,
+    UnsupportedModelError,
+    index_layer_mismatches,
+    read_safetensors_index,
+)
 
 GiB = 1024**3
 # Bytes per element of the dtype names used in config.json and on vLLM's command line.
@@ -61,6 +69,7 @@ class MemoryPlan:
     cache_bytes: int  # what is left for KV cache + Mamba state
     kv_bytes_per_token: int
     mamba_state_bytes_per_sequence: int
+    sliding_window_bytes_per_sequence: int
     bytes_per_sequence: int  # one sequence at max_model_len, as vLLM pages it
     bytes_per_sequence_ideal: int  # the same without paging overhead
     paging: dict[str, Any]
@@ -110,18 +119,10 @@ def count_kinds(geometry: ModelGeometry) -> dict[str, int]:
     return counts
 
 
-def _cfg(geometry: ModelGeometry, *keys: str, default: int | None = None) -> int:
-    """An integer config value (first key present) or ModelGateError naming the key."""
-    for key in keys:
-        if geometry.config.get(key) is not None:
-            return int(geometry.config[key])
-    if default is not None:
-        return default
-    raise ModelGateError(
-        f"config.json lacks {keys[0]!r}, needed for the memory plan",
-        field="model_config",
-        fix=f"add {keys[0]} to the model's config.json",
-    )
+def tied_embeddings(geometry: ModelGeometry) -> bool:
+    """Whether lm_head shares the embedding (config, else the family's default: Gemma ties)."""
+    default = bool(geometry.cache.get("tie_word_embeddings_default", False))
+    return bool(geometry.config.get("tie_word_embeddings", default))
 
 
 def parameter_count(geometry: ModelGeometry) -> int:
@@ -131,7 +132,7 @@ def parameter_count(geometry: ModelGeometry) -> int:
     """
     linear = sum(lin.in_features * lin.out_features for lin in geometry.linear_layers)
     embedding = geometry.vocab_size * geometry.hidden_size
-    tied = bool(geometry.config.get("tie_word_embeddings", False))
+    tied = tied_embeddings(geometry)
     has_head = any(lin.name == "lm_head" for lin in geometry.linear_layers)
     # a tied lm_head shares the embedding's storage
     if tied and has_head:
@@ -139,55 +140,272 @@ def parameter_count(geometry: ModelGeometry) -> int:
     return linear + embedding
 
 
-def kv_bytes_per_token(geometry: ModelGeometry, kv_cache_dtype: str) -> tuple[int, str]:
-    """Attention KV cache bytes per token (K and V of every attention layer) and the formula."""
-    n_attn = count_kinds(geometry).get("attention", 0)
-    if n_attn == 0:
-        return 0, "no attention layers: no KV cache"
-    heads = _cfg(geometry, "num_attention_heads")
-    kv_heads = _cfg(geometry, "num_key_value_heads", default=heads)
-    head_dim = _cfg(geometry, "head_dim", "attention_head_dim",
-                    default=geometry.hidden_size // heads)
-    cache_dtype = model_dtype(geometry) if kv_cache_dtype == "auto" else kv_cache_dtype
-    elem = dtype_bytes(cache_dtype, field_name="kv_cache_dtype")
-    value = int(2 * n_attn * kv_heads * head_dim * elem)
-    return value, (
-        f"2 (K,V) x {n_attn} attention layers x {kv_heads} KV heads x {head_dim} head_dim"
-        f" x {elem:g} B ({cache_dtype})"
-    )
+def _matches(name: str, patterns: list[str]) -> bool:
+    """Whether a module name matches an ignore / not-convert list entry.
 
-
-def mamba_state_bytes(geometry: ModelGeometry, mamba_cache_dtype: str,
-                      mamba_ssm_cache_dtype: str) -> tuple[int, int, str]:
-    """Fixed recurrent state per sequence: (conv bytes, SSM bytes, formula).
-
-    Shapes as vLLM's ``MambaStateShapeCalculator.mamba2_state_shape``: conv state
-    ``(conv_kernel - 1) x (inner + 2 x n_groups x ssm_state)`` in ``mamba_cache_dtype``
-    (``auto`` = the model dtype), SSM state ``heads x head_dim x ssm_state`` in
-    ``mamba_ssm_cache_dtype`` (``auto`` = the conv dtype), for every Mamba layer.
+    Entries are exact names, ``re:`` regular expressions (compressed-tensors), or glob
+    patterns that also cover everything under the module (``model.layers.*.self_attn``).
     """
-    n_mamba = count_kinds(geometry).get("mamba", 0)
-    if n_mamba == 0:
-        return 0, 0, "no Mamba layers: no recurrent state"
-    heads = _cfg(geometry, "mamba_num_heads")
-    head_dim = _cfg(geometry, "mamba_head_dim")
-    state = _cfg(geometry, "ssm_state_size")
-    groups = _cfg(geometry, "n_groups", default=1)
-    kernel = _cfg(geometry, "conv_kernel", default=4)
-    inner = heads * head_dim
-    conv_dim = inner + 2 * groups * state
+    for pat in patterns:
+        pat = str(pat)
+        if pat.startswith("re:"):
+            if re.match(pat[3:], name):
+                return True
+        elif name == pat or fnmatch.fnmatchcase(name, pat) or fnmatch.fnmatchcase(
+                name, pat + ".*") or name.endswith("." + pat):
+            return True
+    return False
+
+
+@dataclass
+class QuantScheme:
+    """How many bytes a quantized linear layer of ``n`` weights takes, and which are skipped."""
+
+    method: str
+    bits: float  # weight bits
+    group_size: int  # elements per scale (0: per output channel); -1: no scale
+    scale_bytes: float  # bytes of one scale (+ zero point)
+    skip: list[str]  # module patterns that stay in the model dtype
+    experts_only: bool = False  # mxfp4: only MoE expert weights are quantized
+
+    def layer_bytes(self, lin: Any) -> float:
+        """Bytes of one linear layer under this scheme."""
+        n = lin.in_features * lin.out_features
+        if self.group_size > 0:
+            scales = n / self.group_size
+        elif self.group_size == 0:
+            scales = lin.out_features
+        else:
+            scales = 0
+        return n * self.bits / 8 + scales * self.scale_bytes
+
+
+_EXACT_SIZES_FIX = ("give the model directory with its *.safetensors files (their headers give "
+                    "the exact weight bytes)")
+
+
+def quant_scheme(geometry: ModelGeometry) -> QuantScheme | None:
+    """The checkpoint's quantization as stored, from ``quantization_config``; None for none.
+
+    MXFP4 (gpt-oss): E2M1 4-bit elements + one E8M0 byte per 32, on the MoE experts only
+    (vLLM quantization/mxfp4.py; modules_to_not_convert stay BF16). FP8: 1 byte, an FP32
+    scale per ``weight_block_size`` block or per output channel (quantization/fp8.py).
+    GPTQ / AWQ: ``bits`` per weight, an FP16 scale and a packed zero point per
+    ``group_size``. compressed-tensors: its config_groups' ``weights`` (num_bits,
+    group_size / strategy) and ``ignore`` list. Anything else is refused.
+    """
+    qc = geometry.config.get("quantization_config") or geometry.config.get(
+        "compression_config")
+    if not isinstance(qc, dict):
+        return None
+    method = str(qc.get("quant_method") or qc.get("format") or "")
+    skip = [str(x) for x in (qc.get("modules_to_not_convert") or qc.get("ignore")
+                             or qc.get("ignored_layers") or [])]
+    skip = skip or ["lm_head"]
+    if method == "mxfp4":
+        return QuantScheme(method, 4, 32, 1, skip, experts_only=True)
+    if method == "fp8":
+        block = qc.get("weight_block_size")
+        size = int(block[0]) * int(block[1]) if block else 0
+        return QuantScheme(method, 8, size, 4, skip)
+    if method in ("gptq", "awq"):
+        bits = int(qc.get("bits") or qc.get("w_bit") or 4)
+        group = int(qc.get("group_size") or qc.get("q_group_size") or 128)
+        return QuantScheme(method, bits, max(group, 0), 2 + bits / 8, skip)
+    if method == "compressed-tensors":
+        groups = qc.get("config_groups") or {}
+        weights = [g.get("weights") for g in groups.values() if isinstance(g, dict)]
+        weights = [w for w in weights if isinstance(w, dict)]
+        if len(weights) != 1:
+            raise UnsupportedModelError(
+                geometry.model_type, geometry.architecture,
+                f"a compressed-tensors config with {len(weights)} weight schemes (sizing mixed "
+                "schemes is not modelled)", extra_fix=_EXACT_SIZES_FIX)
+        w = weights[0]
+        bits = int(w.get("num_bits") or 8)
+        strategy = str(w.get("strategy") or "")
+        group = int(w.get("group_size") or 0) if strategy in ("group", "tensor_group") else 0
+        if strategy == "tensor":
+            group = -1
+        scale = 1 if w.get("type") == "float" and bits == 4 else 2  # nvfp4: fp8 scales
+        if w.get("symmetric") is False:
+            scale += bits / 8
+        return QuantScheme(method, bits, group, scale, skip)
+    raise UnsupportedModelError(
+        geometry.model_type, geometry.architecture,
+        f"quantization_config.quant_method {method!r} (its stored size is not modelled)",
+        extra_fix=_EXACT_SIZES_FIX)
+
+
+def config_weight_bytes(geometry: ModelGeometry) -> tuple[int, str]:
+    """Bytes the checkpoint's weights take, from config.json alone (quantization-aware).
+
+    Linear layers in their stored format (``quant_scheme``), the embedding (and an untied
+    lm_head) in the model dtype; norms and biases are left out (parts per million).
+    """
+    dt = model_dtype(geometry)
+    elem = dtype_bytes(dt)
+    scheme = quant_scheme(geometry)
+    if scheme is None:
+        params = parameter_count(geometry)
+        return int(params * elem), f"{params:,} parameters x {elem:g} B ({dt})"
+    quantized = 0
+    full = geometry.vocab_size * geometry.hidden_size  # the input embedding
+    total = full * elem
+    tied = tied_embeddings(geometry)
+    for lin in geometry.linear_layers:
+        if lin.kind == "lm_head" and tied:
+            continue
+        n = lin.in_features * lin.out_features
+        keep = (lin.kind in ("lm_head", "router", "conv1d") or _matches(lin.name, scheme.skip)
+                or (scheme.experts_only and lin.kind != "moe_expert"))
+        if keep:
+            full += n
+            total += n * elem
+        else:
+            quantized += n
+            total += scheme.layer_bytes(lin)
+    return int(total), (
+        f"{quantized:,} parameters stored as {scheme.method} ({scheme.bits:g}-bit, "
+        f"scale per {scheme.group_size or 'channel'}) + {full:,} in {dt}")
+
+
+# Where each formula comes from (vLLM v1; file / function), shown on the plan's terms.
+SRC_ATTENTION = ("vllm/v1/kv_cache_interface.py AttentionSpec.page_size_bytes: 2 x block x "
+                 "kv_heads x head_size x dtype")
+SRC_MLA = ("vllm/v1/kv_cache_interface.py MLAAttentionSpec: one latent of kv_lora_rank + "
+           "qk_rope_head_dim per token, no separate V")
+SRC_SLIDING = ("vllm/v1/kv_cache_interface.py SlidingWindowSpec.max_admission_blocks_per_request:"
+               " cdiv(min(window - 1 + max_in_flight_tokens, max_model_len), block) + 1 pages; "
+               "vllm/config/vllm.py VllmConfig.max_in_flight_tokens = 2 batches (async "
+               "scheduling) x max_num_batched_tokens")
+SRC_MAMBA2 = ("vllm/model_executor/layers/mamba/mamba_utils.py "
+              "MambaStateShapeCalculator.mamba2_state_shape")
+SRC_MAMBA1 = ("vllm/model_executor/layers/mamba/mamba_utils.py "
+              "MambaStateShapeCalculator.mamba1_state_shape")
+SRC_GDN = ("vllm/model_executor/layers/mamba/mamba_utils.py "
+           "MambaStateShapeCalculator.gated_delta_net_state_shape")
+SRC_PAGING = ("vllm/v1/core/kv_cache_utils.py _get_kv_cache_groups_uniform_page_size; "
+              "vllm/model_executor/models/config.py HybridAttentionMambaModelConfig")
+# vLLM's default chunked-prefill budget on a GPU for the OpenAI server (>= 70 GiB devices,
+# vllm/engine/arg_utils.py), times the 2 batches in flight under async scheduling
+# (VllmConfig.max_concurrent_batches): what a sliding-window layer holds beyond its window.
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+DEFAULT_IN_FLIGHT_TOKENS = 2 * DEFAULT_MAX_NUM_BATCHED_TOKENS
+
+
+def require_modelled(geometry: ModelGeometry) -> None:
+    """Refuse a geometry with a layer kind the plan has no cache formula for."""
+    unknown = sorted(set(geometry.block_kinds) - set(CACHE_KINDS))
+    if unknown or geometry.family in ("unknown", "safetensors"):
+        raise UnsupportedModelError(
+            geometry.model_type, geometry.architecture,
+            f"layer kinds {unknown or ['unknown']} (only the checkpoint's tensor list was read)")
+
+
+def _cache_dtype(geometry: ModelGeometry, kv_cache_dtype: str) -> tuple[str, float]:
+    dt = model_dtype(geometry) if kv_cache_dtype == "auto" else kv_cache_dtype
+    return dt, dtype_bytes(dt, field_name="kv_cache_dtype")
+
+
+def attention_bytes_per_token_per_layer(geometry: ModelGeometry,
+                                        kv_cache_dtype: str = "auto") -> tuple[int, str]:
+    """KV bytes one attention layer stores per token (0 without attention) and the formula."""
+    dt, elem = _cache_dtype(geometry, kv_cache_dtype)
+    if "mla" in geometry.cache:
+        mla = geometry.cache["mla"]
+        width = mla["kv_lora_rank"] + mla["qk_rope_head_dim"]
+        return int(width * elem), (
+            f"({mla['kv_lora_rank']} kv_lora_rank + {mla['qk_rope_head_dim']} "
+            f"qk_rope_head_dim) x {elem:g} B ({dt}) [{SRC_MLA}]")
+    att = geometry.cache.get("attention")
+    if not att:
+        return 0, "no attention layers"
+    return int(2 * att["kv_heads"] * att["head_dim"] * elem), (
+        f"2 (K,V) x {att['kv_heads']} KV heads x {att['head_dim']} head_dim x {elem:g} B "
+        f"({dt}) [{SRC_ATTENTION}]")
+
+
+def kv_bytes_per_token(geometry: ModelGeometry, kv_cache_dtype: str) -> tuple[int, str]:
+    """KV cache bytes per token of the layers whose cache grows with the whole sequence.
+
+    Full-attention and MLA layers; sliding-window layers hold at most their window and are
+    counted per sequence instead (``sliding_window_bytes``).
+    """
+    require_modelled(geometry)
+    kinds = count_kinds(geometry)
+    n_full = kinds.get("attention", 0) + kinds.get("mla_attention", 0)
+    if n_full == 0:
+        return 0, "no full-attention layers: no per-token KV cache"
+    per_layer, formula = attention_bytes_per_token_per_layer(geometry, kv_cache_dtype)
+    return n_full * per_layer, f"{n_full} attention layers (full length) x {formula}"
+
+
+def recurrent_state_bytes(geometry: ModelGeometry, mamba_cache_dtype: str,
+                          mamba_ssm_cache_dtype: str) -> dict[str, tuple[int, int, str]]:
+    """Per layer kind: (conv bytes, SSM/temporal bytes, formula) of ONE layer's fixed state.
+
+    Mamba-2: conv ``(conv_kernel - 1) x (inner + 2 x n_groups x ssm_state)``, SSM
+    ``heads x head_dim x ssm_state``. Gated delta net: conv ``(kernel - 1) x (2 x k_heads x
+    k_dim + v_heads x v_dim)``, temporal ``v_heads x v_dim x k_dim``. Conv state in
+    ``mamba_cache_dtype`` (``auto`` = the model dtype), SSM / temporal state in
+    ``mamba_ssm_cache_dtype`` (``auto`` = the conv dtype): MambaStateDtypeCalculator.
+    """
     conv_dt = model_dtype(geometry) if mamba_cache_dtype == "auto" else mamba_cache_dtype
     ssm_dt = conv_dt if mamba_ssm_cache_dtype == "auto" else mamba_ssm_cache_dtype
     conv_elem = dtype_bytes(conv_dt, field_name="mamba_cache_dtype")
     ssm_elem = dtype_bytes(ssm_dt, field_name="mamba_ssm_cache_dtype")
-    conv = int(n_mamba * (kernel - 1) * conv_dim * conv_elem)
-    ssm = int(n_mamba * heads * head_dim * state * ssm_elem)
-    formula = (
-        f"{n_mamba} Mamba layers x conv ({kernel}-1) x ({inner} + 2 x {groups} x {state})"
-        f" x {conv_elem:g} B ({conv_dt}) | {n_mamba} Mamba layers x SSM {heads} heads"
-        f" x {head_dim} x {state} x {ssm_elem:g} B ({ssm_dt})"
-    )
-    return conv, ssm, formula
+    out: dict[str, tuple[int, int, str]] = {}
+    m = geometry.cache.get("mamba")
+    if m and "mamba" in geometry.block_kinds:
+        conv_dim = m["inner"] + 2 * m["groups"] * m["state"]
+        out["mamba"] = (
+            int((m["kernel"] - 1) * conv_dim * conv_elem),
+            int(m["heads"] * m["head_dim"] * m["state"] * ssm_elem),
+            f"conv ({m['kernel']}-1) x ({m['inner']} + 2 x {m['groups']} x {m['state']}) x "
+            f"{conv_elem:g} B ({conv_dt}) | SSM {m['heads']} heads x {m['head_dim']} x "
+            f"{m['state']} x {ssm_elem:g} B ({ssm_dt}) [{SRC_MAMBA2}]")
+    m1 = geometry.cache.get("mamba1")
+    if m1 and "mamba1" in geometry.block_kinds:
+        out["mamba1"] = (
+            int((m1["kernel"] - 1) * m1["inner"] * conv_elem),
+            int(m1["inner"] * m1["state"] * ssm_elem),
+            f"conv ({m1['kernel']}-1) x {m1['inner']} x {conv_elem:g} B ({conv_dt}) | SSM "
+            f"{m1['inner']} x {m1['state']} x {ssm_elem:g} B ({ssm_dt}) [{SRC_MAMBA1}]")
+    g = geometry.cache.get("gated_delta_net")
+    if g and "gated_delta_net" in geometry.block_kinds:
+        conv_dim = 2 * g["k_heads"] * g["k_dim"] + g["v_heads"] * g["v_dim"]
+        out["gated_delta_net"] = (
+            int((g["kernel"] - 1) * conv_dim * conv_elem),
+            int(g["v_heads"] * g["v_dim"] * g["k_dim"] * ssm_elem),
+            f"conv ({g['kernel']}-1) x (2 x {g['k_heads']} x {g['k_dim']} + {g['v_heads']} x "
+            f"{g['v_dim']}) x {conv_elem:g} B ({conv_dt}) | temporal {g['v_heads']} v_heads x "
+            f"{g['v_dim']} x {g['k_dim']} x {ssm_elem:g} B ({ssm_dt}) [{SRC_GDN}]")
+    return out
+
+
+def mamba_state_bytes(geometry: ModelGeometry, mamba_cache_dtype: str,
+                      mamba_ssm_cache_dtype: str) -> tuple[int, int, str]:
+    """Fixed recurrent state per sequence over all layers: (conv bytes, SSM bytes, formula).
+
+    Covers Mamba-2 and gated delta net layers (``recurrent_state_bytes`` per layer, times
+    the number of such layers); 0 for a model without them.
+    """
+    require_modelled(geometry)
+    kinds = count_kinds(geometry)
+    conv = ssm = 0
+    parts_conv, parts_ssm = [], []
+    for kind, (c, s, formula) in recurrent_state_bytes(
+            geometry, mamba_cache_dtype, mamba_ssm_cache_dtype).items():
+        n = kinds.get(kind, 0)
+        conv += n * c
+        ssm += n * s
+        f_conv, _, f_ssm = formula.partition(" | ")
+        parts_conv.append(f"{n} {kind} layers x {f_conv}")
+        parts_ssm.append(f"{n} {kind} layers x {f_ssm}")
+    if not parts_conv:
+        return 0, 0, "no Mamba / linear-attention layers: no recurrent state"
+    return conv, ssm, "; ".join(parts_conv) + " | " + "; ".join(parts_ssm)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -200,12 +418,14 @@ class PagedLayout:
     """How vLLM's hybrid KV cache manager pages the cache (vllm/v1/core/kv_cache_utils.py).
 
     Every layer's page has one size: attention blocks grow until one block of one attention
-    layer is at least one Mamba layer's state (``platforms/interface.py``), and Mamba pages
-    are padded up to it. Layers are grouped (group size = the fewer layer kind, or the larger
-    when the counts are within 1.5x); a block of the shared pool spans one layer of every
-    group. A request at ``max_model_len`` holds ``cdiv(len, block_size)`` blocks in each
-    attention group and ``mamba_states`` blocks in each Mamba group (3 with prefix caching,
-    vLLM's "align" mode: running state, previous state, prefill checkpoint; else 1).
+    layer is at least one recurrent layer's state (``HybridAttentionMambaModelConfig``), and
+    Mamba / gated-delta-net pages are padded up to it. Layers are grouped by kind (group
+    size = the fewest layers of a kind, or the most when the counts are within 1.5x); a block
+    of the shared pool spans one layer of every group. A request at ``max_model_len`` holds
+    ``cdiv(len, block_size)`` blocks in each full-attention group, at most its window's
+    blocks (+1) in each sliding-window group, and ``mamba_states`` blocks in each recurrent
+    group (3 with prefix caching, vLLM's "align" mode: running state, previous state,
+    prefill checkpoint; else 1).
     """
 
     block_size: int
@@ -215,15 +435,26 @@ class PagedLayout:
     mamba_groups: int
     mamba_states: int
     mamba_page_bytes: int
+    sliding_groups: int = 0
+    sliding_window: int = 0
+    in_flight_tokens: int = DEFAULT_IN_FLIGHT_TOKENS
 
     @property
     def bytes_per_block(self) -> int:
         """Bytes one block of the pool takes (one page in each layer slot of a group)."""
         return self.page_bytes * self.group_size
 
+    def sliding_blocks(self, max_model_len: int) -> int:
+        """Blocks one sliding-window group holds for a sequence of ``max_model_len``."""
+        if not self.sliding_groups:
+            return 0
+        tokens = min(self.sliding_window - 1 + self.in_flight_tokens, max_model_len)
+        return _cdiv(tokens, self.block_size) + 1
+
     def blocks_per_sequence(self, max_model_len: int) -> int:
         """Blocks one sequence of ``max_model_len`` tokens holds."""
         return (_cdiv(max_model_len, self.block_size) * self.attention_groups
+                + self.sliding_groups * self.sliding_blocks(max_model_len)
                 + self.mamba_groups * self.mamba_states)
 
     def bytes_per_sequence(self, max_model_len: int) -> int:
@@ -232,52 +463,138 @@ class PagedLayout:
 
     def max_len_fit(self, cache_bytes: int) -> int:
         """Longest single sequence the cache holds."""
-        blocks = cache_bytes // max(self.bytes_per_block, 1) - self.mamba_groups * self.mamba_states
+        fixed = self.mamba_groups * self.mamba_states
+        blocks = cache_bytes // max(self.bytes_per_block, 1) - fixed
         if self.attention_groups == 0:
+            if self.sliding_groups:
+                blocks -= self.sliding_groups * self.sliding_blocks(1 << 30)
             return 0 if blocks < 0 else 1 << 30
+        if self.sliding_groups:  # the window part is bounded; take it at its largest
+            blocks -= self.sliding_groups * self.sliding_blocks(1 << 30)
         return max(0, blocks // self.attention_groups * self.block_size)
 
     def formula(self, max_model_len: int) -> str:
         """The per-sequence computation, spelled out."""
+        sliding = ""
+        if self.sliding_groups:
+            sliding = (f" + {self.sliding_groups} sliding groups x "
+                       f"(cdiv(min({self.sliding_window} - 1 + {self.in_flight_tokens}, "
+                       f"{max_model_len}), {self.block_size}) + 1)")
         return (
             f"(cdiv({max_model_len}, block {self.block_size}) x {self.attention_groups} "
-            f"attention groups + {self.mamba_groups} Mamba groups x {self.mamba_states} "
-            f"states) x {self.page_bytes} B page x {self.group_size} layers per group"
-            f" (Mamba page {self.mamba_page_bytes} B padded to the attention page)"
+            f"full-attention groups{sliding} + {self.mamba_groups} recurrent groups x "
+            f"{self.mamba_states} states) x {self.page_bytes} B page x {self.group_size} "
+            f"layers per group (recurrent page {self.mamba_page_bytes} B padded to the "
+            f"attention page) [{SRC_PAGING}]"
         )
 
 
 def paged_layout(geometry: ModelGeometry, *, kv_cache_dtype: str = "auto",
                  mamba_cache_dtype: str = "auto", mamba_ssm_cache_dtype: str = "float32",
-                 block_alignment: int = 16, prefix_caching: bool = True) -> PagedLayout:
+                 block_alignment: int = 16, prefix_caching: bool = True,
+                 in_flight_tokens: int = DEFAULT_IN_FLIGHT_TOKENS) -> PagedLayout:
     """vLLM's page geometry for this model (see ``PagedLayout``)."""
+    require_modelled(geometry)
     kinds = count_kinds(geometry)
-    n_attn, n_mamba = kinds.get("attention", 0), kinds.get("mamba", 0)
-    kv_token, _ = kv_bytes_per_token(geometry, kv_cache_dtype)
-    per_layer_token = kv_token // n_attn if n_attn else 0
-    conv, ssm, _ = mamba_state_bytes(geometry, mamba_cache_dtype, mamba_ssm_cache_dtype)
-    mamba_page = (conv + ssm) // n_mamba if n_mamba else 0
+    n_full = kinds.get("attention", 0) + kinds.get("mla_attention", 0)
+    n_sliding = kinds.get("sliding_attention", 0)
+    states = recurrent_state_bytes(geometry, mamba_cache_dtype, mamba_ssm_cache_dtype)
+    n_rec = {k: kinds.get(k, 0) for k in states}
+    per_layer_token, _ = attention_bytes_per_token_per_layer(geometry, kv_cache_dtype)
+    if not (n_full or n_sliding):
+        per_layer_token = 0
+    rec_page = max((c + s for c, s, _ in states.values()), default=0)
     block = block_alignment
-    if n_mamba and per_layer_token:
-        block = block_alignment * _cdiv(mamba_page, block_alignment * per_layer_token)
-    page = block * per_layer_token if per_layer_token else mamba_page
-    counts = [c for c in (n_attn, n_mamba) if c]
+    if rec_page and per_layer_token:
+        block = block_alignment * _cdiv(rec_page, block_alignment * per_layer_token)
+    page = block * per_layer_token if per_layer_token else rec_page
+    counts = [c for c in (n_full, n_sliding, *n_rec.values()) if c]
     group = min(counts) if counts else 1
     if counts and max(counts) < 1.5 * min(counts):
         group = max(counts)
+    window = int(geometry.cache.get("sliding_window") or 0)
     return PagedLayout(
         block_size=block, page_bytes=page, group_size=group,
-        attention_groups=_cdiv(n_attn, group) if n_attn else 0,
-        mamba_groups=_cdiv(n_mamba, group) if n_mamba else 0,
+        attention_groups=_cdiv(n_full, group) if n_full else 0,
+        mamba_groups=sum(_cdiv(n, group) for n in n_rec.values() if n),
         mamba_states=3 if prefix_caching else 1,
-        mamba_page_bytes=mamba_page,
+        mamba_page_bytes=rec_page,
+        sliding_groups=_cdiv(n_sliding, group) if n_sliding else 0,
+        sliding_window=window,
+        in_flight_tokens=in_flight_tokens,
     )
+
+
+def sliding_window_bytes(geometry: ModelGeometry, layout: PagedLayout, kv_cache_dtype: str,
+                         max_model_len: int) -> tuple[int, str]:
+    """KV bytes the sliding-window layers hold for one sequence (bounded by the window)."""
+    n = count_kinds(geometry).get("sliding_attention", 0)
+    if not n:
+        return 0, "no sliding-window layers"
+    per_layer, formula = attention_bytes_per_token_per_layer(geometry, kv_cache_dtype)
+    tokens = layout.sliding_blocks(max_model_len) * layout.block_size
+    return n * per_layer * tokens, (
+        f"{n} sliding-window layers x {tokens} tokens (window {layout.sliding_window}, "
+        f"{layout.in_flight_tokens} in-flight tokens, +1 block) x {formula} "
+        f"[{SRC_SLIDING}]")
 
 
 def choose_max_num_seqs(fit: int, cap: int = DEFAULT_MAX_NUM_SEQS_CAP) -> int:
     """min(cap, fit), rounded down to a multiple of 8 once it is at least 8."""
     chosen = max(0, min(cap, fit))
     return chosen // 8 * 8 if chosen >= 8 else chosen
+
+
+INDEX_TOLERANCE = 0.02  # a checkpoint index disagreeing by more than this stops the plan
+
+
+def cross_check_index(geometry: ModelGeometry) -> MemoryTerm | None:
+    """Compare ``model.safetensors.index.json`` with the geometry; ModelGateError on mismatch.
+
+    Its ``metadata.total_size`` against the geometry's weight bytes (``config_weight_bytes``;
+    more than 2% apart stops the plan with both numbers), its tensor names against the layer
+    list (``index_layer_mismatches``). None when the directory has no index.
+    """
+    if not geometry.model_dir:
+        return None
+    index = read_safetensors_index(geometry.model_dir)
+    if index is None:
+        return None
+    problems = index_layer_mismatches(geometry, index["weight_map"])
+    if problems:
+        raise ModelGateError(
+            f"model.safetensors.index.json disagrees with the {geometry.model_type} geometry "
+            f"derived from config.json: {'; '.join(problems[:4])}",
+            field="model_config",
+            fix="check that config.json belongs to these weights; if it does, the family's "
+            "geometry is not what modelgate models: give --max-num-seqs explicitly and file an "
+            "issue")
+    total = (index.get("metadata") or {}).get("total_size")
+    if total is None:
+        return MemoryTerm("checkpoint_index", 0, "index has no metadata.total_size; "
+                          "tensor names match the layer list")
+    try:
+        expected, formula = config_weight_bytes(geometry)
+    except UnsupportedModelError as exc:  # sized from the shards' headers instead
+        return MemoryTerm("checkpoint_index", int(total), "tensor names match the layer list; "
+                          f"size not compared: {exc.message.split(';')[0]}")
+    total = int(total)
+    has_mtp = any(n.startswith("mtp.") for n in index["weight_map"]) or bool(
+        geometry.config.get("num_nextn_predict_layers"))
+    gap = abs(total - expected) / max(total, 1)
+    if gap > INDEX_TOLERANCE and not has_mtp:
+        raise ModelGateError(
+            f"the checkpoint index says the weights are {total:,} B ({total / GiB:.2f} GiB) but "
+            f"the geometry from config.json gives {expected:,} B ({expected / GiB:.2f} GiB, "
+            f"{formula}): {gap:.1%} apart, beyond {INDEX_TOLERANCE:.0%}",
+            field="model_config",
+            fix="check that config.json (and its quantization_config) belongs to these "
+            "weights; if it does, give --max-num-seqs explicitly (no plan) and file an issue")
+    note = (f"index total_size {total:,} B vs geometry {expected:,} B ({gap:.2%} apart"
+            + (", multi-token-prediction weights included in the index and not in the "
+               "geometry: size not compared" if has_mtp else "") + "); tensor names match the "
+            "layer list")
+    return MemoryTerm("checkpoint_index", total, note)
 
 
 def plan_memory(
@@ -295,6 +612,7 @@ def plan_memory(
     max_num_seqs_cap: int = DEFAULT_MAX_NUM_SEQS_CAP,
     block_alignment: int = 16,
     prefix_caching: bool = True,
+    in_flight_tokens: int = DEFAULT_IN_FLIGHT_TOKENS,
 ) -> MemoryPlan:
     """Plan the memory of one server; ModelGateError (with the numbers) when it cannot fit.
 
@@ -315,6 +633,7 @@ def plan_memory(
         raise ModelGateError(f"max_model_len must be >= 1, got {max_model_len}",
                              field="max_model_len", fix="use e.g. 4096")
 
+    require_modelled(geometry)
     terms: list[MemoryTerm] = []
     budget = int(gpu_memory_gib * GiB * gpu_memory_utilization)
     terms.append(MemoryTerm("budget", budget,
@@ -325,12 +644,13 @@ def plan_memory(
         weights, source = int(weight_bytes), "checkpoint tensors (safetensors headers)"
         w_formula = "sum of the checkpoint's tensor sizes"
     else:
-        dt = model_dtype(geometry)
-        params = parameter_count(geometry)
-        weights = int(params * dtype_bytes(dt))
-        source = "parameters x dtype"
-        w_formula = f"{params:,} parameters x {dtype_bytes(dt):g} B ({dt})"
+        weights, w_formula = config_weight_bytes(geometry)
+        source = ("parameters x dtype" if quant_scheme(geometry) is None
+                  else "parameters x stored format (config.json quantization_config)")
     terms.append(MemoryTerm("weights", weights, w_formula))
+    index_term = cross_check_index(geometry)
+    if index_term is not None:
+        terms.append(index_term)
 
     reserve = int(activation_reserve_gib * GiB)
     terms.append(MemoryTerm("activation_reserve", reserve,
@@ -355,14 +675,18 @@ def plan_memory(
     conv_formula, _, ssm_formula = m_formula.partition(" | ")
     terms.append(MemoryTerm("mamba_conv_state_per_sequence", conv, conv_formula))
     terms.append(MemoryTerm("mamba_ssm_state_per_sequence", ssm, ssm_formula or conv_formula))
-    ideal = kv_token * max_model_len + conv + ssm
-    terms.append(MemoryTerm("per_sequence_ideal", ideal,
-                            f"kv_cache_per_token x {max_model_len} max_model_len + "
-                            "mamba state (no paging overhead)"))
     paging = paged_layout(geometry, kv_cache_dtype=kv_cache_dtype,
                           mamba_cache_dtype=mamba_cache_dtype,
                           mamba_ssm_cache_dtype=mamba_ssm_cache_dtype,
-                          block_alignment=block_alignment, prefix_caching=prefix_caching)
+                          block_alignment=block_alignment, prefix_caching=prefix_caching,
+                          in_flight_tokens=in_flight_tokens)
+    sliding = sliding_window_bytes(geometry, paging, kv_cache_dtype, max_model_len)
+    if sliding[0]:
+        terms.append(MemoryTerm("sliding_window_kv_per_sequence", sliding[0], sliding[1]))
+    ideal = kv_token * max_model_len + conv + ssm + sliding[0]
+    terms.append(MemoryTerm("per_sequence_ideal", ideal,
+                            f"kv_cache_per_token x {max_model_len} max_model_len + "
+                            "recurrent state + sliding-window KV (no paging overhead)"))
     per_seq = paging.bytes_per_sequence(max_model_len)
     terms.append(MemoryTerm("per_sequence", per_seq, paging.formula(max_model_len)))
     if per_seq <= 0:  # a model without any cache (should not happen for an LLM)
@@ -408,6 +732,7 @@ def plan_memory(
         cache_bytes=cache,
         kv_bytes_per_token=kv_token,
         mamba_state_bytes_per_sequence=conv + ssm,
+        sliding_window_bytes_per_sequence=sliding[0],
         bytes_per_sequence=per_seq,
         bytes_per_sequence_ideal=ideal,
         paging=asdict(paging),

@@ -47,6 +47,24 @@ MARLIN_GROUP_SIZES = (-1, 32, 64, 128)
 #   input and output sizes multiples of 32, group size even. Field notes: a layer whose
 #   output is not a multiple of 32 fails to load on vLLM CPU.
 CPU_WNA16_MULTIPLE = 32
+# --- vLLM CUDA fused MoE: expert layers run in one fused kernel, not as separate linears.
+#   W4A16 from compressed-tensors (compressed_tensors_moe_wna16.py selects the backend with
+#   allow_tile_padding=True): fused Marlin MoE takes hidden_size % 128 == 0, group size in
+#   [-1, 32, 64, 128] and intermediate_size_per_partition % group_size == 0
+#   (check_moe_marlin_supports_config, quantization/utils/marlin_utils.py); otherwise
+#   vLLM falls through to its Triton WNA16 MoE kernel (fused_moe/oracle/int_wna16.py): slower,
+#   not a failure, so it is a note.
+MOE_MARLIN_HIDDEN = 128
+# --- FP8 block quantization (weights strategy "block", block_structure [block_n, block_k]):
+#   validate_fp8_block_shape in vllm/model_executor/layers/quantization/utils/fp8_utils.py:
+#   a row-parallel shard's in_features % block_k under TP, every output partition of a
+#   TP-split or merged GEMM (q/k/v, gate/up; the last of a merged group excepted) % block_n;
+#   validate_fp8_block_shape_moe: experts' intermediate_size_per_partition % block_n (and
+#   % block_k under TP).
+_MERGED_NOT_LAST = (".q_proj", ".k_proj", ".gate_proj", ".w1")
+# --- FP8 channel / INT8 W8A8 (cutlass_scaled_mm, vllm/_custom_ops.py): the weight's both
+#   dimensions multiples of 16, else vLLM falls back to a slower Triton kernel (not an error).
+CUTLASS_MULTIPLE = 16
 
 
 @dataclass
@@ -68,6 +86,7 @@ class PreflightReport:
     checked_layers: int = 0
     ignored_layers: list[str] = field(default_factory=list)
     suggested_group_size: int | None = None
+    notes: list[str] = field(default_factory=list)  # works, but slower than it could
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form for JSON output."""
@@ -131,10 +150,11 @@ def _marlin_problem(k: int, n: int, full_k: int, gs: int) -> str | None:
 
 def _check(geometry: ModelGeometry, recipe: Recipe, backend: str | None,
            tp: int, cuda_kernels: Sequence[str] = HOPPER_W4A16_KERNELS
-           ) -> tuple[list[Finding], int, list[str]]:
-    """All findings for one recipe; no fix suggestions that need re-running the check."""
+           ) -> tuple[list[Finding], int, list[str], list[str]]:
+    """(findings, layers checked, ignored names, slow-path notes) for one recipe."""
     layers, ignored = quantized_layers(geometry, recipe)
     findings: list[Finding] = []
+    notes: list[str] = []
     grouped = recipe.weight_strategy == "group" and recipe.group_size
     gs = int(recipe.group_size or -1) if grouped else -1
     for lin in layers:
@@ -152,6 +172,15 @@ def _check(geometry: ModelGeometry, recipe: Recipe, backend: str | None,
             if k % CPU_WNA16_MULTIPLE:
                 problems.append(f"in_features {k} is not a multiple of {CPU_WNA16_MULTIPLE} "
                                 "(vLLM CPU WNA16 kernel)")
+        if lin.kind == "moe_expert" and backend == "vllm-cuda":
+            moe_problems, moe_notes = _moe_expert_problems(lin, recipe, gs, tp)
+            problems += moe_problems
+            notes += [f"{lin.name}: {n}" for n in moe_notes]
+            for problem in problems:
+                findings.append(Finding(lin.name, problem, ""))
+            continue
+        if recipe.block_structure and backend == "vllm-cuda":
+            problems += _fp8_block_problems(lin, recipe.block_structure, tp)
         if recipe.is_weight_only_int4 and backend == "vllm-cuda":
             k, n = _partition(lin, tp)
             tried = {"machete": _machete_problem(k, n, gs),
@@ -162,7 +191,83 @@ def _check(geometry: ModelGeometry, recipe: Recipe, backend: str | None,
                 problems.append(f"no vLLM {gpu} W4A16 kernel fits: {'; '.join(why)}")
         for problem in problems:
             findings.append(Finding(lin.name, problem, ""))
-    return findings, len(layers), ignored
+    return findings, len(layers), ignored, notes
+
+
+_EXPERT_FUSED_UP = ("gate_up_proj", "input_linear")  # gate and up in one: 2 x intermediate
+_EXPERT_DOWN = ("down_proj", "w2", "output_linear")
+
+
+def _expert_dims(lin: LinearLayer) -> tuple[int, int]:
+    """(hidden, intermediate) of the fused-MoE layer an expert projection belongs to."""
+    name = lin.name.rsplit(".", 1)[-1]
+    if name in _EXPERT_DOWN:
+        return lin.out_features, lin.in_features
+    if name in _EXPERT_FUSED_UP:
+        return lin.in_features, lin.out_features // 2
+    return lin.in_features, lin.out_features
+
+
+def _moe_expert_problems(lin: LinearLayer, recipe: Recipe, gs: int,
+                         tp: int) -> tuple[list[str], list[str]]:
+    """(problems, slow-path notes) of vLLM's fused MoE kernels for one expert projection."""
+    if lin.name.endswith("_latent_proj"):
+        return [], []  # Nemotron-H latent projections are plain linears around the experts
+    hidden, inter = _expert_dims(lin)
+    inter_tp = inter // tp
+    problems: list[str] = []
+    notes: list[str] = []
+    if recipe.is_weight_only_int4:
+        why = []
+        if gs not in MARLIN_GROUP_SIZES:
+            why.append(f"group size {gs} not in {list(MARLIN_GROUP_SIZES)}")
+        if hidden % MOE_MARLIN_HIDDEN:
+            why.append(f"hidden size {hidden} not a multiple of {MOE_MARLIN_HIDDEN}")
+        if gs > 0 and inter_tp % gs:
+            why.append(f"intermediate size {inter_tp} per TP shard not a multiple of {gs}")
+        if why:
+            notes.append("fused Marlin MoE does not fit (" + "; ".join(why) + "): vLLM serves "
+                         "the experts with its Triton WNA16 MoE kernel (slower)")
+    if recipe.block_structure:
+        block_n, block_k = recipe.block_structure
+        if inter_tp % block_n:
+            problems.append(f"expert intermediate size {inter_tp} per TP shard not divisible "
+                            f"by FP8 block_n {block_n} (validate_fp8_block_shape_moe)")
+        if tp > 1 and inter_tp % block_k:
+            problems.append(f"expert intermediate size {inter_tp} per TP shard not divisible "
+                            f"by FP8 block_k {block_k} (validate_fp8_block_shape_moe)")
+    return problems, notes
+
+
+def _fp8_block_problems(lin: LinearLayer, block: list[int], tp: int) -> list[str]:
+    """validate_fp8_block_shape for one dense linear layer."""
+    block_n, block_k = block
+    k, n = _partition(lin, tp)
+    out: list[str] = []
+    row_parallel = lin.name.endswith(_ROW_PARALLEL_SUFFIXES)
+    if tp > 1 and row_parallel and k % block_k:
+        out.append(f"in_features {k} per TP shard not divisible by FP8 block_k {block_k}")
+    if not row_parallel and (tp > 1 or lin.name.endswith(_MERGED_NOT_LAST)) and n % block_n:
+        out.append(f"out_features {n} per TP shard not divisible by FP8 block_n {block_n}")
+    return out
+
+
+def cutlass_notes(geometry: ModelGeometry, recipe: Recipe, tp: int) -> list[str]:
+    """FP8-channel / INT8 layers that vLLM runs on its Triton fallback (slower, not wrong)."""
+    if recipe.weight_bits != 8 or recipe.block_structure or recipe.activation_bits != 8:
+        return []
+    slow = []
+    for lin in quantized_layers(geometry, recipe)[0]:
+        if lin.kind == "moe_expert":
+            continue
+        k, n = _partition(lin, tp)
+        if k % CUTLASS_MULTIPLE or n % CUTLASS_MULTIPLE:
+            slow.append(lin.name)
+    if not slow:
+        return []
+    return [f"{len(slow)} layers (e.g. {slow[0]}) have a dimension that is not a multiple of "
+            f"{CUTLASS_MULTIPLE}: vLLM serves them with its Triton scaled-mm fallback instead "
+            "of CUTLASS (slower, same result)"]
 
 
 def suggest_group_size(geometry: ModelGeometry, recipe: Recipe, backend: str | None,
@@ -206,7 +311,8 @@ def run_preflight(geometry: ModelGeometry, recipe: Recipe, backend: str | None =
             return PreflightReport(False, [Finding("*", problem, fix)],
                                    f"recipe {recipe.name} cannot be served here: {problem}")
     gpu = tuple(cuda_kernels) or HOPPER_W4A16_KERNELS
-    findings, checked, ignored = _check(geometry, recipe, backend, tensor_parallel_size, gpu)
+    findings, checked, ignored, notes = _check(geometry, recipe, backend,
+                                               tensor_parallel_size, gpu)
     suggested = None
     if findings:
         suggested = suggest_group_size(geometry, recipe, backend, tensor_parallel_size, gpu)
@@ -228,7 +334,12 @@ def run_preflight(geometry: ModelGeometry, recipe: Recipe, backend: str | None =
     else:
         summary = (f"recipe {recipe.name} fits all {checked} quantized layers{where} "
                    f"({len(ignored)} ignored)")
-    return PreflightReport(not findings, findings, summary, checked, ignored, suggested)
+    if notes:  # one line per kind of slow path, not one per expert
+        first = notes[0].split(": ", 1)[1]
+        notes = [f"{len(notes)} expert projections (e.g. {notes[0].split(': ')[0]}): {first}"]
+    if backend == "vllm-cuda":
+        notes += cutlass_notes(geometry, recipe, tensor_parallel_size)
+    return PreflightReport(not findings, findings, summary, checked, ignored, suggested, notes)
 
 
 # ------------------------------------------------------------------------------------- CLI

@@ -24,10 +24,20 @@ DEFAULT_GROUP_SIZE = 128
 DEFAULT_TARGETS = ("Linear",)
 # Never quantized: the output head (accuracy-critical, and vLLM keeps it unquantized).
 DEFAULT_IGNORE = ("lm_head",)
-# Extra for hybrid / MoE models: the Mamba depthwise conv (not a GEMM, and tiny), and MoE
-# routers (a quantized router changes which experts fire). ``re:`` patterns are re.match'ed
+# Extra for hybrid / MoE models: the Mamba depthwise conv (not a GEMM, and tiny), and each
+# family's MoE routers and gates (a quantized router changes which experts fire; vLLM builds
+# them as unquantized ReplicatedLinear / gate layers). ``re:`` patterns are re.match'ed
 # against module names (compressed_tensors.utils.match.match_name).
-HYBRID_IGNORE = ("re:.*conv1d", "re:.*mlp\\.gate$", "re:.*mixer\\.gate$")
+HYBRID_IGNORE = (
+    "re:.*conv1d",  # Mamba-2 and gated-delta-net depthwise convs
+    "re:.*mlp\\.gate$",  # Qwen-MoE / DeepSeek routers
+    "re:.*mixer\\.gate$",  # Nemotron-H MoE router
+    "re:.*block_sparse_moe\\.gate$",  # Mixtral router
+    "re:.*mlp\\.router$",  # gpt-oss router
+    "re:.*router\\.layer$",  # Granite-4.0-H router
+    "re:.*feed_forward\\.router$",  # Jamba router
+    "re:.*shared_expert_gate$",  # Qwen-MoE / Qwen3-Next shared-expert gate (hidden -> 1)
+)
 
 # LLM Compressor 0.14 swaps the weight observer "mse" for "memoryless_mse" with a warning
 # (llmcompressor/modifiers/quantization/calibration.py); name the one that actually runs.
@@ -53,6 +63,7 @@ class Recipe:
     weight_type: str | None = None
     weight_strategy: str | None = None
     group_size: int | None = None
+    block_structure: list[int] | None = None  # weights strategy "block": [block_n, block_k]
     activation_bits: int | None = None
     needs_calibration: bool = False
     source_file: str | None = None
@@ -85,7 +96,8 @@ class Recipe:
             "name": self.name, "digest": self.digest, "targets": self.targets,
             "ignore": self.ignore, "weight_bits": self.weight_bits,
             "weight_type": self.weight_type, "weight_strategy": self.weight_strategy,
-            "group_size": self.group_size, "activation_bits": self.activation_bits,
+            "group_size": self.group_size, "block_structure": self.block_structure,
+            "activation_bits": self.activation_bits,
             "needs_calibration": self.needs_calibration, "source_file": self.source_file,
         }
 
@@ -208,6 +220,9 @@ def load_recipe_file(path: Path | str) -> Recipe:
             recipe.weight_strategy = weights.get("strategy") or (
                 "group" if (recipe.group_size or 0) > 0 else None)
             recipe.activation_bits = acts.get("num_bits") if isinstance(acts, dict) else None
+            block = weights.get("block_structure")
+            if isinstance(block, list) and len(block) == 2:
+                recipe.block_structure = [int(block[0]), int(block[1])]
         elif isinstance(args.get("scheme"), str) and args["scheme"].upper() == "W4A16":
             recipe.weight_bits, recipe.weight_type = 4, "int"
             recipe.weight_strategy, recipe.group_size = "group", 128

@@ -31,13 +31,15 @@ from typing import Any
 from modelgate import geometry as geometry_mod
 from modelgate.digest import sha256_file, sha256_json, tree_files
 from modelgate.errors import ModelGateError, ToolError
-from modelgate.geometry import ModelGeometry
+from modelgate.geometry import ModelGeometry, UnsupportedModelError
 from modelgate.memory_plan import (
+    DEFAULT_MAX_NUM_BATCHED_TOKENS,
     GiB,
     MemoryPlan,
     default_activation_reserve_gib,
     model_dtype,
     plan_memory,
+    require_modelled,
 )
 from modelgate.process import (
     EndpointNotReady,
@@ -130,6 +132,24 @@ def _load_model(model: Path | str | Mapping[str, Any]) -> tuple[ModelGeometry, P
     return geometry, Path(geometry.model_dir) if geometry.model_dir else None
 
 
+def _unplanned_model(model: Path | str | Mapping[str, Any]) -> tuple[ModelGeometry, Path | None]:
+    """A config-only geometry for a family modelgate does not model (no layers, no plan)."""
+    if isinstance(model, Mapping):
+        config, model_dir = dict(model), None
+    else:
+        path = Path(model)
+        config_path = path if path.is_file() else path / "config.json"
+        config, model_dir = json.loads(config_path.read_text()), config_path.parent
+    geometry = ModelGeometry(
+        model_type=str(config.get("model_type", "")),
+        architecture=str((config.get("architectures") or [""])[0]),
+        hidden_size=int(config.get("hidden_size") or 0), num_layers=0,
+        block_kinds=["unknown"], linear_layers=[], vocab_size=int(config.get("vocab_size") or 0),
+        config=config, family="unknown",
+        model_dir=str(model_dir) if model_dir else None)
+    return geometry, model_dir
+
+
 def _prefix_caching(over: Mapping[str, Any]) -> bool:
     """Whether prefix caching stays on (vLLM's default) given the user's overrides."""
     if over.get("no-enable-prefix-caching"):
@@ -180,9 +200,17 @@ def derive_serving_args(
     if device not in ("cuda", "cpu"):
         raise ModelGateError(f"unknown device {device!r}", field="device",
                              fix="use 'cuda' or 'cpu'")
-    geometry, model_dir = _load_model(model_dir_or_config)
-    config = geometry.config
     over = {_flag(k): v for k, v in (overrides or {}).items()}
+    try:
+        geometry, model_dir = _load_model(model_dir_or_config)
+    except UnsupportedModelError:
+        # an explicit --max-num-seqs is the documented way past a refused family: the
+        # memory plan is skipped and vLLM's own start-up profile is the only check
+        if over.get("max-num-seqs") is None or device != "cuda":
+            raise
+        geometry, model_dir = _unplanned_model(model_dir_or_config)
+    planned = geometry.family not in ("unknown", "safetensors")
+    config = geometry.config
     out = ServingArgs(device=device)
 
     if served_model_name is None:
@@ -232,24 +260,44 @@ def derive_serving_args(
             weight_bytes = geometry_mod.weight_bytes(model_dir)
         except ModelGateError:
             weight_bytes = None  # config-only directory: fall back to parameters x dtype
+    refused: UnsupportedModelError | None = None
     if gpu_memory_gib is not None:
-        reserve = activation_reserve_gib if activation_reserve_gib is not None else \
-            default_activation_reserve_gib(geometry, device=device)
-        out.plan = plan_memory(
-            geometry,
-            gpu_memory_gib=float(gpu_memory_gib),
-            gpu_memory_utilization=util,
-            max_model_len=max_len,
-            kv_cache_dtype=kv_dtype,
-            mamba_cache_dtype=mamba_dtype,
-            mamba_ssm_cache_dtype=ssm_dtype if geometry.is_hybrid else "auto",
-            weight_bytes=weight_bytes,
-            activation_reserve_gib=reserve,
-            max_num_seqs=int(requested_seqs) if requested_seqs is not None else None,
-            max_num_seqs_cap=CPU_MAX_NUM_SEQS_CAP if device == "cpu" else GPU_MAX_NUM_SEQS_CAP,
-            block_alignment=CPU_BLOCK_ALIGNMENT if device == "cpu" else GPU_BLOCK_ALIGNMENT,
-            prefix_caching=_prefix_caching(over),
-        )
+        try:
+            if not planned:
+                require_modelled(geometry)  # raises: this family has no memory plan
+            reserve = activation_reserve_gib if activation_reserve_gib is not None else \
+                default_activation_reserve_gib(geometry, device=device)
+            out.plan = plan_memory(
+                geometry,
+                gpu_memory_gib=float(gpu_memory_gib),
+                gpu_memory_utilization=util,
+                max_model_len=max_len,
+                kv_cache_dtype=kv_dtype,
+                mamba_cache_dtype=mamba_dtype,
+                mamba_ssm_cache_dtype=ssm_dtype if geometry.is_hybrid else "auto",
+                weight_bytes=weight_bytes,
+                activation_reserve_gib=reserve,
+                max_num_seqs=int(requested_seqs) if requested_seqs is not None else None,
+                max_num_seqs_cap=CPU_MAX_NUM_SEQS_CAP if device == "cpu"
+                else GPU_MAX_NUM_SEQS_CAP,
+                block_alignment=CPU_BLOCK_ALIGNMENT if device == "cpu" else GPU_BLOCK_ALIGNMENT,
+                prefix_caching=_prefix_caching(over),
+                # sliding-window layers hold their window plus the tokens in flight: two
+                # batches of max_num_batched_tokens (VllmConfig.max_in_flight_tokens)
+                in_flight_tokens=2 * int(over.get("max-num-batched-tokens")
+                                         or DEFAULT_MAX_NUM_BATCHED_TOKENS),
+            )
+        except UnsupportedModelError as exc:
+            # the documented way past a refusal: an explicit --max-num-seqs (GPU only; the
+            # CPU target sizes its KV cache from the plan)
+            if requested_seqs is None or device != "cuda":
+                raise
+            refused = exc
+    if refused is not None:
+        out.set("max-num-seqs", int(requested_seqs),
+                f"user override (no memory plan: {refused.message.split(';')[0]}; vLLM's "
+                "start-up profile is the check)")
+    elif out.plan is not None:
         plan = out.plan
         out.set("max-num-seqs", plan.max_num_seqs,
                 "user override (fits the memory plan)" if requested_seqs is not None else
@@ -281,8 +329,8 @@ def derive_serving_args(
                 "CPU: skips torch.compile, cutting start-up from 70-120 s to 33-44 s here")
 
     for name, value in over.items():
-        if name in ("max-num-seqs",) and out.plan is not None:
-            continue  # already applied through the plan
+        if name in ("max-num-seqs",) and name in out.args:
+            continue  # already applied (through the plan, or past a refused family)
         out.set(name, value, "user override")
     return out
 
@@ -669,6 +717,9 @@ def _cmd_plan(ns: argparse.Namespace) -> int:
 
     try:
         args = _args_from_cli(ns)
+    except UnsupportedModelError as exc:
+        emit(exc.to_dict())
+        return 2  # refused: the family is not modelled (the fix names the way forward)
     except ModelGateError as exc:
         emit(exc.to_dict())
         return 1
