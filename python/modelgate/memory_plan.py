@@ -253,9 +253,9 @@ def paged_layout(geometry: ModelGeometry, *, kv_cache_dtype: str = "auto",
     """vLLM's page geometry for this model (see ``PagedLayout``)."""
     kinds = count_kinds(geometry)
     n_attn, n_mamba = kinds.get("attention", 0), kinds.get("mamba", 0)
-    kv_token, _ = kv_bytes_per_token(geometry, kv_cache_dtype)
+    kv_token, __ = kv_bytes_per_token(geometry, kv_cache_dtype)
     per_layer_token = kv_token // n_attn if n_attn else 0
-    conv, ssm, _ = mamba_state_bytes(geometry, mamba_cache_dtype, mamba_ssm_cache_dtype)
+    conv, ssm, __ = mamba_state_bytes(geometry, mamba_cache_dtype, mamba_ssm_cache_dtype)
     mamba_page = (conv + ssm) // n_mamba if n_mamba else 0
     block = block_alignment
     if n_mamba and per_layer_token:
@@ -352,7 +352,7 @@ def plan_memory(
     kv_token, kv_formula = kv_bytes_per_token(geometry, kv_cache_dtype)
     terms.append(MemoryTerm("kv_cache_per_token", kv_token, kv_formula))
     conv, ssm, m_formula = mamba_state_bytes(geometry, mamba_cache_dtype, mamba_ssm_cache_dtype)
-    conv_formula, _, ssm_formula = m_formula.partition(" | ")
+    conv_formula, __, ssm_formula = m_formula.partition(" | ")
     terms.append(MemoryTerm("mamba_conv_state_per_sequence", conv, conv_formula))
     terms.append(MemoryTerm("mamba_ssm_state_per_sequence", ssm, ssm_formula or conv_formula))
     ideal = kv_token * max_model_len + conv + ssm

@@ -122,7 +122,7 @@ def test_first_run_writes_every_artifact_and_a_verdict(first_run: tuple[Path, An
 
 def test_second_run_changes_nothing_in_quantize_and_modelcar(
         first_run: tuple[Path, Any]) -> None:
-    tmp, _ = first_run
+    tmp, __ = first_run
     runner = run_playbook(
         tmp, "second", tags="provision,model,quantize,modelcar", verbosity=2,
         extravars={"modelgate_registry_password": SECRET, "modelgate_registry_username": "ci",
@@ -162,7 +162,7 @@ def _tree(root: Path) -> dict[str, Any]:
 
 
 def test_check_mode_on_a_finished_run_changes_no_file(first_run: tuple[Path, Any]) -> None:
-    tmp, _ = first_run
+    tmp, __ = first_run
     store = REPO / ".modelgate" / "store"
     before = {"runs": _tree(tmp / "runs"), "store": _tree(store)}
     runner = run_playbook(tmp, "check", cmdline="--check",
