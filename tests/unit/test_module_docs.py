@@ -119,3 +119,25 @@ def test_the_callback_renders_with_ansible_doc():
     proc = _ansible_doc("-t", "callback", "modelgate.pipeline.progress")
     assert proc.returncode == 0, proc.stderr
     assert "WARNING" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr
+
+
+FILTER_DOCS = sorted(p.stem for p in (REPO / "plugins" / "filter").glob("*.yml"))
+
+
+def test_every_filter_has_its_documentation(monkeypatch):
+    """Each filter the collection's FilterModules export has a plugins/filter/<name>.yml."""
+    monkeypatch.syspath_prepend(str(COLLECTIONS))
+    exported = set()
+    for path in (REPO / "plugins" / "filter").glob("*.py"):
+        mod = importlib.import_module(
+            f"ansible_collections.modelgate.pipeline.plugins.filter.{path.stem}")
+        exported |= set(mod.FilterModule().filters())
+    assert sorted(exported) == FILTER_DOCS
+
+
+@pytest.mark.parametrize("name", FILTER_DOCS)
+def test_the_filter_renders_with_ansible_doc(name):
+    proc = _ansible_doc("-t", "filter", f"modelgate.pipeline.{name}")
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr
+    assert "EXAMPLES" in proc.stdout and "RETURN VALUES" in proc.stdout, proc.stdout[:2000]
