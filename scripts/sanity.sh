@@ -7,7 +7,7 @@
 #
 # MODELGATE_SANITY_BIN: the bin directory holding ansible-test (default: the controller
 # virtualenv's), so another ansible-core can be tried from its own virtualenv.
-# MODELGATE_SANITY_TARBALL: where to leave a copy of the built tarball (optional).
+# MODELGATE_SANITY_DIST: a directory to leave a copy of the built tarball in (optional).
 #
 # ansible-test runs each test in a virtualenv of its own, with the requirements it pins
 # installed from PyPI. Those virtualenvs start empty and ansible-test seeds pip into them with
@@ -31,8 +31,10 @@ mkdir -p "$work/src"
   done
 "$bin/ansible-galaxy" collection build "$work/src" --output-path "$work/dist" >/dev/null
 tarball=$(ls "$work"/dist/modelgate-pipeline-*.tar.gz)
-if [ -n "${MODELGATE_SANITY_TARBALL:-}" ]; then cp "$tarball" "$MODELGATE_SANITY_TARBALL"; fi
-"$bin/ansible-galaxy" collection install "$tarball" -p "$work/collections" --no-deps >/dev/null
+if [ -n "${MODELGATE_SANITY_DIST:-}" ]; then cp "$tarball" "$MODELGATE_SANITY_DIST/"; fi
+# --force: the collection link of `make bootstrap` would otherwise count as installed already
+"$bin/ansible-galaxy" collection install "$tarball" -p "$work/collections" --no-deps --force \
+  >/dev/null 2>&1
 
 home="$root/.modelgate/ansible-test"
 pip_version=$("$bin/python" - <<'EOF'

@@ -30,12 +30,13 @@ IGNORE_NOTICE = re.compile(
 def sanity(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One ``scripts/sanity.sh`` run: its output and the tarball it built."""
     tmp = tmp_path_factory.mktemp("certification")
-    tarball = tmp / "modelgate-pipeline.tar.gz"
-    env = {**os.environ, "MODELGATE_SANITY_BIN": str(BIN),
-           "MODELGATE_SANITY_TARBALL": str(tarball)}
+    dist = tmp / "dist"
+    dist.mkdir()
+    env = {**os.environ, "MODELGATE_SANITY_BIN": str(BIN), "MODELGATE_SANITY_DIST": str(dist)}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "sanity.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=3000, check=False)
-    return {"proc": proc, "tarball": tarball, "tmp": tmp}
+    tarballs = sorted(dist.glob("modelgate-pipeline-*.tar.gz"))
+    return {"proc": proc, "tarball": tarballs[0] if tarballs else dist / "missing", "tmp": tmp}
 
 
 def test_ansible_test_sanity_passes_on_the_built_collection(sanity):
