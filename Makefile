@@ -2,6 +2,7 @@
 #   make demo   runs site.yml on the embedded default (inventories/local) and prints the report
 #   make test   runs the whole test suite (lint, unit, integration, end to end)
 #   make bench  measures the pipeline (stage times, play overhead)
+#   make sanity ansible-test sanity on the built collection (make test runs it too)
 #   make fresh-demo  runs `make demo` in a fresh Debian 12 container (scripts/fresh-host.sh)
 # Each target sets up what it needs: system packages, the controller virtualenv, the
 # collection link. The tool virtualenvs are made by the provision stage of site.yml.
@@ -19,7 +20,7 @@ export PATH := $(BIN):$(PATH)
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint unit integration provision bench clean-runs teardown bootstrap fresh-demo \
-	ee-context ee
+	ee-context ee sanity
 
 bootstrap: $(STAMP) $(COLLECTION_LINK)
 
@@ -62,6 +63,14 @@ lint: bootstrap
 	@$(BIN)/ruff check python plugins tests bench
 	@echo ">>> ansible-lint (production profile)"
 	@$(BIN)/ansible-lint --offline
+	@echo ">>> antsibull-changelog lint"
+	@$(BIN)/antsibull-changelog lint
+	@$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+
+# ansible-test sanity on the built collection, as Galaxy / Automation Hub run it; `make test`
+# runs it (and galaxy-importer on the same tarball) in tests/integration/test_certification.py.
+sanity: bootstrap
+	@bash scripts/sanity.sh $(SANITY_ARGS)
 
 unit: bootstrap
 	@bash scripts/pytest.sh tests/unit $(PYTEST_ARGS)

@@ -141,7 +141,7 @@ class ProxyProcess:
     def stop(self) -> dict[str, Any]:
         """SIGTERM; returns the proxy's own statistics."""
         self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
+        out, __ = self.proc.communicate(timeout=30)
         try:
             return dict(json.loads(out).get("stats") or {})
         except json.JSONDecodeError:
@@ -381,8 +381,8 @@ def summarize(trials: list[TrialResult], round_walls: list[float], args: argpars
     out: dict[str, Any] = {"kinds": {}}
     for kind in ("aa", "regression"):
         sub = [t for t in trials if t.kind == kind]
-        counts = {d: sum(1 for t in sub if t.decision == d) for d in ("pass", "fail",
-                                                                        "inconclusive")}
+        counts = {d: sum(1 for t in sub if t.decision == d)
+                  for d in ("pass", "fail", "inconclusive")}
         walls = [t.wall_s for t in sub]
         lo, hi = wilson_interval(counts["fail"], len(sub))
         out["kinds"][kind] = {
@@ -446,7 +446,7 @@ def print_table(s: dict[str, Any], args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     venvs = REPO / ".modelgate" / "venvs"
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=10, help="trials of EACH kind (A/A, regression)")
     p.add_argument("--design", choices=("interleaved", "sequential", "play"),

@@ -91,9 +91,9 @@ def flip_byte(path: Path, offset: int = 0) -> None:
 
 
 def podman_build_push(ck: Path, containerfile: Path, ref: str) -> tuple[float, float]:
-    _, build_s = timed(sh, "podman", "build", "--timestamp", "0", "--tls-verify=false",
-                       "-q", "-f", str(containerfile), "-t", ref, str(ck))
-    _, push_s = timed(sh, "podman", "push", "-q", "--tls-verify=false", ref)
+    __, build_s = timed(sh, "podman", "build", "--timestamp", "0", "--tls-verify=false",
+                        "-q", "-f", str(containerfile), "-t", ref, str(ck))
+    __, push_s = timed(sh, "podman", "push", "-q", "--tls-verify=false", ref)
     return build_s, push_s
 
 
@@ -122,7 +122,7 @@ def main() -> int:
     size = int(args.size_gib * (1 << 30))
     res: dict = {"size_bytes": size, "shards": args.shards}
     ck = work / "ckpt"
-    _, res["generate_s"] = timed(make_checkpoint, ck, size, args.shards)
+    __, res["generate_s"] = timed(make_checkpoint, ck, size, args.shards)
     reg_dir = work / "registry"
     reg_pid = registry.ensure_registry(addr, reg_dir, work / "state")["pid"]
     addr2 = f"127.0.0.1:{args.port + 1}"
@@ -130,7 +130,7 @@ def main() -> int:
     podman_refs: list[str] = []
     try:
         # floor
-        _, res["cp_s"] = timed(sh, "cp", "-r", str(ck), str(work / "cp"))
+        __, res["cp_s"] = timed(sh, "cp", "-r", str(ck), str(work / "cp"))
         shutil.rmtree(work / "cp")
 
         base = work / "base"
@@ -147,8 +147,8 @@ def main() -> int:
         res["ours_total_s"] = res["ours_build_s"] + res["ours_push_s"]
         # the same layout through skopeo copy, into the second (empty) registry
         cpu = cpu_seconds(reg2_pid)
-        _, res["skopeo_push_s"] = timed(modelcar.push_modelcar, out, f"{addr2}/bench/ours:v1",
-                                        tls_verify=False, client="skopeo")
+        __, res["skopeo_push_s"] = timed(modelcar.push_modelcar, out, f"{addr2}/bench/ours:v1",
+                                         tls_verify=False, client="skopeo")
         res["skopeo_push_registry_cpu_s"] = cpu_seconds(reg2_pid) - cpu
         res["skopeo_total_s"] = res["ours_build_s"] + res["skopeo_push_s"]
         res["ours_manifest"] = img.manifest_digest
@@ -166,12 +166,12 @@ def main() -> int:
             for run in (1, 2):
                 layout = work / f"olot{run}"
                 shutil.copytree(base, layout)
-                files = [str(p) for _, p in tree_files(ck)]  # what our build packs
-                _, build_s = timed(sh, args.olot, "--root-dir", str(ck), str(layout), *files)
+                files = [str(p) for __, p in tree_files(ck)]  # what our build packs
+                __, build_s = timed(sh, args.olot, "--root-dir", str(ck), str(layout), *files)
                 res[f"olot_manifest_{run}"] = modelcar.read_layout_manifest(layout)[0]
                 if run == 1:
                     res["olot_build_s"] = build_s
-                    _, res["olot_push_s"] = timed(
+                    __, res["olot_push_s"] = timed(
                         sh, "skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}",
                         f"docker://{repo}/olot:v1")
                     res["olot_total_s"] = res["olot_build_s"] + res["olot_push_s"]
@@ -194,7 +194,8 @@ def main() -> int:
             res["podman_build_s"], res["podman_push_s"] = podman_build_push(ck, containerfile, ref)
             res["podman_total_s"] = res["podman_build_s"] + res["podman_push_s"]
             before = registry_bytes(reg_dir)
-            _, res["podman_repush_s"] = timed(sh, "podman", "push", "-q", "--tls-verify=false", ref)
+            __, res["podman_repush_s"] = timed(sh, "podman", "push", "-q", "--tls-verify=false",
+                                               ref)
             res["podman_repush_registry_bytes"] = registry_bytes(reg_dir) - before
 
         # one shard changes

@@ -65,7 +65,7 @@ def stage_times(runner: Any) -> dict[str, float]:
             marks.append((t, _play_stage(ev["event_data"].get("play", ""))))
         end = t
     times: dict[str, float] = dict.fromkeys(STAGES, 0.0)
-    for (t0, stage), (t1, _) in zip(marks, [*marks[1:], (end or 0.0, None)], strict=True):
+    for (t0, stage), (t1, __) in zip(marks, [*marks[1:], (end or 0.0, None)], strict=True):
         if stage:
             times[stage] += t1 - t0
     return times
@@ -128,7 +128,7 @@ def by_hand(tmp: Path, store: Path, repository: str) -> dict[str, float]:
     venvs = HOME / "venvs"
     variants = [{"name": "bf16", "recipe": "none", "baseline": True},
                 {"name": "w4a16", "recipe": "w4a16", "group_size": 64}]
-    run, _ = RunDir.open(tmp / "runs-by-hand")
+    run, __ = RunDir.open(tmp / "runs-by-hand")
     run.update(variants=variants)
     work = tmp / "work-by-hand"
     model = timed("model", lambda: resolve_model(
@@ -160,7 +160,7 @@ def by_hand(tmp: Path, store: Path, repository: str) -> dict[str, float]:
         return ProcessSpec(name=server_name(8000), argv=[], state_dir=HOME / "state"), path
 
     for v in variants:  # deploy: start, prove, stop
-        spec, _ = timed("deploy", lambda v=v: serve(v["name"]))
+        spec, __ = timed("deploy", lambda v=v: serve(v["name"]))
         timed("deploy", lambda spec=spec: stop_local_server(spec))
     for v in variants:  # validate: start, measure, stop
         spec, path = timed("validate", lambda v=v: serve(v["name"]))
@@ -173,8 +173,8 @@ def by_hand(tmp: Path, store: Path, repository: str) -> dict[str, float]:
                 accuracy_tasks=["modelgate_choice"], cpu_affinity=[1]))
         finally:
             timed("validate", lambda spec=spec: stop_local_server(spec))
-        timed("validate", lambda v=v: shutil.copytree(work / v["name"], run.path / v["name"],
-                                                       dirs_exist_ok=True))
+        timed("validate", lambda v=v: shutil.copytree(
+            work / v["name"], run.path / v["name"], dirs_exist_ok=True))
     timed("validate", lambda: measure.judge_run(run.path))
     return times
 
@@ -193,8 +193,8 @@ def main() -> int:
         store = tmp / "store-play"
         first, first_total, first_modules = run_play(tmp / "first", "first", store,
                                                      f"bench/play-{stamp}")
-        second, second_total, _ = run_play(tmp / "second", "second", store,
-                                           f"bench/play-{stamp}")
+        second, second_total, __ = run_play(tmp / "second", "second", store,
+                                            f"bench/play-{stamp}")
         hand = None if not args.by_hand else by_hand(
             tmp, tmp / "store-hand", f"bench/hand-{stamp}")
         rows = []

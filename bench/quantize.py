@@ -220,7 +220,7 @@ def _gib(b: int | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Build (or take) a model, run both paths ``--repeats`` times, print JSON + a summary."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     ap.add_argument("--geometry", choices=["tiny", "nemotron-9b"], default="tiny")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--model", type=Path, help="use this model directory instead of building one")

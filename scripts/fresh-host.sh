@@ -24,7 +24,7 @@ mirror=${MODELGATE_DEBIAN_MIRROR:-$(awk '/^URIs:/ {print $2; exit}' \
 [[ $mirror == http://* || $mirror == https://* ]] || mirror=http://deb.debian.org/debian
 # What a new user's Debian 12 has before the quick start: git to clone, make to run it, and
 # python3 (every Debian 12 image has it). Not python3-venv, podman, or anything else.
-include=ca-certificates,git,make,python3
+include="ca-certificates,git,make,python3"
 key=$(printf '%s %s %s' "$suite" "$include" "$mirror" | sha256sum | cut -c1-12)
 image=localhost/modelgate/fresh-debian12:$key
 
@@ -34,6 +34,7 @@ for tool in podman debootstrap git; do
 done
 mkdir -p "$home/pip-cache" "$home/logs"
 work="" clone="" name=""
+# shellcheck disable=SC2329  # run by the EXIT trap below
 cleanup() {
     rm -rf "${work:-}" "${clone:-}"
     [[ -z $name || ${MODELGATE_FRESH_KEEP:-0} == 1 ]] || podman rm -f "$name" >/dev/null 2>&1 || true

@@ -15,7 +15,7 @@ description:
   - Any other task retried with C(until) gets one C(waiting) line per attempt. Everything else
     is the default callback's output, options included.
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 extends_documentation_fragment:
   - default_callback
   - result_format_callback

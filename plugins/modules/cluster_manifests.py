@@ -15,7 +15,7 @@ description:
     C(PackageManifest), given in O(package_manifests).
   - Talks to no cluster; apply the objects with M(kubernetes.core.k8s).
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   namespace:
     description: The project namespace the variants are served in.
@@ -45,8 +45,10 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

@@ -30,7 +30,7 @@ description:
     plots, B(before) it fails; the failure message names every failed check with its numbers
     and every dimension without evidence with what is missing and how to get it.
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   run_path:
     description: The run directory.
@@ -67,8 +67,10 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: none
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

@@ -17,7 +17,7 @@ description:
     installed one), never for the controller.
   - Runs on the controller (delegated to localhost); it reads only its arguments.
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   smi_query:
     description: The C(nvidia-smi --query-gpu) output (empty before a driver is loaded).
@@ -53,8 +53,10 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

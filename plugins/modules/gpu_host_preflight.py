@@ -14,7 +14,7 @@ description:
     C(nvidia-open); RHEL 10 C(nvidia-open) with a versionlock for a pinned branch).
   - Runs on the controller (delegated to localhost); it reads only its arguments.
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   distribution:
     description: C(ansible_facts.distribution) of the host.
@@ -61,8 +61,10 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

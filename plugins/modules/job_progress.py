@@ -19,7 +19,7 @@ description:
     as the job did, removes the async result file, and fails with the job's message when the
     job failed.
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   jid:
     description: The C(ansible_job_id) registered by the async task.
@@ -43,9 +43,11 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
     details: Reads only; in check mode the async job ran in check mode too.
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

@@ -17,7 +17,7 @@ description:
 extends_documentation_fragment:
   - modelgate.pipeline.pod
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   model:
     description: A directory with the model's C(config.json) (the checkpoint or its source).
@@ -119,8 +119,10 @@ options:
     default: ""
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 
@@ -197,11 +199,11 @@ def main() -> None:
             "router": {"type": "dict"},
             "llmisvc_version": {"type": "str", "choices": ["v1alpha1", "v1alpha2"],
                                 "default": "v1alpha1"},
-            "pull_secret": {"type": "str", "default": ""},
+            "pull_secret": {"type": "str", "default": "", "no_log": False},
             "registry": {"type": "str", "default": ""},
             "registry_username": {"type": "str", "default": ""},
             "registry_password": {"type": "str", "default": "", "no_log": True},
-            "hf_token_secret": {"type": "str", "default": ""},
+            "hf_token_secret": {"type": "str", "default": "", "no_log": False},
             "hf_token": {"type": "str", "default": "", "no_log": True},
         },
         supports_check_mode=True,

@@ -9,10 +9,10 @@ short_description: Run a local OCI registry as a supervised process
 description:
   - Starts the distribution registry binary on a loopback address with its own configuration
     and storage directory, and waits until C(/v2/) answers.
-  - Idempotent: our registry found running with the same configuration is C(ok).
+  - Idempotent; our registry found running with the same configuration is C(ok).
   - A port held by anything else fails with a message naming the port.
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   address:
     description: host:port to listen on.
@@ -33,8 +33,10 @@ options:
     default: started
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: none
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

@@ -23,7 +23,7 @@ description:
     C(<work_dir>/interleaved/r<round>/). Returns one archive per variant, and one of
     C(interleaved/).
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   work_dir:
     description:
@@ -111,8 +111,10 @@ options:
     elements: int
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: none
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

@@ -16,7 +16,7 @@ description:
   - C(sequential) otherwise, or when asked, one variant at a time, the order flipped in
     every round.
 version_added: "0.2.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   variants:
     description: The variants' names in measuring order, the baseline first.
@@ -56,9 +56,11 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
     details: Only inspects the host.
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

@@ -12,7 +12,7 @@ description:
   - C(local) digests an existing checkpoint directory.
   - C(hub) downloads a hub id where the network allows.
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   source:
     description: Where the model comes from.
@@ -46,12 +46,13 @@ options:
     description: A hub token, for gated models.
     type: str
     default: ""
-    no_log: true
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: partial
     details: A model that must be generated or downloaded is reported as a change, not made.
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

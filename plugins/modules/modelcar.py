@@ -14,7 +14,7 @@ description:
   - C(state=extracted) copies the image from its registry and unpacks C(/models) into C(dest),
     so a local server serves exactly what was pushed.
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   state:
     description: What to do.
@@ -60,7 +60,6 @@ options:
     description: Registry password or token.
     type: str
     default: ""
-    no_log: true
   tls_verify:
     description: Verify the registry's TLS certificate.
     type: bool
@@ -71,9 +70,11 @@ options:
     default: {}
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
     details: Reports whether a push or an extraction would happen; builds and sends nothing.
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

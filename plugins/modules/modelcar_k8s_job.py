@@ -13,13 +13,13 @@ description:
     publish) (build, push, verify), so the checkpoint never passes through the controller.
   - The tag is C(<variant>-<key[:16]>) of the quantize content key and the Job is named after
     it, so applying it again changes nothing.
-  - With O(message) (the finished pod's termination message), returns the variant's modelcar
-    C(record) for the controller to store instead of rendering.
+  - With O(termination_message) (the finished pod's termination message), returns the
+    variant's modelcar C(record) for the controller to store instead of rendering.
   - Talks to no cluster; apply the manifests with M(kubernetes.core.k8s).
 extends_documentation_fragment:
   - modelgate.pipeline.pod
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   variant:
     description: The variant's name.
@@ -91,13 +91,15 @@ options:
     description: Provenance labels (source_model, source_revision, recipe_hash, ...).
     type: dict
     default: {}
-  message:
+  termination_message:
     description: The finished pod's termination message; given, the module returns the C(record).
     type: str
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 
@@ -133,9 +135,9 @@ job:
   type: dict
   returned: when rendering
 record:
-  description: The modelcar record C({variant, stage, data}), from O(message).
+  description: The modelcar record C({variant, stage, data}), from O(termination_message).
   type: dict
-  returned: with O(message)
+  returned: with O(termination_message)
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -155,7 +157,7 @@ def main() -> None:
             "registry": {"type": "str", "default": ""},
             "repository": {"type": "str", "default": ""},
             "tls_verify": {"type": "bool", "default": True},
-            "push_secret": {"type": "str", "default": ""},
+            "push_secret": {"type": "str", "default": "", "no_log": False},
             "scratch_pvc": {"type": "str", "default": ""},
             "scratch_size": {"type": "str", "default": "64Gi"},
             "cpu": {"type": "str", "default": "2"},
@@ -165,9 +167,9 @@ def main() -> None:
             "service_account": {"type": "str", "default": ""},
             "timeout": {"type": "int", "default": 7200},
             "provenance": {"type": "dict", "default": {}},
-            "message": {"type": "str"},
+            "termination_message": {"type": "str"},
         },
-        required_one_of=[("message", "checkpoint")],
+        required_one_of=[("termination_message", "checkpoint")],
         required_by={"checkpoint": "key"},
         supports_check_mode=True,
     )
@@ -176,8 +178,8 @@ def main() -> None:
         from modelgate.modelcar_k8s import ModelcarJob, record_from_summary, render_modelcar_job
 
         p = module.params
-        if p["message"] is not None:
-            return {"changed": False, "record": record_from_summary(p["message"])}
+        if p["termination_message"] is not None:
+            return {"changed": False, "record": record_from_summary(p["termination_message"])}
         job = ModelcarJob(
             namespace=p["namespace"], image=p["image"], skopeo_image=p["skopeo_image"],
             base=p["base"], registry=p["registry"], repository=p["repository"],

@@ -15,7 +15,7 @@ description:
 extends_documentation_fragment:
   - modelgate.pipeline.recipe
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   model:
     description: The model directory or its config.json.
@@ -50,8 +50,10 @@ options:
     type: dict
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

@@ -13,14 +13,14 @@ description:
   - Content-addressed by (source model digest, recipe, calibration set digest, tool versions);
     an existing checkpoint means C(ok) and nothing runs. Written to a temporary directory and
     renamed when complete, so an interrupted job never leaves a checkpoint that counts as done.
-  - Recipe C(none) is the baseline: the source model itself.
+  - Recipe C(none) is the baseline (the source model itself).
   - Records C(<run>/<variant>/quantize.json) and copies C(recipe.yaml) and C(provenance.json)
     into C(<run>/<variant>/quantize/).
 extends_documentation_fragment:
   - modelgate.pipeline.recipe
   - modelgate.pipeline.recipe.calibration
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   model:
     description: The source model directory.
@@ -79,8 +79,10 @@ options:
     type: path
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

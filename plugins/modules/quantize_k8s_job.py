@@ -23,7 +23,7 @@ extends_documentation_fragment:
   - modelgate.pipeline.recipe
   - modelgate.pipeline.recipe.calibration
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   model:
     description: A local copy of the source model (digested for the key; same files as on the PVC).
@@ -104,8 +104,10 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

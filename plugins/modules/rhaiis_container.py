@@ -21,7 +21,7 @@ description:
   - Port in use (by anything but our container), a missing image, too few GPUs and a model that
     fails to load each fail with a message that names the cause.
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 requirements:
   - podman (4.3 or later) on the target host
   - the modelgate package in the target's Python
@@ -144,9 +144,11 @@ options:
     type: dict
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
     details: C(planned) inspects only (no pull; a missing image fails); C(ready) is skipped.
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

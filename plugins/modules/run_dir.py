@@ -18,7 +18,7 @@ description:
     run's owner rather than by reading its files.
   - In check mode nothing is written (a new run is not created, C(latest) is not moved).
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   runs_dir:
     description: Directory that holds one sub-directory per run. Give this or I(path).
@@ -54,8 +54,10 @@ options:
     default: []
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

@@ -13,7 +13,7 @@ description:
   - Runs on the controller (delegated to localhost); O(dest) is rewritten only when the
     content changed, so copying it again changes nothing on the hosts.
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   project_dir:
     description: The ModelGate checkout (it has C(python/) and C(requirements/)).
@@ -25,8 +25,10 @@ options:
     required: true
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

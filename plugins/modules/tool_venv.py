@@ -11,7 +11,7 @@ description:
   - Idempotent by fingerprint (requirement files, constraints, pip arguments), not by
     whether the command ran; a second run with the same inputs installs nothing.
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   name:
     description: The tool's name (quantize, serve, bench).
@@ -62,8 +62,10 @@ options:
     default: https://download.pytorch.org/whl/cpu
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

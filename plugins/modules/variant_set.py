@@ -18,7 +18,7 @@ description:
     other fails the task, naming the CPU's instruction set, the missing kernel and what works.
   - Runs on the serving host; reads only.
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   variants:
     description:
@@ -42,8 +42,10 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

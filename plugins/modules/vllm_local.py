@@ -17,7 +17,7 @@ description:
   - On a start-up failure the failure message carries vLLM's error line and C(log), the
     server log's path on this host (the pipeline fetches it into the run directory).
 version_added: "0.1.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   state:
     description: Whether the server should run.
@@ -71,9 +71,11 @@ options:
     type: str
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: partial
     details: Reports whether the server would be started or stopped; starts nothing.
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: none
 """
 

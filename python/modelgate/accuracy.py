@@ -297,7 +297,7 @@ def _task_metric(task: str, results: dict[str, Any]) -> tuple[str, str, Any] | N
     wanted = [m.get("metric") for m in cfg.get("metric_list") or [] if isinstance(m, dict)]
     for metric in [*(w for w in wanted if isinstance(w, str)), *(k.split(",")[0] for k in keys)]:
         for key in keys:
-            name, _, flt = key.partition(",")
+            name, __, flt = key.partition(",")
             if name == metric:
                 return metric, flt, agg[key]
     return None
@@ -376,12 +376,12 @@ def read_lm_eval_native(directory: str | Path) -> dict[str, Any]:
                 lines = [x for x in _read_jsonl(samples_file)
                          if str(x.get("filter", flt)) == flt and metric in x]
                 values = [(str(x["doc_id"]), sample_value(x[metric])) for x in lines]
-                if values and all(v is not None for _, v in values):
+                if values and all(v is not None for __, v in values):
                     entry["samples"] = {d: float(v) for d, v in values if v is not None}
                 elif lines:
                     pairs = [tuple(x[metric]) for x in lines
                              if isinstance(x[metric], list) and len(x[metric]) == 2]
-                    f1 = (binary_f1([(g, p) for g, p in pairs])
+                    f1 = (binary_f1(list(pairs))
                           if metric == "f1" and _aggregation(task, metric, results) == "f1"
                           else None)
                     if f1 is not None:

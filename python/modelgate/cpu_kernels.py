@@ -92,7 +92,7 @@ class CpuKernelLibrary:
 def cpu_flags(cpuinfo: str) -> set[str]:
     """The feature flags of the first processor in a ``/proc/cpuinfo`` text."""
     for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
+        key, __, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             return set(value.split())
     return set()

@@ -121,7 +121,7 @@ def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
     for line in lines[1:]:
         if not line:
             continue
-        name, _, value = line.partition(":")
+        name, __, value = line.partition(":")
         headers.append((name.strip(), value.strip()))
     return lines[0], headers
 
@@ -311,7 +311,7 @@ class DelayProxy:
         except (_ClosedEarly, ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass  # a peer went away or sent garbage: drop this connection only
         finally:
-            for w in [c_writer, *(w for _, w in conns.values())]:
+            for w in [c_writer, *(w for __, w in conns.values())]:
                 w.close()
                 with contextlib.suppress(Exception):
                     await w.wait_closed()
@@ -447,7 +447,7 @@ class InterleavingProxy(DelayProxy):
         if unknown:
             raise ModelGateError(f"delay for unknown upstream(s) {', '.join(unknown)}",
                                  field="delay_ms", fix=f"use one of: {', '.join(upstreams)}")
-        first, *_ = upstreams.items()
+        first, *__ = upstreams.items()
         super().__init__(first[1], delays.get(first[0], 0.0), 0.0, listen_host, listen_port)
         self._routes = [_make_route(name, url, delays.get(name, 0.0), 0.0)
                         for name, url in upstreams.items()]

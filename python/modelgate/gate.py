@@ -1099,7 +1099,7 @@ def _z(confidence: float) -> float:
     # Inverse normal CDF by bisection on erf: avoids a scipy dependency.
     target = 1 - (1 - confidence) / 2
     lo, hi = 0.0, 10.0
-    for _ in range(80):
+    for __ in range(80):
         mid = (lo + hi) / 2
         if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < target:
             lo = mid
@@ -1701,14 +1701,14 @@ def _latency_check(check: GateCheck, base: VariantResults, cand: VariantResults,
         if not entries:
             result.reason = f"no load-test results {_at(rate)} for the {who}"
             return result
-    result.n_baseline = sum(len(a) for _, a in b_rounds)
-    result.n_candidate = sum(len(a) for _, a in c_rounds)
+    result.n_baseline = sum(len(a) for __, a in b_rounds)
+    result.n_candidate = sum(len(a) for __, a in c_rounds)
     if not b_rounds or not c_rounds:
         who = "baseline" if not b_rounds else "candidate"
         return _summary_latency_check(check, result, b_entries, c_entries, stat, limit, upper,
                                       policy, who)
-    b_pool = np.concatenate([a for _, a in b_rounds])
-    c_pool = np.concatenate([a for _, a in c_rounds])
+    b_pool = np.concatenate([a for __, a in b_rounds])
+    c_pool = np.concatenate([a for __, a in c_rounds])
     result.baseline = _point_stat(b_pool, stat)
     result.candidate = _point_stat(c_pool, stat)
     if result.baseline > 0:
@@ -1739,18 +1739,18 @@ def _latency_check(check: GateCheck, base: VariantResults, cand: VariantResults,
     rng = _rng(policy, f"{check.name}|{check.metric}|{stat}|{rate}")
     n_boot = policy.bootstrap.resamples
     # measured together: both variants' samples carry the time blocks of the same run
-    blocked = all(any(".b" in rid for rid, _ in rounds) for rounds in (b_rounds, c_rounds))
+    blocked = all(any(".b" in rid for rid, __ in rounds) for rounds in (b_rounds, c_rounds))
     if blocked:
         # interleaved blocks pair by id; a block one variant has no sample in (a very low
         # rate) cannot be paired and is left out of the resampling, not of the point ratio
         c_map = dict(c_rounds)
         b_rounds = [(rid, a) for rid, a in b_rounds if rid in c_map]
-        c_rounds = [(rid, c_map[rid]) for rid, _ in b_rounds]
-    b_ids = [rid for rid, _ in b_rounds]
-    paired = len(b_rounds) > 1 and b_ids == [rid for rid, _ in c_rounds]
+        c_rounds = [(rid, c_map[rid]) for rid, __ in b_rounds]
+    b_ids = [rid for rid, __ in b_rounds]
+    paired = len(b_rounds) > 1 and b_ids == [rid for rid, __ in c_rounds]
     choice = rng.integers(0, len(b_rounds), size=(n_boot, len(b_rounds))) if paired else None
-    b_star = _resample_stat([a for _, a in b_rounds], stat, rng, n_boot, choice)
-    c_star = _resample_stat([a for _, a in c_rounds], stat, rng, n_boot, choice)
+    b_star = _resample_stat([a for __, a in b_rounds], stat, rng, n_boot, choice)
+    c_star = _resample_stat([a for __, a in c_rounds], stat, rng, n_boot, choice)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.where(b_star > 0, c_star / b_star, np.inf)
     result.ci_low, result.ci_high = _ci(ratios, policy.bootstrap.confidence)
@@ -1762,7 +1762,7 @@ def _latency_check(check: GateCheck, base: VariantResults, cand: VariantResults,
                        f"ratio {result.ratio:.3f}"),
                  counts=f"n {result.n_baseline}/{result.n_candidate}, {design}",
                  one_round=_drift_unseen(_rounds_behind(b_ids),
-                                         _rounds_behind([rid for rid, _ in c_rounds]), blocked))
+                                         _rounds_behind([rid for rid, __ in c_rounds]), blocked))
     saturated = [who for who, entries in (("baseline", b_entries), ("candidate", c_entries))
                  if any(e.get("over_saturated") for e in entries)]
     if saturated:
@@ -1780,7 +1780,7 @@ def _error_rate_check(check: GateCheck, base: VariantResults, cand: VariantResul
     )
     counts = []
     for who, variant in (("baseline", base), ("candidate", cand)):
-        _, entries = _samples_at(variant, rate, "request_latency_s")
+        __, entries = _samples_at(variant, rate, "request_latency_s")
         if not entries:
             result.reason = f"no load-test results {_at(rate)} for the {who}"
             return result
@@ -1837,8 +1837,8 @@ def _throughput_check(check: GateCheck, base: VariantResults, cand: VariantResul
         per_side.append(vals)
     b_vals, c_vals = per_side
     result.n_baseline, result.n_candidate = len(b_vals), len(c_vals)
-    result.baseline = sum(v for _, v in b_vals) / len(b_vals)
-    result.candidate = sum(v for _, v in c_vals) / len(c_vals)
+    result.baseline = sum(v for __, v in b_vals) / len(b_vals)
+    result.candidate = sum(v for __, v in c_vals) / len(c_vals)
     if result.baseline <= 0:
         result.reason = "baseline throughput is 0: ratio undefined"
         return result
@@ -1848,10 +1848,10 @@ def _throughput_check(check: GateCheck, base: VariantResults, cand: VariantResul
                          f" give no confidence interval (point ratio {result.ratio:.3f})")
         return result
     rng = _rng(policy, f"{check.name}|{check.metric}|{rate}")
-    b_arr = np.array([[v for _, v in b_vals]])
-    c_arr = np.array([[v for _, v in c_vals]])
+    b_arr = np.array([[v for __, v in b_vals]])
+    c_arr = np.array([[v for __, v in c_vals]])
     n_boot = policy.bootstrap.resamples
-    paired = [r for r, _ in b_vals] == [r for r, _ in c_vals]
+    paired = [r for r, __ in b_vals] == [r for r, __ in c_vals]
     bi = rng.integers(0, b_arr.shape[1], size=(n_boot, b_arr.shape[1]))
     ci_idx = bi if paired else rng.integers(0, c_arr.shape[1], size=(n_boot, c_arr.shape[1]))
     ratios = c_arr[0][ci_idx].mean(axis=1) / b_arr[0][bi].mean(axis=1)
@@ -2014,14 +2014,14 @@ def _slo_latency(slo: GateSLO, cand: VariantResults, point: float | str,
     if not entries:
         result.reason = f"no load-test results {_at(point)} for the candidate"
         return result
-    n = sum(len(a) for _, a in rounds)
+    n = sum(len(a) for __, a in rounds)
     result.n_candidate = n
     summary_n = _summary_count(entries, slo.metric)
     if not rounds or (n < slo.min_samples <= summary_n):
         # no (or too few logged) per-request samples: GuideLLM's summary, as the relative
         # checks do; a tail statistic cannot get an interval from it
         return _slo_from_summary(slo, result, entries, stat, policy, logged=bool(rounds))
-    pool = np.concatenate([a for _, a in rounds])
+    pool = np.concatenate([a for __, a in rounds])
     result.candidate = _point_stat(pool, stat)
     if n < slo.min_samples:
         result.reason = (f"too few samples: {n}, need {slo.min_samples} (point {stat} "
@@ -2032,9 +2032,9 @@ def _slo_latency(slo: GateSLO, cand: VariantResults, point: float | str,
                          f" (point {stat} {result.candidate:.4g}{_SLO_UNITS[slo.metric]})")
         return result
     rng = _rng(policy, f"slo|{slo.name}|{slo.metric}|{stat}|{point}")
-    star = _resample_stat([a for _, a in rounds], stat, rng, policy.bootstrap.resamples)
+    star = _resample_stat([a for __, a in rounds], stat, rng, policy.bootstrap.resamples)
     result.ci_low, result.ci_high = _ci(star, policy.bootstrap.confidence)
-    blocked = any(".b" in rid for rid, _ in rounds)
+    blocked = any(".b" in rid for rid, __ in rounds)
     design = f"{len(rounds)} {'time blocks' if blocked else 'rounds'}"
     return _slo_verdict(result, f"{stat} of {n} requests, {design}")
 
@@ -2078,7 +2078,7 @@ def _slo_from_summary(slo: GateSLO, result: CheckResult, entries: list[dict[str,
 def _slo_error_rate(slo: GateSLO, cand: VariantResults, point: float | str,
                     policy: GatePolicy) -> CheckResult:
     result = _slo_result(slo, point, policy)
-    _, entries = _samples_at(cand, point, "request_latency_s")
+    __, entries = _samples_at(cand, point, "request_latency_s")
     if not entries:
         result.reason = f"no load-test results {_at(point)} for the candidate"
         return result
@@ -2102,7 +2102,7 @@ def _attainment_groups(slo: GateSLO, cand: VariantResults, point: float | str,
     reason when the samples cannot say."""
     groups: dict[str, list[float]] = {}
     seen = False
-    metrics = [m for m, _ in slo.limits]
+    metrics = [m for m, __ in slo.limits]
     for rnd in cand.rounds:
         entry = rnd.rates.get(point)
         if entry is None:
@@ -2126,7 +2126,7 @@ def _attainment_groups(slo: GateSLO, cand: VariantResults, point: float | str,
         ids: list[str] = []
         for i, blk in enumerate(blocks):
             met = all(isinstance(c[i], (int, float)) and math.isfinite(c[i]) and c[i] <= lim
-                      for c, (_, lim) in zip(cols, slo.limits, strict=True))
+                      for c, (__, lim) in zip(cols, slo.limits, strict=True))
             rid = rnd.round_id if blk is None else f"{rnd.round_id}.b{int(blk)}"
             groups.setdefault(rid, []).append(1.0 if met else 0.0)
             if rid not in ids:

@@ -207,9 +207,9 @@ def preflight(*, distribution: str, major: str, pci: Sequence[PciDevice],
     names = sorted({g.description for g in gpus})
     out.append(Finding(
         "gpus", bool(gpus),
-        f"{len(gpus)} NVIDIA GPU(s) on the PCI bus" + (f": {', '.join(names)}" if names else
-                                                        " (lspci -nn shows no vendor 10de "
-                                                        "3D/VGA controller)"),
+        f"{len(gpus)} NVIDIA GPU(s) on the PCI bus" + (
+            f": {', '.join(names)}" if names
+            else " (lspci -nn shows no vendor 10de 3D/VGA controller)"),
         "" if gpus else "run it on a GPU host, or set gpu_host_require_gpus: false to prepare "
                         "podman and the tools only",
         blocking=require_gpus))

@@ -543,8 +543,8 @@ def split_interleaved(raw: dict[str, Any], routes: list[dict[str, Any]], variant
             }
             for src, dst in METRIC_MAP.items():
                 pairs = [(v, r) for r in ok if (v := _request_sample(r, src)) is not None]
-                entry["samples"][dst] = [v for v, _ in pairs]
-                entry["blocks"][dst] = [_block(r, start, block_s) for _, r in pairs]
+                entry["samples"][dst] = [v for v, __ in pairs]
+                entry["blocks"][dst] = [_block(r, start, block_s) for __, r in pairs]
                 entry["metrics"][dst] = _sample_stats(entry["samples"][dst])
             entry["samples_aligned"] = all(len(v) == len(ok) for v in entry["samples"].values())
             out[variant]["rates"].append(entry)

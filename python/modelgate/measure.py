@@ -134,7 +134,7 @@ def warm_up(base_url: str, served_name: str, prompt_tokens: int, output_tokens: 
 
     started = time.monotonic()
     prompt = " ".join(["warm"] * max(1, prompt_tokens))
-    for _ in range(requests):
+    for __ in range(requests):
         status, body = http_json(f"{base_url}/v1/completions", {
             "model": served_name, "prompt": prompt, "max_tokens": max(1, output_tokens),
             "ignore_eos": True, "temperature": 0}, timeout=120.0)

@@ -672,7 +672,7 @@ def plan_memory(
     kv_token, kv_formula = kv_bytes_per_token(geometry, kv_cache_dtype)
     terms.append(MemoryTerm("kv_cache_per_token", kv_token, kv_formula))
     conv, ssm, m_formula = mamba_state_bytes(geometry, mamba_cache_dtype, mamba_ssm_cache_dtype)
-    conv_formula, _, ssm_formula = m_formula.partition(" | ")
+    conv_formula, __, ssm_formula = m_formula.partition(" | ")
     terms.append(MemoryTerm("mamba_conv_state_per_sequence", conv, conv_formula))
     terms.append(MemoryTerm("mamba_ssm_state_per_sequence", ssm, ssm_formula or conv_formula))
     paging = paged_layout(geometry, kv_cache_dtype=kv_cache_dtype,

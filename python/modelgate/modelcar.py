@@ -40,8 +40,8 @@ from modelgate.oci_push import (
     push_layout,
     with_retries,
 )
-from modelgate.oci_push import RegistryAuthError as RegistryAuthError  # raised by push & co.
-from modelgate.oci_push import TransientRegistryError as TransientRegistryError
+from modelgate.oci_push import RegistryAuthError as RegistryAuthError  # pylint: disable=useless-import-alias,unused-import  # re-exported: raised by push & co.
+from modelgate.oci_push import TransientRegistryError as TransientRegistryError  # pylint: disable=useless-import-alias,unused-import
 from modelgate.registry import RegistryCredentials
 
 MODELS_DIR = "models"
@@ -153,7 +153,7 @@ class Provenance:
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Provenance:
         """Build from a provenance.json mapping; unknown keys are ignored."""
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         kwargs = {k: v for k, v in data.items() if k in known and v is not None}
         if "tool_versions" in kwargs:
             kwargs["tool_versions"] = {str(k): str(v)
@@ -199,7 +199,7 @@ def _canonical(data: object) -> bytes:
 
 
 def _blob_path(layout: Path, digest: str) -> Path:
-    algo, _, hexpart = digest.partition(":")
+    algo, __, hexpart = digest.partition(":")
     return layout / "blobs" / algo / hexpart
 
 
@@ -718,7 +718,7 @@ def _pull_layout_native(ref: str, layout: Path, *, creds: RegistryCredentials,
     For hosts without skopeo (the in-cluster modelcar Job): every blob's digest is checked as
     it arrives, so the layout holds exactly what the registry serves.
     """
-    host, _, rest = ref.partition("/")
+    host, __, rest = ref.partition("/")
     repo, sep, digest = rest.partition("@")
     reference = digest if sep else rest.rpartition(":")[2]
     repo = repo if sep else rest.rpartition(":")[0]
@@ -765,7 +765,7 @@ def verify_pushed(ref: str, checkpoint_dir: Path, *, tls_verify: bool = True,
         layout = Path(tmp) / "oci"
         digest = _pull_layout(ref, layout, tls_verify=tls_verify, username=username,
                               password=password, client=client)
-        _, manifest = read_layout_manifest(layout)
+        __, manifest = read_layout_manifest(layout)
         for tar, member, rel in _model_members(layout, manifest):
             if not member.isfile():
                 continue
@@ -820,7 +820,7 @@ def extract_models(ref: str, dest_dir: Path, *, tls_verify: bool = True,
         layout = work / "oci"
         digest = _pull_layout(ref, layout, tls_verify=tls_verify, username=username,
                               password=password)
-        _, manifest = read_layout_manifest(layout)
+        __, manifest = read_layout_manifest(layout)
         tree = work / "models"
         tree.mkdir()
         files = []

@@ -103,7 +103,7 @@ class Reference:
     def parse(cls, ref: str) -> Reference:
         """Parse ``host[:port]/repo[/more]:tag``; a digest reference is refused (we push tags)."""
         host, sep, rest = ref.partition("/")
-        name, _, tag = rest.rpartition(":")
+        name, __, tag = rest.rpartition(":")
         looks_like_host = "." in host or ":" in host or host == "localhost"
         if not (sep and looks_like_host and "@" not in ref and _NAME_RE.fullmatch(name)
                 and _TAG_RE.fullmatch(tag)):
@@ -181,7 +181,7 @@ def _load_certs_d(ctx: ssl.SSLContext, host: str) -> None:
 
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
     """Parse ``WWW-Authenticate: Bearer realm="...",service="..."`` into (scheme, params)."""
-    scheme, _, rest = header.strip().partition(" ")
+    scheme, __, rest = header.strip().partition(" ")
     params = {k.lower(): v for k, v in re.findall(r'([A-Za-z_]+)="([^"]*)"', rest)}
     return scheme.lower(), params
 
@@ -426,7 +426,7 @@ class RegistryClient:
         """
         url = f"/v2/{repo}/blobs/{digest}"
         part = dest.with_name(f".{dest.name}.part")
-        for _ in range(_MAX_REDIRECTS + 1):
+        for __ in range(_MAX_REDIRECTS + 1):
             with part.open("wb") as f:
                 hashing = _HashingWriter(f)
                 resp = self.request("GET", url, scope=f"repository:{repo}:pull", sink=hashing)
@@ -515,7 +515,7 @@ def with_retries(fn: Callable[[], _T], *, retries: int, backoff: float,
 
 
 def _blob_path(layout: Path, digest: str) -> Path:
-    algo, _, hexpart = digest.partition(":")
+    algo, __, hexpart = digest.partition(":")
     if algo != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexpart):
         raise ModelGateError(f"{digest!r} is not a sha256 digest", field="layout")
     return layout / "blobs" / algo / hexpart
@@ -586,4 +586,3 @@ def push_layout(layout: Path, ref: str, manifest_digest: str, manifest: dict, *,
     blobs = [done[d] for d in descs]
     return LayoutPush(True, manifest_digest, ref, blobs,
                       attempts=max([tries[0], put_tries[0], *(b.attempts for b in blobs)]))
-

@@ -307,7 +307,7 @@ def run_preflight(geometry: ModelGeometry, recipe: Recipe, backend: str | None =
     if backend == "vllm-cpu" and kernels is not None:
         verdict = servable(recipe, kernels)
         if not verdict.servable:
-            problem, _, fix = verdict.reason.partition(" Fix: ")
+            problem, __, fix = verdict.reason.partition(" Fix: ")
             return PreflightReport(False, [Finding("*", problem, fix)],
                                    f"recipe {recipe.name} cannot be served here: {problem}")
     gpu = tuple(cuda_kernels) or HOPPER_W4A16_KERNELS

@@ -139,7 +139,7 @@ def registry_config(addr: str, data_dir: Path, htpasswd: Path | None = None) -> 
 
 def _spec(addr: str, state_dir: Path, config_path: Path | None = None,
           fingerprint: str = "") -> process.ProcessSpec:
-    _, port = parse_addr(addr)
+    __, port = parse_addr(addr)
     name = f"registry-{port}"
     config_path = config_path or state_dir / f"{name}.yml"
     binary = shutil.which(REGISTRY_BINARY) or REGISTRY_BINARY

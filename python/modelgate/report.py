@@ -108,7 +108,7 @@ def latency_points(variant: VariantResults, metric: str, confidence: float = 0.9
     for rate in variant.rates:
         rounds, entries = _samples_at(variant, rate, metric)
         if rounds:
-            arrays = [a for _, a in rounds]
+            arrays = [a for __, a in rounds]
             pooled = np.concatenate(arrays)
             rng = np.random.default_rng([seed, int(rate * 1000)])
             star = _resample_stat(arrays, "p50", rng, resamples)
@@ -155,7 +155,7 @@ def _plot_latency(data: RunData, metric: str, title: str, unit: str, path: Path)
     series = [(v, pts) for v, pts in series if pts]
     if not series:
         return False
-    all_rates = sorted({p.rate for _, pts in series for p in pts})
+    all_rates = sorted({p.rate for __, pts in series for p in pts})
     span = (all_rates[-1] - all_rates[0]) if len(all_rates) > 1 else 1.0
     fig, ax = plt.subplots(figsize=(9.0, 4.5))
     for i, (v, pts) in enumerate(series):
@@ -170,7 +170,7 @@ def _plot_latency(data: RunData, metric: str, title: str, unit: str, path: Path)
                     color=colors[v.name], label=f"{label} median")
         p90 = [(x, p.p90) for x, p in zip(xs, pts, strict=True) if p.p90 is not None]
         if p90:
-            ax.plot([x for x, _ in p90], [y for _, y in p90], ls="--", lw=1, alpha=0.7,
+            ax.plot([x for x, __ in p90], [y for __, y in p90], ls="--", lw=1, alpha=0.7,
                     color=colors[v.name], label=f"{v.name} p90")
     ax.set_title(f"{title} vs offered rate (median with 95% CI; dashed: p90)", fontsize=11)
     ax.set_xlabel("offered rate (requests/s, constant)")
@@ -238,7 +238,7 @@ def _plot_accuracy(data: RunData, path: Path) -> bool:
     ax.set_xticks(range(len(tasks)))
     ax.set_xticklabels(tasks)
     ax.set_ylabel("score")
-    ax.set_ylim(0, min(1.1, max(s for t in table.values() for s, _ in t.values()) * 1.25 + 0.05))
+    ax.set_ylim(0, min(1.1, max(s for t in table.values() for s, __ in t.values()) * 1.25 + 0.05))
     ax.set_title("Accuracy per task (95% Wilson CI)", fontsize=11)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
@@ -434,8 +434,8 @@ def _summary(data: RunData) -> str:
     if failed:
         lines += ["", "**Failed checks**", *[f"- {line}" for line in failed]]
     # Median request latency per rate, the headline number for a quantized model.
-    medians = {v.name: {p.rate: p.median for p in latency_points(v, "request_latency_s",
-                                                                  resamples=200)}
+    medians = {v.name: {p.rate: p.median
+                        for p in latency_points(v, "request_latency_s", resamples=200)}
                for v in data.variants}
     rates = sorted({r for m in medians.values() for r in m})
     if rates:

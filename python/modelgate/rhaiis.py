@@ -659,8 +659,9 @@ def plan_deployment(
     current = container_state(container.name)
     plan = RhaiisPlan(container=container, serving_args=args, quadlet=quadlet,
                       model_dir=str(model_dir), timeout_s=timeout, current=current,
-                      changes=[r for r, p in ((image, pulled_image), (modelcar, pulled_modelcar))
-                              if p] + changed_secrets)
+                      changes=[r for r, p in ((image, pulled_image),
+                                              (modelcar, pulled_modelcar)) if p]
+                      + changed_secrets)
     host = readiness_host(bind_address)
     if not plan.up_to_date and not (current and current["running"]) and port_in_use(host, port):
         raise ModelGateError(

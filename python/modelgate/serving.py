@@ -483,7 +483,7 @@ def first_error_line(text: str) -> str | None:
 
 
 def http_json(url: str, payload: dict[str, Any] | None = None,
-               timeout: float = 30.0) -> tuple[int, Any]:
+              timeout: float = 30.0) -> tuple[int, Any]:
     """GET (or POST ``payload``) and return (status, parsed JSON or text)."""
     data = json.dumps(payload).encode() if payload is not None else None
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})

@@ -98,8 +98,8 @@ def torch_cpu_args(spec: VenvSpec, pip: list[str], log: Path) -> list[str]:
         raise ModelGateError(f"torch_cpu {spec.torch_cpu!r} is not one of {TORCH_CPU_MODES}",
                              field=f"toolchain_venvs.{spec.name}.torch_cpu",
                              fix="use required, preferred or none")
-    version = pinned_torch([*spec.requirements, *([spec.constraints] if spec.constraints
-                                                   else [])])
+    version = pinned_torch([*spec.requirements,
+                            *([spec.constraints] if spec.constraints else [])])
     if spec.torch_cpu == "none" or version is None:
         return []
     wanted = f"torch=={version}+cpu"

@@ -100,9 +100,9 @@ def _median(values: list[float]) -> float:
 
 
 def test_fixed_delay_adds_to_first_byte_and_total_not_to_gaps(upstream: str) -> None:
-    direct = [_timed_stream(upstream) for _ in range(3)]
+    direct = [_timed_stream(upstream) for __ in range(3)]
     with running_proxy(upstream, delay_ms=200) as proxy:
-        proxied = [_timed_stream(proxy.url) for _ in range(3)]
+        proxied = [_timed_stream(proxy.url) for __ in range(3)]
         # the proxy counts a response once its upstream side has ended too, which can be a
         # moment after the client has read the last byte
         deadline = time.monotonic() + 5
@@ -124,9 +124,9 @@ def test_fixed_delay_adds_to_first_byte_and_total_not_to_gaps(upstream: str) -> 
 
 
 def test_stretch_slows_the_whole_stream(upstream: str) -> None:
-    _, d_total, _ = _timed_stream(upstream)
+    __, d_total, __ = _timed_stream(upstream)
     with running_proxy(upstream, stretch=1.0) as proxy:
-        _, p_total, pieces = _timed_stream(proxy.url)
+        __, p_total, pieces = _timed_stream(proxy.url)
     span = (CHUNKS - 1) * CHUNK_GAP_S
     assert d_total >= span
     # stretch 1.0 doubles the timeline: the total grows by about the upstream's own duration
@@ -181,8 +181,8 @@ def test_cli_runs_listens_and_reports(upstream: str) -> None:
         assert proc.stdout is not None
         ready = json.loads(proc.stdout.readline())
         assert ready["delay_ms"] == 150
-        d_first, _, _ = _timed_stream(upstream)
-        p_first, _, _ = _timed_stream(ready["listening"])
+        d_first, __, __ = _timed_stream(upstream)
+        p_first, __, __ = _timed_stream(ready["listening"])
         assert p_first - d_first >= 0.14
         out, err = proc.communicate(timeout=15)
     finally:
@@ -259,7 +259,7 @@ def test_interleaving_proxy_alternates_and_logs_each_route(
     with serving_in_thread(proxy):
         # one keep-alive client connection: its requests still go a, b, a, b, ...
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-        answers = [_post(conn) for _ in range(6)]
+        answers = [_post(conn) for __ in range(6)]
         conn.close()
         deadline = time.monotonic() + 5
         while len(proxy.routes) < 6 and time.monotonic() < deadline:
@@ -274,7 +274,7 @@ def test_interleaving_proxy_alternates_and_logs_each_route(
     assert logged == proxy.routes
     # every record names the upstream that produced exactly that response id
     assert [(r["upstream"], r["response_id"]) for r in logged] == \
-        [(body["served_by"], body["id"]) for _, body in answers]
+        [(body["served_by"], body["id"]) for __, body in answers]
     assert all(r["status"] == 200 and r["complete"] for r in logged)
     assert proxy.stats.by_upstream == {"a": 3, "b": 3}
 
@@ -304,7 +304,7 @@ def test_interleave_cli_parses_named_upstreams(two_upstreams: dict[str, str],
         assert ready["upstreams"] == two_upstreams
         host, port = ready["listening"].removeprefix("http://").split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=10)
-        served = [_post(conn)[1]["served_by"] for _ in range(4)]
+        served = [_post(conn)[1]["served_by"] for __ in range(4)]
         conn.close()
         out, err = proc.communicate(timeout=15)
     finally:
@@ -335,7 +335,7 @@ def test_interleaving_proxy_reaches_tls_upstreams(tls_upstreams: dict[str, str])
     proxy = InterleavingProxy(tls_upstreams)
     with serving_in_thread(proxy):
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-        answers = [_post(conn)[1] for _ in range(4)]
+        answers = [_post(conn)[1] for __ in range(4)]
         conn.close()
     assert [a["served_by"] for a in answers] == ["a", "b", "a", "b"]
     assert proxy.stats.upstream_errors == 0

@@ -79,7 +79,10 @@ def test_the_openshift_run_renders_every_manifest_and_applies_none(tmp_path: Pat
     printed = [d for d in yaml.safe_load_all(proc.stdout) if d]
     rendered = [o for v in ("bf16", "w4a16", "fp8")
                 for o in by_file[f"{run.name}/{v}/kserve/manifests.yaml"]]
-    key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
+
+    def key(o):
+        return (o["kind"], o["metadata"]["name"])
+
     assert sorted(printed, key=key) == sorted(rendered, key=key)
     # nothing was measured, so nothing was judged
     assert not (run / "gate.json").exists()

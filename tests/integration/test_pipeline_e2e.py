@@ -146,7 +146,7 @@ def test_the_stages_publish_what_the_next_workflow_node_reads(
 
 def test_second_run_changes_nothing_in_quantize_and_modelcar(
         first_run: tuple[Path, Any]) -> None:
-    tmp, _ = first_run
+    tmp, __ = first_run
     runner = run_playbook(
         tmp, "second", tags="provision,model,quantize,modelcar", verbosity=2,
         extravars={"modelgate_registry_password": SECRET, "modelgate_registry_username": "ci",
@@ -186,7 +186,7 @@ def _tree(root: Path) -> dict[str, Any]:
 
 
 def test_check_mode_on_a_finished_run_changes_no_file(first_run: tuple[Path, Any]) -> None:
-    tmp, _ = first_run
+    tmp, __ = first_run
     store = REPO / ".modelgate" / "store"
     before = {"runs": _tree(tmp / "runs"), "store": _tree(store)}
     runner = run_playbook(tmp, "check", cmdline="--check",

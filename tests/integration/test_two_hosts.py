@@ -120,7 +120,7 @@ def _exists_on_target(target: dict[str, str], path: str) -> bool:
 
 def test_the_controller_holds_a_complete_run(target: dict[str, str],
                                              first_run: tuple[Path, Path, Any, float]) -> None:
-    tmp, _, runner, wall = first_run
+    tmp, __, runner, wall = first_run
     print(f"two-host first run: {wall:.0f} s")
     run_dir = (tmp / "runs" / "latest").resolve()
     gate_path = run_dir / "gate.json"
@@ -162,7 +162,7 @@ def test_the_controller_holds_a_complete_run(target: dict[str, str],
 
 def test_a_second_run_changes_nothing_on_the_gpu_host(
         first_run: tuple[Path, Path, Any, float]) -> None:
-    tmp, inv, _, _ = first_run
+    tmp, inv, __, __ = first_run
     t0 = time.monotonic()
     runner = run_playbook(tmp, "second", inventory=inv,
                           tags="provision,model,quantize,modelcar",

@@ -80,13 +80,13 @@ def _line(doc_id: int, filt: str, **metrics: float) -> dict:
 
 
 def test_parse_samples_picks_the_wanted_filter():
-    lines = [_line(0, "strict-match", exact_match=0.0), _line(0, "flexible-extract",
-                                                               exact_match=1.0),
-             _line(1, "strict-match", exact_match=1.0), _line(1, "flexible-extract",
-                                                               exact_match=1.0)]
+    lines = [_line(0, "strict-match", exact_match=0.0),
+             _line(0, "flexible-extract", exact_match=1.0),
+             _line(1, "strict-match", exact_match=1.0),
+             _line(1, "flexible-extract", exact_match=1.0)]
     assert parse_samples(lines, "exact_match", "flexible-extract") == {"0": 1.0, "1": 1.0}
-    assert parse_samples(lines, "exact_match", "strict-match", ":3") == {"0:3": 0.0,
-                                                                       "1:3": 1.0}
+    assert parse_samples(lines, "exact_match", "strict-match", ":3") == {
+        "0:3": 0.0, "1:3": 1.0}
     with pytest.raises(ModelGateError, match="not among"):
         parse_samples(lines, "exact_match", "none")
 

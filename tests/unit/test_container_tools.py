@@ -67,7 +67,7 @@ def test_registry_failures_are_classified_and_redacted(fake_bin, said, error):
         container_tools.run_container_tool("skopeo", ["--override-os", "linux", "copy",
                                                       "docker://r/a:b", "oci:/x"],
                                            secrets=[SECRET])
-    assert type(exc.value) is error
+    assert exc.type is error
     text = _all_text(exc.value)
     assert SECRET not in text and "***" in text
     assert "skopeo copy failed (exit 1)" in text  # the subcommand, not a global option's value
@@ -86,7 +86,7 @@ def test_podman_commands_that_do_not_talk_to_a_registry_are_plain_tool_errors(fa
     fake_bin("podman", 'echo "Error: no secret with name or id \\"x\\": not found" >&2; exit 125')
     with pytest.raises(ToolError) as exc:
         container_tools.run_container_tool("podman", ["secret", "rm", "x"])
-    assert type(exc.value) is ToolError
+    assert exc.type is ToolError
     assert "podman secret rm failed (exit 125)" in str(exc.value)
 
 
@@ -135,4 +135,3 @@ def test_subcommand(args, words):
 def test_only_container_tools_are_run():
     with pytest.raises(ValueError):
         container_tools.run_container_tool("sh", ["-c", "true"])
-

@@ -21,6 +21,7 @@ from conftest import load_make_run  # noqa: E402
 
 make_run = load_make_run()
 
+
 def default_policy(**extra) -> dict:
     """The packaged default policy as a dict, with ``extra`` fields."""
     import yaml
@@ -186,10 +187,10 @@ def test_interleaved_blocks_only_one_variant_has_are_left_out_of_the_pairs(tmp_p
     partial = _interleaved_round(2, HOST)
     entry = partial["rates"][0]
     keep = [i for i, b in enumerate(entry["blocks"]["request_latency_s"]) if b != 7]
-    entry["samples"]["request_latency_s"] = [entry["samples"]["request_latency_s"][i]
-                                            for i in keep]
-    entry["blocks"]["request_latency_s"] = [entry["blocks"]["request_latency_s"][i]
-                                           for i in keep]
+    entry["samples"]["request_latency_s"] = [
+        entry["samples"]["request_latency_s"][i] for i in keep]
+    entry["blocks"]["request_latency_s"] = [
+        entry["blocks"]["request_latency_s"][i] for i in keep]
     cand = write_variant(tmp_path, "b", [partial])
     [check] = gate.evaluate(base, cand, LATENCY_ONLY).checks
     assert check.status == "pass"
@@ -221,6 +222,8 @@ def test_a_candidate_is_compared_with_the_baseline_rounds_it_shared(tmp_path):
     assert check.status == "pass", check.reason
     assert check.n_baseline == check.n_candidate == 200
     assert any("measured together with w4a16: r2 of 2" in n for n in verdict.notes)
+
+
 def test_min_rounds_policy(tmp_path):
     base = write_variant(tmp_path, "a", [make_run.load_results("a", 1, n=100)])
     cand = write_variant(tmp_path, "b", [make_run.load_results("b", 2, n=100)])
@@ -468,7 +471,7 @@ def test_gate_json_and_junit(run_dir, tmp_path):
     # one testcase per check, and one per dimension the policy names
     assert len(root.findall("./testsuite/testcase")) == len(checks) + len(dims)
     bad_dims = sum(d["status"] == "fail" or (d["status"] == "inconclusive"
-                                             and not d["accepted_inconclusive"]) for _, d in dims)
+                                             and not d["accepted_inconclusive"]) for __, d in dims)
     n_fail = sum(c.status == "fail" for c in checks)
     assert len(root.findall(".//failure")) == n_fail + bad_dims
     assert len(root.findall(".//skipped")) == sum(c.status == "inconclusive" for c in checks)

@@ -128,8 +128,8 @@ def test_slo_spelling_parses_and_is_recorded():
     recorded = json.loads(json.dumps(pol.to_dict()))["slos"]
     assert recorded[0] == {"name": "ttft-p95", "metric": "ttft_ms", "statistic": "p95",
                            "rates": [5.0], "max": 200.0, "min_samples": 20}
-    assert recorded[3]["min"] == 0.99 and recorded[3]["limits"] == {"ttft_ms": 200.0,
-                                                                   "itl_ms": 50.0}
+    assert recorded[3]["min"] == 0.99
+    assert recorded[3]["limits"] == {"ttft_ms": 200.0, "itl_ms": 50.0}
 
 
 def test_default_policy_has_no_slos_and_its_example_parses():

@@ -94,7 +94,10 @@ def test_inferenceservice_serves_the_modelcar_by_digest_on_gpus():
 def test_the_startup_probe_waits_as_long_as_the_weights_need():
     small = _render(weight_bytes=1 << 30)
     large = _render(weight_bytes=60 << 30)
-    probe = lambda out: out["objects"][0]["spec"]["containers"][0]["startupProbe"]  # noqa: E731
+
+    def probe(out):
+        return out["objects"][0]["spec"]["containers"][0]["startupProbe"]
+
     assert large["startup_timeout_s"] > small["startup_timeout_s"]
     assert probe(large)["failureThreshold"] * probe(large)["periodSeconds"] >= \
         large["startup_timeout_s"]

@@ -114,7 +114,7 @@ def test_servers_side_by_side_swap_their_cores_and_get_their_own_back() -> None:
             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
             "time.sleep(30)")
     procs = [subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
-             for _ in slots]
+             for __ in slots]
     try:
         time.sleep(0.5)
         servers = {f"v{i}": {"pid": p.pid, "cpus": slot}

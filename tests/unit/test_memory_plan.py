@@ -58,7 +58,7 @@ def test_kv_cache_counts_attention_layers_only(nano9b):
 
 
 def test_mamba_state_per_sequence(nano9b):
-    conv, ssm, _ = mamba_state_bytes(nano9b, "auto", "float32")
+    conv, ssm, __ = mamba_state_bytes(nano9b, "auto", "float32")
     inner = 128 * 80
     assert conv == MAMBA_LAYERS * 3 * (inner + 2 * 8 * 128) * 2  # bf16 conv state
     assert ssm == MAMBA_LAYERS * 128 * 80 * 128 * 4  # float32 SSM state

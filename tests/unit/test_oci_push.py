@@ -137,7 +137,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return False
 
     def _route(self) -> None:
-        path, _, query = self.path.partition("?")
+        path, __, query = self.path.partition("?")
         self.server.log.append(f"{self.command} {path}")
         if path == "/v2/":
             return self._reply(401, {"WWW-Authenticate": 'Bearer realm="x"'})

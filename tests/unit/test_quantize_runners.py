@@ -232,7 +232,7 @@ def test_plan_k8s_keys_like_the_local_runner(tmp_path: Path):
 def test_record_k8s_result_is_a_record_the_controller_stores(tmp_path: Path):
     from modelgate.rundir import RunDir, store_records
 
-    run, _ = RunDir.open(tmp_path / "runs")
+    run, __ = RunDir.open(tmp_path / "runs")
     prov = {"key": KEY, "recipe": "w4a16", "elapsed_s": 1.0}
     out = record_k8s_result(_params(tmp_path, tmp_path, provenance=prov, built=True))
     assert out["path"] == f"pvc://out/checkpoints/{KEY}"

@@ -39,7 +39,7 @@ REPORTS = [
     ("v0.7.3_metadata_v2.json", "0.7+", "pre-0.7.4", CI_RATES),
     ("report_ci_tiny.json", "0.7+", "0.7.4+", CI_RATES),
     ("v0.8.1_no_samples.json", "0.7+", "0.7.4+",
-     [(r, p, n, p50, 0) for r, p, n, p50, _ in CI_RATES]),
+     [(r, p, n, p50, 0) for r, p, n, p50, __ in CI_RATES]),
 ]
 
 
@@ -131,8 +131,8 @@ def test_no_samples_report_decides_from_the_summary_and_names_what_needs_samples
         {"name": "p50-10pct", "metric": "request_latency_s", "tolerance": 0.1, "min_samples": 20},
         {"name": "ttft-p95", "metric": "ttft_ms", "statistic": "p95", "tolerance": 0.15}]}
     verdict = gate.evaluate(NO_SAMPLES, NO_SAMPLES, policy)
-    by = {n: [c for c in verdict.checks if c.name == n] for n in ("p50-wide", "p50-10pct",
-                                                                   "ttft-p95")}
+    by = {n: [c for c in verdict.checks if c.name == n]
+          for n in ("p50-wide", "p50-10pct", "ttft-p95")}
     # 20 and 40 requests of a noisy CPU run: a 50% tolerance is decided from the summary, a
     # 10% one honestly is not (the samples' bootstrap says the same: CI 0.83-1.22 at 1 rps)
     assert [c.status for c in by["p50-wide"]] == ["pass", "pass"]
@@ -157,7 +157,7 @@ def test_mixed_guidellm_versions_are_refused_unless_allowed(tmp_path, capsys):
     assert any("0.7.4" in n for n in allowed.notes)
     policy = tmp_path / "p.yaml"
     policy.write_text(json.dumps(_policy(**LOAD_ONLY)))
-    rc, _ = _cli(["gate", "--baseline", str(old), "--candidate", str(new), "--policy",
+    rc, __ = _cli(["gate", "--baseline", str(old), "--candidate", str(new), "--policy",
                   str(policy), "--allow-mixed-guidellm-versions"], capsys)
     assert rc in (0, 1, 3)
     # the same side (0.4 and 0.6 layouts, both before 0.7.4) is fine

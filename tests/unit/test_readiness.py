@@ -208,4 +208,3 @@ def test_registry_probe_is_the_shared_probe(endpoint):
     assert registry.probe_v2(addr) == 401
     assert registry.probe_v2(_free_url().removeprefix("http://")) is None
     assert registry.check_reachable(addr, tls_verify=False).startswith("http://")
-

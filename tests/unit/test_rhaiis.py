@@ -218,5 +218,5 @@ def test_log_excerpt_prefers_the_worker_root_cause() -> None:
         "Exception: WorkerProc initialization failed due to an exception in a background process.",
         "RuntimeError: Engine core initialization failed. See root cause above.",
     ])
-    err, _ = log_excerpt(log)
+    err, __ = log_excerpt(log)
     assert err == "RuntimeError: start (0) + length (1536) exceeds dimension size (768)."

@@ -38,7 +38,7 @@ def test_a_record_is_stored_once_and_an_equal_one_changes_nothing(tmp_path: Path
 
 
 def test_bad_records_write_nothing(tmp_path: Path) -> None:
-    run, _ = RunDir.open(tmp_path / "runs")
+    run, __ = RunDir.open(tmp_path / "runs")
     good = stage_record("bf16", "quantize", {"path": "/x"})
     with pytest.raises(ModelGateError, match="records\\[1\\]"):
         store_records(run, [good, {"variant": "bf16", "stage": "quantize"}])
@@ -52,7 +52,7 @@ def test_bad_records_write_nothing(tmp_path: Path) -> None:
 
 def test_a_dry_run_creates_no_run_and_leaves_latest_alone(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    first, _ = RunDir.open(runs)
+    first, __ = RunDir.open(runs)
     would, created = RunDir.open(runs, dry_run=True)
     assert created and not would.path.exists()
     assert os.readlink(runs / LATEST) == first.run_id
@@ -77,7 +77,7 @@ def test_fetched_measurements_are_unpacked_into_the_variant(tmp_path: Path) -> N
     (work / "w8a8" / "logprobs.json").write_text("[]")
     out = variant_archive(work, "w8a8")
     assert out["files"] == ["guidellm/results.json", "logprobs.json"]
-    run, _ = RunDir.open(tmp_path / "runs")
+    run, __ = RunDir.open(tmp_path / "runs")
     fetched = run.path / ".incoming" / "w8a8.tar"
     fetched.parent.mkdir()
     fetched.write_bytes(Path(out["archive"]).read_bytes())

@@ -151,8 +151,11 @@ def test_to_argv_forms():
 def test_spec_fingerprint_tracks_model_args_and_env(tmp_path):
     d = _model_dir(tmp_path, NEMOTRON_NANO_9B_V2)
     args = derive_serving_args(d, gpu_memory_gib=80)
-    mk = lambda a=args, env=None: local_server_spec(  # noqa: E731
-        d, "nano9b", 18450, sys.executable, a, tmp_path / "state", env=env)
+
+    def mk(a=args, env=None):
+        return local_server_spec(d, "nano9b", 18450, sys.executable, a, tmp_path / "state",
+                                 env=env)
+
     spec = mk()
     assert spec.argv[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     assert spec.argv[spec.argv.index("--port") + 1] == "18450"
@@ -187,7 +190,7 @@ def test_cpu_cores_put_the_whole_server_on_them(tmp_path):
 
 
 def test_a_cpu_server_the_host_cannot_hold_is_refused_before_it_starts(monkeypatch):
-    import modelgate.serving as serving
+    from modelgate import serving
 
     args = derive_serving_args(NEMOTRON_NANO_9B_V2, device="cpu", gpu_memory_gib=64,
                                weight_bytes=W4A16_BYTES, overrides={"max-model-len": 2048})
@@ -279,7 +282,7 @@ def _unit_sections(text: str) -> dict[str, list[tuple[str, str]]]:
             current = line.strip("[]")
             sections[current] = []
             continue
-        key, _, value = line.partition("=")
+        key, __, value = line.partition("=")
         sections[current].append((key, value))
     return sections
 
@@ -294,7 +297,10 @@ def test_render_quadlet_from_the_same_serving_args():
     sections = _unit_sections(unit)
     assert set(sections) == {"Unit", "Container", "Service", "Install"}
     container = sections["Container"]
-    values = lambda key: [v for k, v in container if k == key]  # noqa: E731
+
+    def values(key):
+        return [v for k, v in container if k == key]
+
     assert values("Image") == ["registry.redhat.io/rhaiis/vllm-cuda-rhel9:3.2.1"]
     assert values("AddDevice") == ["nvidia.com/gpu=0", "nvidia.com/gpu=1"]
     assert values("PodmanArgs") == ["--ipc=host"]

@@ -27,8 +27,8 @@ def rate_entry(rng: np.random.Generator, rate: float, n: int, scale: float = 1.0
         for m, med in BASE_MEDIANS.items()
     }
     metrics = {
-        m: {"mean": float(np.mean(v)), **{f"p{q}": float(np.percentile(v, q))
-                                         for q in (50, 90, 95, 99)}}
+        m: {"mean": float(np.mean(v)),
+            **{f"p{q}": float(np.percentile(v, q)) for q in (50, 90, 95, 99)}}
         for m, v in samples.items()
     }
     duration = max(n / rate, 1.0)
@@ -78,7 +78,7 @@ def fidelity_results(seed: int, flip_rate: float, kl: float, prompts: int = 16) 
     rng = np.random.default_rng(seed)
     per = [{"flip_rate": float(np.clip(rng.normal(flip_rate, flip_rate / 3 + 1e-4), 0, 1)),
             "kl_mean": float(abs(rng.normal(kl, kl / 3 + 1e-5))), "tokens": 64}
-           for _ in range(prompts)]
+           for __ in range(prompts)]
     return {"baseline": "bf16", "prompts": prompts, "tokens": 64 * prompts,
             "flip_rate": float(np.mean([p["flip_rate"] for p in per])),
             "kl_mean": float(np.mean([p["kl_mean"] for p in per])), "per_prompt": per}

@@ -58,7 +58,7 @@ def main() -> None:
     files["v0.8.1_no_samples.json"] = no_samples
     for name, data in files.items():
         if "trimmed" not in data:
-            data = {**data, "trimmed": note.format(v=name.split("_")[0])}
+            data = {**data, "trimmed": note.format(v=name.split("_", maxsplit=1)[0])}
         (HERE / name).write_text(json.dumps(data, separators=(",", ":")) + "\n")
 
 
