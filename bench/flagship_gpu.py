@@ -52,7 +52,13 @@ RECIPES = {"bf16": ("none", None), "w4a16": ("w4a16", 64), "fp8": ("fp8-dynamic"
 
 
 def vllm_memory(log_text: str) -> dict[str, Any]:
-    """vLLM's logged memory numbers (first match of each), and the lines they came from."""
+    """vLLM's logged memory numbers of its last start, and the lines they came from.
+
+    The server log is appended to across starts on one port: only the text after the last
+    "non-default args" line belongs to this start.
+    """
+    marker = log_text.rfind("non-default args")
+    log_text = log_text[log_text.rfind("\n", 0, marker) + 1:] if marker >= 0 else log_text
     out: dict[str, Any] = {"lines": []}
     for key, pattern in VLLM_MEMORY_LINES.items():
         m = re.search(pattern, log_text)
