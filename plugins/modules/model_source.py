@@ -9,6 +9,9 @@ short_description: Make a run's source model available and digest it
 description:
   - C(generated) builds the tiny Nemotron-H hybrid model (random weights from a fixed seed and a
     tokenizer trained on local text) once, content-addressed, in the store.
+  - With O(config), C(generated) builds random weights with the exact geometry of a published
+    config.json instead (a WordLevel tokenizer covering its vocabulary), content-addressed by
+    the config's digest, O(seed) and the generator's tool versions.
   - C(local) digests an existing checkpoint directory.
   - C(hub) downloads a hub id where the network allows.
 version_added: "0.1.0"
@@ -34,6 +37,15 @@ options:
     description: The hub revision.
     type: str
     default: ""
+  config:
+    description:
+      - A published config.json, for C(source=generated) - the generated model has its exact
+        geometry and random weights (for latency and memory work, where values do not matter).
+    type: path
+  seed:
+    description: The random weights' seed, for C(source=generated) with O(config).
+    type: int
+    default: 0
   store_dir:
     description: The content-addressed store (generated and downloaded models live here).
     type: path
@@ -57,6 +69,13 @@ attributes:
 """
 
 EXAMPLES = r"""
+- name: Random weights with NVIDIA-Nemotron-Nano-9B-v2's geometry
+  modelgate.pipeline.model_source:
+    source: generated
+    config: "{{ playbook_dir }}/../bench/configs/nvidia-nemotron-nano-9b-v2.config.json"
+    store_dir: /srv/modelgate/store
+    python: /srv/modelgate/venvs/quantize/bin/python
+
 - name: The tiny generated model
   modelgate.pipeline.model_source:
     source: generated
@@ -90,6 +109,8 @@ def main() -> None:
             "path": {"type": "path"},
             "hub_id": {"type": "str", "default": ""},
             "revision": {"type": "str", "default": ""},
+            "config": {"type": "path"},
+            "seed": {"type": "int", "default": 0},
             "store_dir": {"type": "path", "required": True},
             "python": {"type": "str", "default": ""},
             "hf_token": {"type": "str", "default": "", "no_log": True},
@@ -101,18 +122,27 @@ def main() -> None:
     def action() -> dict:
         from pathlib import Path
 
-        from modelgate.model_source import TinyHybridSpec, resolve_model
+        from modelgate.model_source import (
+            ConfigModelSpec,
+            TinyHybridSpec,
+            probe_generator_versions,
+            resolve_model,
+        )
 
         p = module.params
         if p["hf_token"]:
             os.environ["HF_TOKEN"] = p["hf_token"]
         if module.check_mode and p["source"] == "generated":
-            dest = Path(p["store_dir"]) / "models" / f"generated-{TinyHybridSpec().key()}"
+            key = (ConfigModelSpec(str(Path(p["config"]).resolve()), p["seed"]).key(
+                probe_generator_versions(p["python"])) if p["config"] and p["python"]
+                else TinyHybridSpec().key())
+            dest = Path(p["store_dir"]) / "models" / f"generated-{key}"
             if not (dest / "modelgate-generated.json").is_file():
                 return {"changed": True, "path": str(dest), "digest": ""}
         model = resolve_model(
             p["source"], store_dir=Path(p["store_dir"]), name=p["name"], path=p["path"] or "",
             hub_id=p["hub_id"], revision=p["revision"], generator_python=p["python"],
+            config=p["config"] or "", seed=p["seed"],
         )
         return model.to_dict()
 

@@ -6,7 +6,10 @@ Three kinds plug into one interface, :func:`resolve_model`, which returns a :cla
 - ``generated``: a tiny Nemotron-H hybrid (Mamba-2 + attention + MLP blocks) with random weights
   from a fixed seed and a byte-level BPE tokenizer trained on local text. Deterministic, offline,
   and shaped so that vLLM CPU's W4A16 kernel accepts every quantized layer (field notes: output
-  sizes a multiple of 32; input sizes divisible by the group size).
+  sizes a multiple of 32; input sizes divisible by the group size). Given a published
+  ``config.json`` instead (``config``), it builds random weights with exactly that geometry
+  (e.g. NVIDIA-Nemotron-Nano-9B-v2's, for latency and memory work where the weights' values do
+  not matter) and a WordLevel tokenizer covering the whole vocabulary.
 - ``local``: an existing checkpoint directory.
 - ``hub``: a Hugging Face hub id, downloaded where the network allows.
 
@@ -32,6 +35,10 @@ from modelgate.process import run_tool
 
 SOURCE_KINDS = ("generated", "local", "hub")
 GENERATOR_VERSION = 2
+# Version of the from-config generator (part of its content key)
+CONFIG_GENERATOR_VERSION = 1
+# What the from-config generator's output depends on besides the config and the seed
+GENERATOR_TOOLS = ("torch", "transformers", "tokenizers", "safetensors")
 
 
 @dataclass(frozen=True)
@@ -212,6 +219,131 @@ def generate_tiny_hybrid(out_dir: Path, spec: TinyHybridSpec) -> None:
     )
 
 
+# --- generation from a published config.json (random weights, exact geometry) -----------------
+
+# Keys of a published config.json that describe the file, not the model: the generator drops
+# them (auto_map names remote code the store does not have; transformers writes its own version).
+_CONFIG_DROP = ("_comment", "_name_or_path", "auto_map", "transformers_version")
+
+
+@dataclass(frozen=True)
+class ConfigModelSpec:
+    """A random-weights model with the geometry of a published ``config.json``.
+
+    The content key is the config file's digest, the seed, the generator's version and the
+    versions of the tools that write the weights: the same inputs give the same directory.
+    """
+
+    config_path: str
+    seed: int = 0
+
+    def config(self) -> dict[str, Any]:
+        """The config as published (parsed)."""
+        data = json.loads(Path(self.config_path).read_text())
+        if not isinstance(data, dict) or not data.get("model_type"):
+            raise ModelGateError(
+                f"{self.config_path} is not a model config.json (no model_type)",
+                field="modelgate_model.config",
+                fix="give a checkpoint's config.json (with model_type and architectures)")
+        return data
+
+    def config_digest(self) -> str:
+        """sha256 of the config file's bytes."""
+        from modelgate.digest import sha256_file
+
+        return sha256_file(Path(self.config_path))
+
+    def key(self, tool_versions: dict[str, str]) -> str:
+        """Content address of the generated model."""
+        return sha256_json({"config": self.config_digest(), "seed": self.seed,
+                            "generator": CONFIG_GENERATOR_VERSION,
+                            "tools": dict(sorted(tool_versions.items()))})[:16]
+
+
+def probe_generator_versions(python: str) -> dict[str, str]:
+    """The versions of :data:`GENERATOR_TOOLS` in ``python``'s environment (metadata only,
+    no import of torch: cheap)."""
+    code = ("import importlib.metadata as m, json, sys\n"
+            "def v(n):\n"
+            "    try:\n        return m.version(n)\n"
+            "    except m.PackageNotFoundError:\n        return 'absent'\n"
+            "print(json.dumps({n: v(n) for n in sys.argv[1:]}))")
+    proc = run_tool([python, "-c", code, *GENERATOR_TOOLS])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _wordlevel_tokenizer(out_dir: Path, vocab_size: int, bos: int, eos: int, pad: int) -> None:
+    """A WordLevel tokenizer whose vocabulary is exactly ``vocab_size`` ids: every id the
+    embedding has is a word, so prompts of N words are N tokens (GuideLLM sizes prompts so)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    special = {pad: "<pad>", bos: "<s>", eos: "</s>"}
+    unk = next(i for i in range(vocab_size) if i not in special)
+    special[unk] = "<unk>"
+    vocab = {special.get(i, f"w{i}"): i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # "<unk>" is not declared special: GuideLLM builds its synthetic prompts by decoding
+    # tokens with skip_special_tokens, and every English word of its corpus is unknown here,
+    # so a special unk would decode to empty prompts. As a plain word it decodes to "<unk>",
+    # which encodes back to one token: a prompt of N words stays N tokens.
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+    fast.chat_template = _CHAT_TEMPLATE
+    fast.save_pretrained(str(out_dir))
+
+
+def generate_from_config(out_dir: Path, spec: ConfigModelSpec, device: str = "auto") -> dict:
+    """Write random BF16 weights with ``spec``'s exact geometry and a WordLevel tokenizer.
+
+    ``device`` ``auto`` initialises on the GPU when there is one (a 9B model's init takes
+    seconds there, minutes on a CPU). Returns what was built (parameters, seconds).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    t0 = time.monotonic()
+    published = spec.config()
+    cfg = {k: v for k, v in published.items() if k not in _CONFIG_DROP}
+    model_type = cfg.pop("model_type")
+    config = AutoConfig.for_model(model_type, **cfg)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(spec.seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    params = sum(p.numel() for p in model.parameters())
+    init_s = time.monotonic() - t0
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    del model
+    # vLLM reads the published keys (e.g. hybrid_override_pattern); transformers may write
+    # others in their place, so the published values are put back beside its own.
+    cfg_path = out_dir / "config.json"
+    written = json.loads(cfg_path.read_text())
+    for k, v in published.items():
+        if k not in _CONFIG_DROP and k not in ("torch_dtype", "dtype"):
+            written[k] = v
+    cfg_path.write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
+
+    def _id(name: str, default: int) -> int:
+        value = published.get(name)
+        return int(value[0] if isinstance(value, list) else value) if value is not None \
+            else default
+
+    vocab = int(published.get("vocab_size") or config.vocab_size)
+    _wordlevel_tokenizer(out_dir, vocab, bos=_id("bos_token_id", 1), eos=_id("eos_token_id", 2),
+                         pad=_id("pad_token_id", 0))
+    built = {"generator": CONFIG_GENERATOR_VERSION, "config_path": spec.config_path,
+             "config_digest": spec.config_digest(), "seed": spec.seed, "parameters": params,
+             "device": device, "init_s": round(init_s, 2),
+             "seconds": round(time.monotonic() - t0, 2)}
+    (out_dir / "modelgate-generated.json").write_text(
+        json.dumps(built, indent=2, sort_keys=True) + "\n")
+    return built
+
+
 # --- resolution (standard library only) -------------------------------------------------------
 
 
@@ -242,11 +374,15 @@ def resolve_model(
     revision: str = "",
     generator_python: str = "",
     spec: TinyHybridSpec | None = None,
+    config: str = "",
+    seed: int = 0,
 ) -> SourceModel:
     """Make the source model available locally and return it with its digest.
 
     ``generated`` models live in ``store_dir/models/generated-<key>`` and are built once
-    (atomically: a temporary directory renamed when complete).
+    (atomically: a temporary directory renamed when complete). With ``config`` (a published
+    config.json) the generated model has that exact geometry and random weights from ``seed``
+    (see :class:`ConfigModelSpec`); without it, the tiny hybrid of ``spec``.
     """
     if kind not in SOURCE_KINDS:
         raise ModelGateError(
@@ -264,8 +400,23 @@ def resolve_model(
             )
         return _finish("local", name or p.name, p.resolve(), changed=False, revision=revision)
     if kind == "generated":
-        spec = spec or TinyHybridSpec()
-        dest = store_dir / "models" / f"generated-{spec.key()}"
+        if config and not Path(config).is_file():
+            raise ModelGateError(f"config {config} does not exist",
+                                 field="modelgate_model.config",
+                                 fix="give the path of a published config.json")
+        if config and not generator_python:
+            raise ModelGateError(
+                "generating the model needs a Python with torch and transformers",
+                field="generator_python", fix="pass the quantize virtualenv's python")
+        if config:
+            cspec = ConfigModelSpec(str(Path(config).resolve()), seed)
+            dest = store_dir / "models" / (
+                f"generated-{cspec.key(probe_generator_versions(generator_python))}")
+            argv_tail = ["--config", cspec.config_path, "--seed", str(seed)]
+        else:
+            spec = spec or TinyHybridSpec()
+            dest = store_dir / "models" / f"generated-{spec.key()}"
+            argv_tail = ["--spec-json", json.dumps(asdict(spec))]
         if (dest / "modelgate-generated.json").is_file():
             return _finish("generated", name or dest.name, dest, changed=False)
         if not generator_python:
@@ -279,7 +430,7 @@ def resolve_model(
         tmp.parent.mkdir(parents=True, exist_ok=True)
         run_tool(
             [generator_python, "-m", "modelgate.model_source", "generate", "--out", str(tmp),
-             "--spec-json", json.dumps(asdict(spec))],
+             *argv_tail],
             log=store_dir / "models" / f"{dest.name}.log",
         )
         tmp.rename(dest)
@@ -310,8 +461,13 @@ def resolve_model(
 def _cmd_generate(args: argparse.Namespace) -> int:
     from modelgate.cli import emit
 
-    spec = TinyHybridSpec(**json.loads(args.spec_json)) if args.spec_json else TinyHybridSpec()
     t0 = time.monotonic()
+    if args.config:
+        built = generate_from_config(Path(args.out), ConfigModelSpec(args.config, args.seed),
+                                     device=args.device)
+        emit({"path": args.out, **built})
+        return 0
+    spec = TinyHybridSpec(**json.loads(args.spec_json)) if args.spec_json else TinyHybridSpec()
     generate_tiny_hybrid(Path(args.out), spec)
     emit({"path": args.out, "seconds": round(time.monotonic() - t0, 2)})
     return 0
@@ -323,6 +479,7 @@ def _cmd_resolve(args: argparse.Namespace) -> int:
     model = resolve_model(
         args.source, store_dir=Path(args.store), name=args.name, path=args.path,
         hub_id=args.hub_id, revision=args.revision, generator_python=args.python,
+        config=args.config, seed=args.seed,
     )
     emit(model.to_dict())
     return 0
@@ -339,9 +496,13 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     """Add ``model generate|resolve|corpus``."""
     p = sub.add_parser("model", help="resolve or generate the source model")
     msub = p.add_subparsers(dest="model_command", required=True)
-    g = msub.add_parser("generate", help="build the tiny hybrid model (needs torch)")
+    g = msub.add_parser("generate", help="build the tiny hybrid model, or random weights of a "
+                        "published config.json (needs torch)")
     g.add_argument("--out", required=True)
     g.add_argument("--spec-json", default="")
+    g.add_argument("--config", default="", help="a published config.json: its exact geometry")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto (GPU when there is one), cuda, cpu")
     g.set_defaults(func=_cmd_generate)
     r = msub.add_parser("resolve", help="make a source model available and digest it")
     r.add_argument("--source", choices=SOURCE_KINDS, default="generated")
@@ -351,6 +512,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--hub-id", default="")
     r.add_argument("--revision", default="")
     r.add_argument("--python", default="", help="python with torch+transformers")
+    r.add_argument("--config", default="", help="generated: a published config.json")
+    r.add_argument("--seed", type=int, default=0, help="generated from --config: weight seed")
     r.set_defaults(func=_cmd_resolve)
     c = msub.add_parser("corpus", help="write the local text corpus (JSONL)")
     c.add_argument("--out", required=True)
