@@ -89,7 +89,7 @@ def row(model_dir: Path) -> list[str]:
     except ModelGateError as exc:
         # no plan: still show what the weights, the KV cache and the state take
         ssm = "float32" if g.is_hybrid else "auto"
-        conv, state, _ = mamba_state_bytes(g, "auto", ssm)
+        conv, state, __ = mamba_state_bytes(g, "auto", ssm)
         return [name, g.family, params, published, f"{config_weight_bytes(g)[0] / GiB:.2f}",
                 f"{kv_bytes_per_token(g, 'auto')[0]:,}", f"{conv + state:,}",
                 "does not fit: " + exc.message.split(":")[0],

@@ -18,7 +18,7 @@ description:
   - Runs on the controller (an action plugin); fails with every problem, each naming its item
     and field; credential inputs never appear in the result.
 version_added: "0.3.0"
-author: ModelGate
+author: ModelGate maintainers (@modelgate)
 options:
   config:
     description:

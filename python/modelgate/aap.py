@@ -187,8 +187,8 @@ def check_configuration(config: dict[str, Any], project_dir: Path,
                 problems.append(f"{label}: must be a mapping")
                 continue
             names[section].add(str(item.get("name")))
-            problems += [f"{label}: {e}" for e in check_item(specs[module],
-                                                              module_params(section, item))]
+            found = check_item(specs[module], module_params(section, item))
+            problems += [f"{label}: {e}" for e in found]
     inputs = declared_inputs(project_dir / "roles")
     types = names.get("controller_credential_types", set()) | BUILTIN_CREDENTIAL_TYPES
     for i, cred in enumerate(config.get("controller_credentials") or []):

@@ -324,7 +324,7 @@ def _gemma_layers(config: dict[str, Any]) -> Family:
             cfg, "sliding_window_pattern", "_sliding_window_pattern", default=6)
         cfg["layer_types"] = ["sliding_attention" if (i + 1) % every else "full_attention"
                               for i in range(n)]
-    _, kinds, layers, cache = _dense_layers(cfg)
+    __, kinds, layers, cache = _dense_layers(cfg)
     cache["tie_word_embeddings_default"] = True
     return "dense", kinds, layers, cache
 

@@ -400,7 +400,7 @@ def mamba_state_bytes(geometry: ModelGeometry, mamba_cache_dtype: str,
         n = kinds.get(kind, 0)
         conv += n * c
         ssm += n * s
-        f_conv, _, f_ssm = formula.partition(" | ")
+        f_conv, __, f_ssm = formula.partition(" | ")
         parts_conv.append(f"{n} {kind} layers x {f_conv}")
         parts_ssm.append(f"{n} {kind} layers x {f_ssm}")
     if not parts_conv:
@@ -500,10 +500,10 @@ def paged_layout(geometry: ModelGeometry, *, kv_cache_dtype: str = "auto",
     n_sliding = kinds.get("sliding_attention", 0)
     states = recurrent_state_bytes(geometry, mamba_cache_dtype, mamba_ssm_cache_dtype)
     n_rec = {k: kinds.get(k, 0) for k in states}
-    per_layer_token, _ = attention_bytes_per_token_per_layer(geometry, kv_cache_dtype)
+    per_layer_token, __ = attention_bytes_per_token_per_layer(geometry, kv_cache_dtype)
     if not (n_full or n_sliding):
         per_layer_token = 0
-    rec_page = max((c + s for c, s, _ in states.values()), default=0)
+    rec_page = max((c + s for c, s, __ in states.values()), default=0)
     block = block_alignment
     if rec_page and per_layer_token:
         block = block_alignment * _cdiv(rec_page, block_alignment * per_layer_token)

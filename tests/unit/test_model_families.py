@@ -235,7 +235,7 @@ def test_granite_4_h_small_layers_and_state():
     params = 36 * mamba + 4 * attention + 40 * ffn + 100352 * 4096  # tied lm_head
     assert parameter_count(g) == params  # published: 32 B
     assert round(params / 1e9) == 32
-    conv, ssm, _ = mamba_state_bytes(g, "auto", "float32")
+    conv, ssm, __ = mamba_state_bytes(g, "auto", "float32")
     assert conv == 36 * (4 - 1) * conv_dim * 2  # bf16 conv state
     assert ssm == 36 * 128 * 64 * 128 * 4  # float32 SSM state
     layout = paged_layout(g)
@@ -266,7 +266,7 @@ def test_jamba_v0_1_mamba1_layers_and_state():
     assert round(params / 1e9, 1) == 51.6
     # Mamba-1 state (MambaStateShapeCalculator.mamba1_state_shape): conv (4 - 1) x inner,
     # SSM inner x d_state
-    conv, ssm, _ = mamba_state_bytes(g, "auto", "auto")
+    conv, ssm, __ = mamba_state_bytes(g, "auto", "auto")
     assert conv == 28 * 3 * inner * 2 and ssm == 28 * inner * 16 * 2
     assert kv_bytes_per_token(g, "auto")[0] == 4 * 2 * 8 * 128 * 2
 
@@ -293,7 +293,7 @@ def test_qwen3_next_80b_has_12_attention_layers_and_80b_parameters():
     assert kv_bytes_per_token(g, "auto")[0] == 12 * 2 * 2 * 256 * 2 == 24576
     # gated delta net state per layer (MambaStateShapeCalculator.gated_delta_net_state_shape):
     # conv (4 - 1) x (2 x 16 x 128 + 32 x 128), temporal 32 x 128 x 128, bf16 ("auto")
-    conv, ssm, _ = mamba_state_bytes(g, "auto", "auto")
+    conv, ssm, __ = mamba_state_bytes(g, "auto", "auto")
     assert conv == 36 * 3 * (2 * 16 * 128 + 32 * 128) * 2
     assert ssm == 36 * 32 * 128 * 128 * 2
     # BF16 weights (148 GiB) do not fit an 80 GiB GPU: refused with the numbers
@@ -480,8 +480,7 @@ def test_llama_3_1_8b_matches_vllm_logged_kv_cache_and_concurrency():
     ("granite", "auto", 528, "vllm-gaudi#1564"),
 ])
 def test_hybrid_block_sizes_match_what_vllm_logged(geometry, ssm_dtype, vllm_block, where):
-    g = {"nemotron": lambda: ModelGeometry.from_model_dir(
-             CONFIGS.parent / "nemotron_nano_9b_v2"),
+    g = {"nemotron": lambda: ModelGeometry.from_model_dir(CONFIGS.parent / "nemotron_nano_9b_v2"),
          "qwen3_next": lambda: ModelGeometry.from_config(QWEN3_NEXT_80B),
          "granite": lambda: ModelGeometry.from_config(GRANITE_4_H_SMALL)}[geometry]()
     # the SSM / temporal state in the model dtype (bf16, "auto"), as in those logs

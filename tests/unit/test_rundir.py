@@ -121,7 +121,7 @@ def test_the_source_bundle_is_reproducible_and_leaves_caches_out(tmp_path: Path)
 
 
 def test_workflow_artifacts_hold_what_the_next_workflow_node_reads(tmp_path: Path) -> None:
-    run, _ = RunDir.open(tmp_path / "runs")
+    run, __ = RunDir.open(tmp_path / "runs")
     run.update(variants=[{"name": "bf16", "baseline": True}, {"name": "w4a16"}])
     empty = run.workflow_artifacts()
     assert empty == {"modelgate_run_id": run.run_id, "modelgate_modelcars": {},
