@@ -291,6 +291,56 @@ SRC_PAGING = ("vllm/v1/core/kv_cache_utils.py _get_kv_cache_groups_uniform_page_
 # vllm/engine/arg_utils.py), times the 2 batches in flight under async scheduling
 # (VllmConfig.max_concurrent_batches): what a sliding-window layer holds beyond its window.
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+
+# vLLM's CacheConfig.gpu_memory_utilization default (vllm/config/cache.py: 0.92 in 0.25 and 0.32)
+VLLM_DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
+# The first vLLM release that turns prefix caching on by default for hybrid (Mamba +
+# attention) and attention-free models: vllm-project/vllm#50991, merged 2026-08-04 after 0.26.0.
+# Before it, ModelConfig.is_prefix_caching_supported is False for them ("still experimental").
+# Checked: 0.25.0 logs enable_prefix_caching=False for Nemotron-H; 0.32.0 logs True.
+VLLM_HYBRID_PREFIX_CACHING_FROM = (0, 27)
+
+
+@dataclass(frozen=True)
+class EngineDefaults:
+    """What a vLLM version does when a flag is not given, for the terms the plan depends on."""
+
+    version: str | None
+    prefix_caching: bool
+    gpu_memory_utilization: float
+    reason: str
+
+
+def _release(version: str) -> tuple[int, int] | None:
+    """(major, minor) of a vLLM version string such as ``0.25.0+cu130`` or ``0.32.0rc1``."""
+    m = re.match(r"\s*v?(\d+)\.(\d+)", version)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def engine_defaults(version: str | None, geometry: ModelGeometry) -> EngineDefaults:
+    """vLLM's defaults for this model at ``version`` (None: not known, the safe assumption).
+
+    Unknown versions assume prefix caching on for a recurrent model: it charges each
+    sequence three Mamba states instead of one, so the plan fits fewer sequences than the
+    engine would, never more.
+    """
+    recurrent = any(k in ("mamba", "mamba1", "gated_delta_net") for k in geometry.block_kinds)
+    util = VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
+    release = _release(version) if version else None
+    if not recurrent:
+        return EngineDefaults(version, True, util, "prefix caching on (vLLM's default for "
+                              "attention-only models; it does not change their cache plan)")
+    if release is None:
+        return EngineDefaults(version, True, util, (
+            f"vLLM version {'unknown' if not version else repr(version)}: assumed prefix "
+            "caching on for this recurrent model (three Mamba states per sequence; fewer "
+            "sequences than an engine with it off, never more)"))
+    on = release >= VLLM_HYBRID_PREFIX_CACHING_FROM
+    first = ".".join(map(str, VLLM_HYBRID_PREFIX_CACHING_FROM))
+    return EngineDefaults(version, on, util, (
+        f"vLLM {version}: prefix caching {'on' if on else 'off'} by default for hybrid and "
+        f"attention-free models ({'from' if on else 'before'} {first}, vllm-project/vllm#50991), "
+        f"so {'three Mamba states' if on else 'one Mamba state'} per sequence"))
 DEFAULT_IN_FLIGHT_TOKENS = 2 * DEFAULT_MAX_NUM_BATCHED_TOKENS
 
 
@@ -603,7 +653,7 @@ def plan_memory(
     gpu_memory_gib: float,
     max_model_len: int,
     activation_reserve_gib: float,
-    gpu_memory_utilization: float = 0.9,
+    gpu_memory_utilization: float = VLLM_DEFAULT_GPU_MEMORY_UTILIZATION,
     kv_cache_dtype: str = "auto",
     mamba_cache_dtype: str = "auto",
     mamba_ssm_cache_dtype: str = "float32",

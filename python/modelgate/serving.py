@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -34,9 +35,11 @@ from modelgate.errors import ModelGateError, ToolError
 from modelgate.geometry import ModelGeometry, UnsupportedModelError
 from modelgate.memory_plan import (
     DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    VLLM_DEFAULT_GPU_MEMORY_UTILIZATION,
     GiB,
     MemoryPlan,
     default_activation_reserve_gib,
+    engine_defaults,
     model_dtype,
     plan_memory,
     require_modelled,
@@ -150,11 +153,13 @@ def _unplanned_model(model: Path | str | Mapping[str, Any]) -> tuple[ModelGeomet
     return geometry, model_dir
 
 
-def _prefix_caching(over: Mapping[str, Any]) -> bool:
-    """Whether prefix caching stays on (vLLM's default) given the user's overrides."""
+def _prefix_caching(over: Mapping[str, Any], default: bool) -> bool:
+    """Whether prefix caching is on: the user's flag, else the engine version's default."""
     if over.get("no-enable-prefix-caching"):
         return False
-    return over.get("enable-prefix-caching", True) not in (False, "false", "False", 0)
+    if "enable-prefix-caching" not in over:
+        return default
+    return over["enable-prefix-caching"] not in (False, "false", "False", 0)
 
 
 def quantization_method(config: Mapping[str, Any]) -> str | None:
@@ -187,6 +192,7 @@ def derive_serving_args(
     max_model_len_cap: int = DEFAULT_MAX_MODEL_LEN_CAP,
     weight_bytes: int | None = None,
     activation_reserve_gib: float | None = None,
+    engine_version: str | None = None,
 ) -> ServingArgs:
     """Derive vLLM arguments for a model on a device, each with its reason.
 
@@ -196,6 +202,8 @@ def derive_serving_args(
     ModelGateError that names the numbers. ``gpu_memory_gib`` is the accelerator's memory (on
     ``device="cpu"``: the RAM to plan within, default the host's available memory); without it
     on a GPU, vLLM's own profiling sizes the cache and ``--max-num-seqs`` is left to vLLM.
+    ``engine_version`` is the vLLM that will serve (``engine_defaults``: which defaults the
+    plan models; None assumes the ones that fit fewer sequences).
     """
     if device not in ("cuda", "cpu"):
         raise ModelGateError(f"unknown device {device!r}", field="device",
@@ -251,7 +259,13 @@ def derive_serving_args(
                 "hybrid Mamba/attention model: the SSM state accumulates over the whole "
                 "sequence, and a bf16 state drifts (NVIDIA's serving recipe uses float32)")
 
-    util = float(over.get("gpu-memory-utilization") or 0.9)
+    engine = engine_defaults(engine_version, geometry)
+    util = float(over.get("gpu-memory-utilization") or engine.gpu_memory_utilization)
+    prefix_caching = _prefix_caching(over, engine.prefix_caching)
+    out.reasons["enable-prefix-caching"] = (
+        f"{'on' if prefix_caching else 'off'}: "
+        + ("user override" if {"enable-prefix-caching", "no-enable-prefix-caching"} & set(over)
+           else f"not set; {engine.reason}"))
     requested_seqs = over.get("max-num-seqs")
     if device == "cpu" and gpu_memory_gib is None:
         gpu_memory_gib = host_memory_gib()
@@ -281,7 +295,7 @@ def derive_serving_args(
                 max_num_seqs_cap=CPU_MAX_NUM_SEQS_CAP if device == "cpu"
                 else GPU_MAX_NUM_SEQS_CAP,
                 block_alignment=CPU_BLOCK_ALIGNMENT if device == "cpu" else GPU_BLOCK_ALIGNMENT,
-                prefix_caching=_prefix_caching(over),
+                prefix_caching=prefix_caching,
                 # sliding-window layers hold their window plus the tokens in flight: two
                 # batches of max_num_batched_tokens (VllmConfig.max_in_flight_tokens)
                 in_flight_tokens=2 * int(over.get("max-num-batched-tokens")
@@ -311,7 +325,8 @@ def derive_serving_args(
     if device == "cuda":
         out.set("gpu-memory-utilization", util,
                 "user override" if "gpu-memory-utilization" in over else
-                "vLLM's default fraction of GPU memory, stated so the plan and server agree")
+                f"vLLM's default fraction of GPU memory "
+                f"({VLLM_DEFAULT_GPU_MEMORY_UTILIZATION:g}), stated so the plan and server agree")
     else:
         plan = out.plan
         assert plan is not None  # cpu always plans (host memory)
@@ -614,6 +629,7 @@ def serve_local(*, model: Path | str, served_name: str, port: int, python: str,
                 overrides: Mapping[str, Any] | None = None, cpu_threads: int | None = None,
                 timeout: float | None = None, variant: str | None = None,
                 check_mode: bool = False, cpu_cores: list[int] | None = None,
+                engine_version: str | None = None,
                 ) -> dict[str, Any]:
     """The local target's deploy stage: plan the arguments, start (or keep) vLLM, prove it.
 
@@ -625,7 +641,8 @@ def serve_local(*, model: Path | str, served_name: str, port: int, python: str,
     from modelgate.rundir import stage_record
 
     args = derive_serving_args(model, gpu_memory_gib=memory_gib, device=device,
-                               overrides=overrides or {}, served_model_name=served_name)
+                               overrides=overrides or {}, served_model_name=served_name,
+                               engine_version=engine_version or installed_vllm_version(python))
     spec = local_server_spec(model, served_name, port, python, args, state_dir,
                              cpu_threads=cpu_threads, cpu_cores=cpu_cores)
     current = read_state(spec)
@@ -646,6 +663,21 @@ def serve_local(*, model: Path | str, served_name: str, port: int, python: str,
             "startup_s": result.get("startup_s"), "log": str(spec.logfile),
         })
     return result
+
+
+def installed_vllm_version(python: str) -> str | None:
+    """The vLLM version the serving Python imports (its distribution metadata), or None.
+
+    Asked of that interpreter (a PYTHONPATH install is found too), without importing vLLM.
+    """
+    try:
+        proc = subprocess.run(
+            [python, "-c", "import importlib.metadata as m; print(m.version('vllm'))"],
+            capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = proc.stdout.strip().splitlines()
+    return lines[-1].strip() if proc.returncode == 0 and lines else None
 
 
 def check_host_memory(args: ServingArgs, port: int) -> None:
@@ -707,7 +739,7 @@ def _args_from_cli(ns: argparse.Namespace) -> ServingArgs:
     return derive_serving_args(
         ns.model, gpu_memory_gib=ns.gpu_memory_gib, device=ns.device, overrides=overrides,
         served_model_name=getattr(ns, "served_name", None),
-        max_model_len_cap=ns.max_model_len_cap,
+        max_model_len_cap=ns.max_model_len_cap, engine_version=ns.engine_version,
     )
 
 
@@ -775,6 +807,9 @@ def _add_model_options(p: argparse.ArgumentParser, model_required: bool) -> None
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-model-len-cap", type=int, default=DEFAULT_MAX_MODEL_LEN_CAP)
     p.add_argument("--max-num-seqs", type=int, default=None)
+    p.add_argument("--engine-version", default=None, metavar="VLLM_VERSION",
+                   help="the vLLM that will serve (its defaults, e.g. prefix caching for "
+                   "hybrids, change the plan); default: not known, the plan that fits fewer")
     p.add_argument("--override", action="append", metavar="FLAG=VALUE",
                    help="any vLLM flag (repeatable); JSON values are parsed")
 

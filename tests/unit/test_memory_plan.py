@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from modelgate.errors import ModelGateError
 from modelgate.geometry import ModelGeometry
@@ -9,6 +12,7 @@ from modelgate.memory_plan import (
     GiB,
     choose_max_num_seqs,
     default_activation_reserve_gib,
+    engine_defaults,
     kv_bytes_per_token,
     mamba_state_bytes,
     paged_layout,
@@ -113,7 +117,8 @@ def test_paged_layout_reproduces_vllm_cpu_log():
 def test_plan_h100_h200_bf16_w4a16(nano9b, gpu_gib, weights, fit, chosen):
     reserve = default_activation_reserve_gib(nano9b, device="cuda")
     plan = plan_memory(nano9b, gpu_memory_gib=gpu_gib, max_model_len=32768,
-                       activation_reserve_gib=reserve, weight_bytes=weights)
+                       activation_reserve_gib=reserve, weight_bytes=weights,
+                       gpu_memory_utilization=0.9)
     expected_weights = weights if weights is not None else parameter_count(nano9b) * 2
     assert plan.weight_bytes == expected_weights
     cache = int(gpu_gib * GiB * 0.9) - expected_weights - int(reserve * GiB)
@@ -141,7 +146,7 @@ def test_quantized_weights_leave_room_for_more_sequences(nano9b):
 
 def test_override_that_cannot_fit_names_the_numbers(nano9b):
     with pytest.raises(ModelGateError) as err:
-        plan_memory(nano9b, gpu_memory_gib=80, max_model_len=32768,
+        plan_memory(nano9b, gpu_memory_gib=80, max_model_len=32768, gpu_memory_utilization=0.9,
                     activation_reserve_gib=3, max_num_seqs=200)
     message = str(err.value)
     assert err.value.field == "max_num_seqs"
@@ -189,3 +194,52 @@ def test_llama_like_model_pages_like_plain_attention():
     assert plan.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2  # 128 KiB per token
     assert plan.bytes_per_sequence == plan.kv_bytes_per_token * 8192  # 8192 = 512 blocks
     assert plan.mamba_state_bytes_per_sequence == 0
+
+
+@pytest.mark.parametrize(("version", "on"), [
+    ("0.25.0", False), ("0.25.0+cu130", False), ("0.26.0", False),
+    ("0.27.0", True), ("0.32.0", True), (None, True), ("nightly", True)])
+def test_engine_defaults_for_hybrids_follow_the_vllm_version(nano9b, version, on):
+    engine = engine_defaults(version, nano9b)
+    assert engine.prefix_caching is on
+    assert engine.gpu_memory_utilization == 0.92
+    assert ("unknown" in engine.reason or "'nightly'" in engine.reason) is (
+        version in (None, "nightly"))
+    states = paged_layout(nano9b, prefix_caching=engine.prefix_caching).mamba_states
+    assert states == (3 if on else 1)
+
+
+def test_engine_defaults_do_not_touch_attention_only_models():
+    g = ModelGeometry.from_model_dir(Path(__file__).resolve().parents[1] / "data"
+                                     / "model_configs" / "Qwen3-8B")
+    assert engine_defaults("0.25.0", g).prefix_caching is True
+
+
+H200_RUN = Path(__file__).resolve().parents[2] / "bench" / "results" / "h200-2026-12-02"
+NANO9B_CONFIG = Path(__file__).resolve().parents[2] / "bench" / "configs" / \
+    "nvidia-nemotron-nano-9b-v2.config.json"
+
+
+@pytest.mark.parametrize("variant", ["bf16", "w4a16", "fp8"])
+def test_plan_agrees_with_vllm_025_on_the_h200_within_5_percent(variant):
+    """vLLM 0.25.0's own logged figures on one H200 (bench/results/h200-2026-12-02): its
+    "Maximum concurrency for 16,384 tokens per request" against the plan's sequence count,
+    planned for that engine version with the inputs that run used."""
+    from modelgate.serving import derive_serving_args
+
+    record = json.loads((H200_RUN / variant / "vllm_memory.json").read_text())
+    vllm, used = record["vllm"], record["plan"]
+    assert vllm["prefix_caching"] == "False"
+    args = derive_serving_args(
+        json.loads(NANO9B_CONFIG.read_text()), gpu_memory_gib=used["gpu_memory_gib"],
+        weight_bytes=used["weight_bytes"], engine_version="0.25.0",
+        activation_reserve_gib=used["activation_reserve_bytes"] / GiB,
+        overrides={"max-model-len": vllm["concurrency_tokens"],
+                   "gpu-memory-utilization": used["gpu_memory_utilization"]})
+    plan = args.plan
+    assert plan is not None and plan.paging["mamba_states"] == 1
+    assert plan.paging["block_size"] == int(vllm["attention_block_size"]) == 1312
+    assert abs(plan.cache_bytes / GiB - vllm["available_kv_cache_gib"]) \
+        / vllm["available_kv_cache_gib"] < 0.01
+    assert abs(plan.max_sequences_fit - vllm["max_concurrency"]) / vllm["max_concurrency"] < 0.05
+    assert "vLLM 0.25.0: prefix caching off" in args.reasons["enable-prefix-caching"]

@@ -46,7 +46,7 @@ def load(name: str) -> ModelGeometry:
 def plan80(g: ModelGeometry, **kw: object) -> object:
     ssm = "float32" if g.is_hybrid else "auto"
     return plan_memory(g, gpu_memory_gib=80, max_model_len=16384, activation_reserve_gib=RESERVE,
-                       mamba_ssm_cache_dtype=ssm, **kw)
+                       mamba_ssm_cache_dtype=ssm, gpu_memory_utilization=0.9, **kw)
 
 
 def fit80(weights: int, per_seq: int) -> int:
@@ -142,7 +142,8 @@ def test_mixtral_8x7b_counts_every_expert():
     with pytest.raises(ModelGateError, match=r"weights \(86.99 GiB\).*72.00 GiB"):
         plan80(g)
     # on a 192 GiB device: 2 (K,V) x 32 layers x 8 heads x 128 x 2 B = 128 KiB per token
-    plan = plan_memory(g, gpu_memory_gib=192, max_model_len=16384, activation_reserve_gib=3)
+    plan = plan_memory(g, gpu_memory_gib=192, max_model_len=16384, activation_reserve_gib=3,
+                       gpu_memory_utilization=0.9)
     per_seq = 16384 * 2 * 32 * 8 * 128 * 2
     assert plan.max_sequences_fit == (int(192 * GiB * 0.9) - params * 2 - 3 * GiB) // per_seq
 
