@@ -226,6 +226,13 @@ def generate_tiny_hybrid(out_dir: Path, spec: TinyHybridSpec) -> None:
 _CONFIG_DROP = ("_comment", "_name_or_path", "auto_map", "transformers_version")
 
 
+def _json_float(obj: dict[str, Any]) -> Any:
+    """transformers 5 saves a non-finite float as ``{"__float__": "Infinity"}``: read it back."""
+    if len(obj) == 1 and isinstance(obj.get("__float__"), str):
+        return float(obj["__float__"])
+    return obj
+
+
 @dataclass(frozen=True)
 class ConfigModelSpec:
     """A random-weights model with the geometry of a published ``config.json``.
@@ -239,7 +246,7 @@ class ConfigModelSpec:
 
     def config(self) -> dict[str, Any]:
         """The config as published (parsed)."""
-        data = json.loads(Path(self.config_path).read_text())
+        data = json.loads(Path(self.config_path).read_text(), object_hook=_json_float)
         if not isinstance(data, dict) or not data.get("model_type"):
             raise ModelGateError(
                 f"{self.config_path} is not a model config.json (no model_type)",

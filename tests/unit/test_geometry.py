@@ -110,3 +110,18 @@ def test_missing_config_names_the_input(tmp_path):
     assert err.value.field == "model_config"
     with pytest.raises(ModelGateError):
         ModelGeometry.from_config({"model_type": "mystery"})
+
+
+def test_generated_source_reads_a_config_transformers_5_saved(tmp_path):
+    """transformers 5 writes non-finite floats as {"__float__": "Infinity"} (the embedded
+    tiny hybrid's own saved config.json has time_step_limit [0.0, that]); generating a model
+    from such a config must read it back as a float, not hand transformers a dict."""
+    from modelgate.model_source import ConfigModelSpec
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "nemotron_h",
+                                "time_step_limit": [0.0, {"__float__": "Infinity"}],
+                                "nested": {"__float__": "-Infinity", "x": 1}}))
+    config = ConfigModelSpec(str(path)).config()
+    assert config["time_step_limit"] == [0.0, float("inf")]
+    assert config["nested"] == {"__float__": "-Infinity", "x": 1}  # not the encoding: kept
