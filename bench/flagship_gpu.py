@@ -1,17 +1,20 @@
 """The seed's comparison on one GPU host, through ModelGate's own stage functions.
 
 Runs on a GPU host where the play cannot (no podman, no registry: the modelcar stage has
-nowhere to push): the same functions the collection's modules call, in the play's order, one
-variant after the other, into one run directory:
+nowhere to push): the same functions the collection's modules call, in the play's order, into
+one run directory. The variants share the one GPU: each server gets the same share of its
+memory and is started at once with the others, then the rounds measure one variant at a time
+in the play's sequential order (A B C, C B A), so every server starts once:
 
 - model stage: ``model_source.resolve_model`` (``generated`` from a published config.json:
   random weights with the exact geometry);
 - quantize stage: ``quantize.quantize_stage`` (LLM Compressor, local runner);
 - serve stage: ``serving.serve_local`` (device ``cuda``: the arguments ``modelgate plan``
-  derives for the GPU's memory), ``serving.stop_local_server``;
-- validate stage: ``measure.warm_up`` and ``loadtest.run_load`` (GuideLLM; no accuracy or
-  fidelity: the weights are random), the records stored with ``rundir.RunDir``;
-- gate stage: ``measure.judge_run`` (gate.json, junit.xml, the report), after each candidate.
+  derives for the server's share of the GPU and the installed vLLM version),
+  ``serving.stop_local_server``;
+- validate stage: ``measure.warm_up`` and ``measure.measure_variant`` per round (GuideLLM; no
+  accuracy or fidelity: the weights are random), the records stored with ``rundir.RunDir``;
+- gate stage: ``measure.judge_run`` (gate.json, junit.xml, the report), after every round.
 
 Each stage's Python path is set in the environment the tools inherit (``--site-*``): vLLM,
 LLM Compressor and GuideLLM pin different versions of shared packages, as their images do.
@@ -19,8 +22,8 @@ LLM Compressor and GuideLLM pin different versions of shared packages, as their 
 measured.
 
 Usage: python bench/flagship_gpu.py --work DIR --config CONFIG.json --site-vllm DIR
-         --site-quantize DIR --site-bench DIR [--variants bf16,w4a16,fp8] [--rates 1,3,5,7,9]
-         [--seconds 20]
+         --site-quantize DIR --site-bench DIR [--variants bf16,w4a16,fp8] [--rates 1,2,3,5,7,9]
+         [--seconds 20] [--rounds 2] [--gpu-share 0.3] [--engine-version V]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -46,6 +50,7 @@ VLLM_MEMORY_LINES = {
     "mamba_page_padding": r"[Pp]adding mamba page size by ([\d.]+)%",
     "prefix_caching": r"enable_prefix_caching=(\w+)",
     "gpu_memory_utilization": r"gpu_memory_utilization=([\d.]+)",
+    "kv_cache_memory_reserved_gib": r"reserved ([\d.]+) GiB memory for KV Cache",
 }
 
 RECIPES = {"bf16": ("none", None), "w4a16": ("w4a16", 64), "fp8": ("fp8-dynamic", None)}
@@ -139,17 +144,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serve-python", default="", help="Python with vLLM")
     ap.add_argument("--guidellm", default="", help="a guidellm executable")
     ap.add_argument("--memory-gib", type=float, default=None)
-    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--port", type=int, default=8000, help="the first variant's port")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--gpu-share", type=float, default=None,
+                    help="each server's --gpu-memory-utilization (default 0.9 / variants)")
+    ap.add_argument("--engine-version", default="", help="default: the installed vLLM's")
     args = ap.parse_args(argv)
 
     from modelgate import loadtest, measure
     from modelgate.gate import DIMENSIONS
+    from modelgate.measure import sequential_schedule
     from modelgate.model_source import resolve_model
     from modelgate.process import ProcessSpec
     from modelgate.quantize import quantize_stage
     from modelgate.recipes import build_recipe
     from modelgate.rundir import RunDir
-    from modelgate.serving import serve_local, server_name, stop_local_server
+    from modelgate.serving import (
+        derive_serving_args,
+        installed_vllm_version,
+        serve_local,
+        server_name,
+        stop_local_server,
+    )
 
     work = Path(args.work)
     store = work / "store"
@@ -168,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["VLLM_USE_FLASHINFER_SAMPLER"] = "0"  # FlashInfer is not installed
     bench_bin = work / "bin"
     bench_bin.mkdir(parents=True, exist_ok=True)
-    guidellm = Path(args.guidellm) if args.guidellm else bench_bin / "guidellm"
-    if not args.guidellm:  # the wheels are unpacked, not installed: no console script
+    guidellm = bench_bin / "guidellm"  # where measure_variant looks for it
+    guidellm.unlink(missing_ok=True)
+    if args.guidellm:
+        guidellm.symlink_to(Path(args.guidellm).resolve())
+    else:  # the wheels are unpacked, not installed: no console script
         guidellm.write_text(f"#!/bin/sh\nexec {python} -m guidellm \"$@\"\n")
         guidellm.chmod(0o755)
     memory = args.memory_gib or (gpu_memory_gib() if args.device == "cuda" else None)
@@ -187,19 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     if gen.exists():
         shutil.copy(gen, run_path / "model-generated.json")
 
-    profile = loadtest.get_profile(args.profile, rates=[float(r) for r in args.rates.split(",")],
-                                   max_seconds=args.seconds, samples=args.samples)
-    measured: list[str] = []
+    rates = [float(r) for r in args.rates.split(",")]
+    load = {"rates": rates, "max_seconds": args.seconds, "samples": args.samples}
+    profile = loadtest.get_profile(args.profile, **load)
     served = "nemotron-nano-9b-v2"
-    port = args.port
     state_dir = work / "state"
     failures = 0
+
+    # quantize stage: every variant's checkpoint, one after the other on the GPU
+    ckpts: dict[str, str] = {}
     for v in variants:
         recipe_name, group = RECIPES[v]
         vdir = run_path / v
         vdir.mkdir(parents=True, exist_ok=True)
+        site(args.site_quantize, args.site_vllm)
         try:
-            site(args.site_quantize, args.site_vllm)
             q = steps.run(f"{v}: quantize_stage ({recipe_name})", quantize_stage,
                           model=model.path, variant=v,
                           recipe=build_recipe(recipe_name, group_size=group),
@@ -207,56 +228,102 @@ def main(argv: list[str] | None = None) -> int:
                           num_samples=args.calibration_samples,
                           max_seq_length=args.calibration_length, python=python,
                           model_digest=model.digest)
-            rec = q.pop("record", None)
-            (vdir / "quantize.json").write_text(json.dumps(rec or q, indent=2, default=str))
-            ckpt = q["path"]
-
-            site(args.site_vllm)
-            deploy = steps.run(f"{v}: serve_local ({args.device}) start-to-ready", serve_local,
-                               model=ckpt, served_name=served, port=port,
-                               python=serve_python, state_dir=state_dir, device=args.device,
-                               memory_gib=memory,
-                               overrides={"max-model-len": args.max_model_len}, variant=v)
-            log_text = Path(deploy["log"]).read_text(errors="replace")
-            shutil.copy(deploy["log"], vdir / "vllm.log")
-            (vdir / "deploy.json").write_text(json.dumps(
-                (deploy.get("record") or {}).get("data", deploy), indent=2, default=str))
-            (vdir / "vllm_memory.json").write_text(json.dumps(
-                {"vllm": vllm_memory(log_text), "plan": deploy["args"].get("plan"),
-                 "argv": deploy["args"].get("argv")}, indent=2, default=str))
-            try:
-                steps.run(f"{v}: warm_up", measure.warm_up, deploy["base_url"], served,
-                          profile.prompt_tokens, profile.output_tokens, requests=4)
-                site(args.site_bench, args.site_vllm)
-                steps.run(f"{v}: run_load (GuideLLM, rates {args.rates}, {args.seconds:g} s)",
-                          loadtest.run_load, profile, deploy["base_url"], served, ckpt,
-                          vdir / "guidellm", guidellm_bin=str(guidellm), variant=v,
-                          progress=False)
-            finally:
-                site(args.site_vllm)
-                spec = ProcessSpec(name=server_name(port), argv=[], state_dir=state_dir)
-                steps.run(f"{v}: stop_local_server", stop_local_server, spec)
-                shutil.copy(deploy["log"], vdir / "vllm.log")
-            measured.append(v)
-        except Exception:  # keep going: the next variant's numbers are still worth having
+        except Exception:
             failures += 1
-            traceback.print_exc()
             (vdir / "error.txt").write_text(traceback.format_exc())
+            traceback.print_exc()
             continue
-        if v != "bf16" and "bf16" in measured:
-            site()
-            run.update(variants=[{"name": m, "baseline": m == "bf16",
-                                  "recipe": RECIPES[m][0]} for m in measured])
+        rec = q.pop("record", None)
+        (vdir / "quantize.json").write_text(json.dumps(rec or q, indent=2, default=str))
+        ckpts[v] = q["path"]
+
+    # serve stage: every variant on its own port of the one GPU, started together. Each gets
+    # the same share of the GPU (--gpu-memory-utilization) and, so that the servers' start-up
+    # profiles cannot see each other's allocations, the KV cache its plan gives that share
+    # (--kv-cache-memory-bytes: vLLM then skips its profiling-based sizing).
+    site(args.site_vllm)
+    engine = args.engine_version or installed_vllm_version(serve_python)
+    share = args.gpu_share if args.gpu_share else 0.9 / max(len(ckpts), 1)
+    ports = {v: args.port + i for i, v in enumerate(ckpts)}
+    overrides: dict[str, dict[str, Any]] = {}
+    for v, ckpt in ckpts.items():
+        over = {"max-model-len": args.max_model_len, "gpu-memory-utilization": round(share, 3)}
+        planned = derive_serving_args(ckpt, gpu_memory_gib=memory, overrides=over,
+                                      served_model_name=served, engine_version=engine)
+        assert planned.plan is not None
+        over["kv-cache-memory-bytes"] = planned.plan.cache_bytes // 2**20 * 2**20
+        overrides[v] = over
+    deploys: dict[str, dict[str, Any]] = {}
+
+    def start(v: str) -> None:
+        try:
+            deploys[v] = steps.run(
+                f"{v}: serve_local ({args.device}) start-to-ready", serve_local,
+                model=ckpts[v], served_name=served, port=ports[v], python=serve_python,
+                state_dir=state_dir, device=args.device, memory_gib=memory,
+                overrides=overrides[v], variant=v, engine_version=engine)
+        except Exception:
+            (run_path / v / "error.txt").write_text(traceback.format_exc())
+            traceback.print_exc()
+
+    threads = [threading.Thread(target=start, args=(v,)) for v in ckpts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    failures += len(ckpts) - len(deploys)
+    for v, deploy in deploys.items():
+        vdir = run_path / v
+        (vdir / "deploy.json").write_text(json.dumps(
+            (deploy.get("record") or {}).get("data", deploy), indent=2, default=str))
+        (vdir / "vllm_memory.json").write_text(json.dumps(
+            {"vllm": vllm_memory(Path(deploy["log"]).read_text(errors="replace")),
+             "plan": deploy["args"].get("plan"), "argv": deploy["args"].get("argv"),
+             "engine_version": engine}, indent=2, default=str))
+
+    # validate stage: the rounds in the play's sequential order (A B C, C B A, ...), every
+    # server resident, one measured at a time; the gate after every round
+    measured = [v for v in variants if v in deploys]
+    run.update(variants=[{"name": m, "baseline": m == "bf16", "recipe": RECIPES[m][0]}
+                         for m in measured])
+    try:
+        for v in measured:
+            steps.run(f"{v}: warm_up", measure.warm_up, deploys[v]["base_url"], served,
+                      profile.prompt_tokens, profile.output_tokens, requests=4)
+        schedule = sequential_schedule(measured, args.rounds)
+        for i, (r, v) in enumerate(schedule):
+            site(args.site_bench, args.site_vllm)
             try:
-                verdict = steps.run("gate: judge_run", measure.judge_run, run_path,
-                                    accept_inconclusive=[d for d in DIMENSIONS
-                                                         if d in ("accuracy", "fidelity")])
-                (run_path / "judge.json").write_text(json.dumps(verdict, indent=2,
-                                                                default=str))
-                print(verdict.get("message"), flush=True)
+                steps.run(f"{v}: round {r}: measure_variant (GuideLLM, rates {args.rates}, "
+                          f"{args.seconds:g} s)", measure.measure_variant,
+                          work_dir=run_path, variant=v, baseline="bf16",
+                          base_url=deploys[v]["base_url"], served_name=served,
+                          processor=ckpts[v], bench_bin_dir=bench_bin,
+                          load_profile=args.profile, load_overrides=load,
+                          accuracy_tasks=None, fidelity=False, round_no=r)
             except Exception:
                 failures += 1
                 traceback.print_exc()
+            last_of_round = i + 1 == len(schedule) or schedule[i + 1][0] != r
+            if last_of_round and "bf16" in measured and len(measured) > 1:
+                site()
+                try:
+                    verdict = steps.run(f"gate: judge_run after round {r}", measure.judge_run,
+                                        run_path, accept_inconclusive=[
+                                            d for d in DIMENSIONS
+                                            if d in ("accuracy", "fidelity")])
+                    (run_path / f"judge-r{r}.json").write_text(
+                        json.dumps(verdict, indent=2, default=str))
+                    print(verdict.get("message"), flush=True)
+                except Exception:
+                    failures += 1
+                    traceback.print_exc()
+    finally:
+        site(args.site_vllm)
+        for v, deploy in deploys.items():
+            spec = ProcessSpec(name=server_name(ports[v]), argv=[], state_dir=state_dir)
+            steps.run(f"{v}: stop_local_server", stop_local_server, spec)
+            shutil.copy(deploy["log"], run_path / v / "vllm.log")
     print("done", json.dumps({"measured": measured, "failures": failures}), flush=True)
     return 1 if failures else 0
 
