@@ -244,9 +244,23 @@ def test_first_error_line_prefers_the_raised_exception():
 
 
 def test_startup_timeout_scales_with_weights():
-    assert startup_timeout_s(0) == 180
-    assert startup_timeout_s(16 * 1024**3, "cuda") == 180 + 5 * 16
+    assert startup_timeout_s(0, "cpu") == 180
     assert startup_timeout_s(1024**3, "cpu") == 210
+    # the GPU bound sits well above the 257 s a 9.4 GiB FP8 variant took to start on an H200
+    # beside two others (the old 180 + 5 s/GiB gave it 227 s and failed it)
+    assert startup_timeout_s(16 * 1024**3, "cuda") == 420 + 10 * 16
+    assert startup_timeout_s(int(9.38 * 1024**3), "cuda") > 1.5 * 257
+
+
+def test_first_error_line_skips_vllms_ulimit_warning():
+    # the start of a vLLM 0.25 log on the H200 (bench/results/h200-2026-12-02b): a WARNING
+    # that quotes an OSError is not why a server failed
+    log = ("(APIServer pid=1153) WARNING 12-02 05:30:29 [system_utils.py:299] Found ulimit of "
+           "20000 and failed to automatically increase with error current limit exceeds "
+           "maximum limit. This can cause fd limit errors like `OSError: [Errno 24] Too many "
+           "open files`. Consider increasing with ulimit -n\n"
+           "(EngineCore pid=1516) INFO 12-02 05:33:55 [core.py:337] init engine took 155.40 s")
+    assert first_error_line(log) is None
 
 
 def test_cli_plan_prints_terms_and_exits_1_when_override_cannot_fit(tmp_path, capsys):
