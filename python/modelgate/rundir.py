@@ -84,8 +84,6 @@ class RunDir:
         Returns the run and whether it was (or, with ``dry_run``, would be) created. A dry run
         (check mode) writes nothing: no directory, no manifest, ``latest`` left where it is.
         """
-        if not dry_run:
-            runs_dir.mkdir(parents=True, exist_ok=True)
         created = False
         if run_id == LATEST:
             link = runs_dir / LATEST
@@ -96,14 +94,25 @@ class RunDir:
                     fix="run site.yml first, or leave modelgate_run_id unset to start a new run",
                 )
             run_id = link.resolve().name
+        given = bool(run_id)
         if not run_id:
             run_id = new_run_id()
         if "/" in run_id or run_id.startswith("."):
             raise ModelGateError(f"invalid run id {run_id!r}", field="modelgate_run_id",
                                  fix="use letters, digits, '-' and '_' only")
         path = runs_dir / run_id
+        if given and not (path / MANIFEST).is_file():
+            # a typo must not start a run of its own: only a new run (no id) is created
+            existing = sorted(p.parent.name for p in runs_dir.glob("*/" + MANIFEST))
+            raise ModelGateError(
+                f"there is no run {run_id!r} in {runs_dir}"
+                + (f" (runs there: {', '.join(existing[-5:])})" if existing else " (no runs yet)"),
+                field="modelgate_run_id",
+                fix="give an existing run id, latest for the newest, or leave modelgate_run_id "
+                "unset to start a new run")
         if dry_run:
             return cls(path), not (path / MANIFEST).exists()
+        runs_dir.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             path.mkdir(parents=True)
             created = True
