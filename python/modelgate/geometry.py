@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelgate.errors import ModelGateError
+from modelgate.errors import InputError, ModelGateError
 
 # Bytes per element of each safetensors dtype (the header's "dtype" field).
 SAFETENSORS_DTYPE_BYTES: dict[str, float] = {
@@ -125,18 +125,22 @@ class ModelGeometry:
         path = Path(path)
         config_path = path if path.is_file() else path / "config.json"
         if not config_path.is_file():
-            raise ModelGateError(
+            raise InputError(
                 f"no config.json at {config_path}",
                 field="model_config",
                 fix="point at a Hugging Face model directory or its config.json",
             )
         try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelGateError(
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(
                 f"{config_path} is not valid JSON: {exc}", field="model_config",
                 fix="restore the model's config.json",
             ) from exc
+        if not isinstance(config, dict):
+            raise InputError(
+                f"{config_path} is a JSON {type(config).__name__}, not a config.json object",
+                field="model_config", fix="point at a Hugging Face model's config.json")
         model_dir = config_path.parent
         tensors = read_safetensors_shapes(model_dir)
         try:
@@ -728,13 +732,20 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     with path.open("rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
-            raise ModelGateError(f"{path} is too short to be safetensors", field="model",
+            raise InputError(f"{path} is too short to be safetensors", field="model",
                                  fix="re-download or regenerate the checkpoint")
         (length,) = struct.unpack("<Q", raw)
         if length > _MAX_HEADER:
-            raise ModelGateError(f"{path}: implausible safetensors header ({length} bytes)",
+            raise InputError(f"{path}: implausible safetensors header ({length} bytes)",
                                  field="model", fix="re-download or regenerate the checkpoint")
-        header = json.loads(f.read(length))
+        try:
+            header = json.loads(f.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: the safetensors header is not JSON ({exc})", field="model",
+                             fix="re-download or regenerate the checkpoint") from exc
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: the safetensors header is not a JSON object", field="model",
+                         fix="re-download or regenerate the checkpoint")
     header.pop("__metadata__", None)
     return header
 
