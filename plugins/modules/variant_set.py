@@ -88,7 +88,7 @@ kernels:
   type: dict
   returned: always
 inputs:
-  description: What the input check decided (C(gate_policy) source, C(load_profile), C(model_files)).
+  description: What the input check decided (C(gate_policy), C(load_profile), C(model_files)).
   type: dict
   returned: always
 msg:

@@ -196,10 +196,6 @@ def check_run_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
         if "port" in serving:
             _integer(serving["port"], "modelgate_serving.port", 1, 65535,
                      "a free TCP port, e.g. 8000 (each further variant takes the next one)")
-            if int(serving["port"]) + 8 > 65535:  # variants take consecutive ports
-                raise ModelGateError(f"modelgate_serving.port {serving['port']} leaves no "
-                                     "ports for the further variants", field="modelgate_serving.port",
-                                     fix="use a port below 65520, e.g. 8000")
         if "max_model_len" in serving:
             _integer(serving["max_model_len"], "modelgate_serving.max_model_len", 1, MAX_TOKENS,
                      "the longest prompt plus output a request may have, e.g. 4096")

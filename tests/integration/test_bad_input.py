@@ -121,7 +121,8 @@ def _safetensors(path: Path, tensors: dict[str, int], cut: int = 0) -> None:
     header: dict[str, object] = {}
     offset = 0
     for name, count in tensors.items():
-        header[name] = {"dtype": "F32", "shape": [count], "data_offsets": [offset, offset + 4 * count]}
+        header[name] = {"dtype": "F32", "shape": [count],
+                        "data_offsets": [offset, offset + 4 * count]}
         offset += 4 * count
     raw = json.dumps(header).encode()
     data = struct.pack("<Q", len(raw)) + raw + bytes(offset)

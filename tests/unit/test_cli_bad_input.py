@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-CASES = yaml.safe_load((REPO / "tests" / "data" / "bad_input" / "cli_cases.yml").read_text())["cases"]
+CASES_FILE = REPO / "tests" / "data" / "bad_input" / "cli_cases.yml"
+CASES = yaml.safe_load(CASES_FILE.read_text())["cases"]
 BINARY = bytes(range(128, 256)) * 8
 
 
