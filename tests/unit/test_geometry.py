@@ -132,13 +132,13 @@ def test_model_files_agree_with_their_headers_and_index(tmp_path: Path) -> None:
         "a": "model-1.safetensors", "b": "model-1.safetensors", "c": "model-2.safetensors"}}))
     assert check_model_files(tmp_path) == ["model-1.safetensors", "model-2.safetensors"]
     _st_file(tmp_path / "model-2.safetensors", ["c"], cut=5)
-    with pytest.raises(ModelGateError, match="model-2.safetensors is .*truncated"):
+    with pytest.raises(ModelGateError, match=r"model-2.safetensors is .*truncated"):
         check_model_files(tmp_path)
     _st_file(tmp_path / "model-2.safetensors", ["d"])
     with pytest.raises(ModelGateError, match="lacks 1 tensors its index maps to it"):
         check_model_files(tmp_path)
     (tmp_path / "model-2.safetensors").unlink()
-    with pytest.raises(ModelGateError, match="the index names model-2.safetensors"):
+    with pytest.raises(ModelGateError, match=r"the index names model-2.safetensors"):
         check_model_files(tmp_path)
     (tmp_path / "model-1.safetensors").write_bytes(b"\xff" * 4)
     (tmp_path / "model.safetensors.index.json").unlink()
