@@ -16,7 +16,8 @@ description:
     whether it has each recipe's kernels (W4A16 C(cpu_gemm_wna16); W8A8 int8 the oneDNN ones).
     A variant with C(if_servable=true) that cannot be served is left out, with the reason; any
     other fails the task, naming the CPU's instruction set, the missing kernel and what works.
-  - Runs on the serving host; reads only.
+  - Reads only. The play runs it with O(inputs) on the controller (where a local model and the
+    gate policy file are), then on the serving host for its kernels.
 version_added: "0.1.0"
 author: ModelGate maintainers (@modelgate)
 options:
