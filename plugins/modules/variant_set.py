@@ -45,9 +45,10 @@ options:
     description:
       - The run's other inputs, named without the C(modelgate_) prefix (C(target),
         C(quantize_runner), C(serving), C(calibration), C(validate_rounds), C(load_profile),
-        C(load_overrides), C(gate_policy), C(gate_tolerances), C(model)), checked first and
-        before the serving host is probed. Ranges (ports 1-65535, lengths, counts and rounds
-        at least 1), choices, the gate policy file (parsed by the gate's own parser), the load
+        C(load_overrides), C(gate_policy), C(gate_tolerances), C(model), C(runs_dir) with
+        C(run_id), the run to continue), checked first and before the serving host is probed.
+        Ranges (ports 1-65535, lengths, counts and rounds at least 1), choices, that a run to
+        continue exists, the gate policy file (parsed by the gate's own parser), the load
         profile and, for a local model, every safetensors file against its header and index.
       - A key left out is not checked.
     type: dict

@@ -174,9 +174,10 @@ def check_run_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
 
     ``inputs`` holds the pipeline's variables without the ``modelgate_`` prefix (``target``,
     ``quantize_runner``, ``serving``, ``calibration``, ``validate_rounds``, ``load_profile``,
-    ``load_overrides``, ``gate_policy``, ``gate_tolerances``, ``model``); a key left out is not
-    checked. Ranges, choices, the gate policy (parsed by the gate's own parser) and the load
-    profile are decided here, so a wrong value fails in the first seconds of the play rather
+    ``load_overrides``, ``gate_policy``, ``gate_tolerances``, ``model``, ``runs_dir`` with
+    ``run_id``: the run to continue must exist); a key left out is not checked. Ranges,
+    choices, the gate policy (parsed by the gate's own parser) and the load profile are
+    decided here, so a wrong value fails in the first seconds of the play rather
     than after the variants were quantized and served. Returns what was decided (the policy's
     source, the profile's name, the model files checked); raises ModelGateError naming the
     input and the fix.
@@ -259,6 +260,13 @@ def check_run_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
                 fld = f"modelgate_gate_policy ({exc.field})"
             raise ModelGateError(exc.message, field=fld, fix=exc.fix) from exc
         decided["gate_policy"] = policy.source
+    if inputs.get("runs_dir"):
+        from pathlib import Path
+
+        from modelgate.rundir import resolve_run_id
+
+        decided["run_id"] = resolve_run_id(Path(str(inputs["runs_dir"])),
+                                           inputs.get("run_id") or None)
     model = inputs.get("model")
     if isinstance(model, dict) and model.get("source") == "local" and model.get("path"):
         from pathlib import Path
