@@ -78,7 +78,8 @@ def _field_of(exc: BaseException, args: argparse.Namespace) -> str | None:
     """The option whose file the error is about, when its path is in the error."""
     text = str(exc)
     for key, value in sorted(vars(args).items()):
-        if isinstance(value, str) and value and value in text and key not in ("command",):
+        # only path-like values: a short name (a variant "x") would match any message
+        if isinstance(value, str) and ("/" in value or "." in value) and value in text:
             return "--" + key.replace("_", "-")
     return None
 

@@ -206,7 +206,7 @@ def check_run_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     if "calibration" in inputs:
         calib = _mapping(inputs["calibration"], "modelgate_calibration",
                          "{num_samples: 256, max_seq_length: 1024}")
-        unknown = sorted(set(calib) - {"num_samples", "max_seq_length", "dataset"})
+        unknown = sorted(set(calib) - {"num_samples", "max_seq_length"})
         if unknown:
             raise ModelGateError(f"modelgate_calibration has an unknown key {unknown[0]!r}",
                                  field=f"modelgate_calibration.{unknown[0]}",
