@@ -107,12 +107,13 @@ def main() -> None:
         from pathlib import Path
 
         from modelgate.geometry import ModelGeometry
-        from modelgate.preflight import run_preflight
+        from modelgate.preflight import check_weight_files, run_preflight
         from modelgate.recipes import build_recipe
 
         p = module.params
         path = Path(p["model"])
         geometry = ModelGeometry.from_model_dir(path.parent if path.is_file() else path)
+        check_weight_files(path)
         recipe = build_recipe(p["recipe"], group_size=p["group_size"], ignore=p["ignore"])
         kernels = None
         if p["backend"] == "vllm-cpu" and p["serve_python"]:

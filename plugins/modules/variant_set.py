@@ -16,7 +16,8 @@ description:
     whether it has each recipe's kernels (W4A16 C(cpu_gemm_wna16); W8A8 int8 the oneDNN ones).
     A variant with C(if_servable=true) that cannot be served is left out, with the reason; any
     other fails the task, naming the CPU's instruction set, the missing kernel and what works.
-  - Runs on the serving host; reads only.
+  - Reads only. The play runs it with O(inputs) on the controller (where a local model and the
+    gate policy file are), then on the serving host for its kernels.
 version_added: "0.1.0"
 author: ModelGate maintainers (@modelgate)
 options:
@@ -40,6 +41,18 @@ options:
     description: The baseline comes from a stored result file, so no variant need be one.
     type: bool
     default: false
+  inputs:
+    description:
+      - The run's other inputs, named without the C(modelgate_) prefix (C(target),
+        C(quantize_runner), C(serving), C(calibration), C(validate_rounds), C(load_profile),
+        C(load_overrides), C(gate_policy), C(gate_tolerances), C(model), C(runs_dir) with
+        C(run_id), the run to continue), checked first and before the serving host is probed.
+        Ranges (ports 1-65535, lengths, counts and rounds at least 1), choices, that a run to
+        continue exists, the gate policy file (parsed by the gate's own parser), the load
+        profile and, for a local model, every safetensors file against its header and index.
+      - A key left out is not checked.
+    type: dict
+    default: {}
 attributes:
   check_mode:
     description: Can run in check mode and report what would change without changing it.
@@ -76,6 +89,10 @@ kernels:
   description: The vLLM CPU library decided from (C(isa), C(library), C(path), C(ops)), or null.
   type: dict
   returned: always
+inputs:
+  description: What the input check decided (C(gate_policy), C(load_profile), C(model_files)).
+  type: dict
+  returned: always
 msg:
   description: One line per decision.
   type: str
@@ -93,20 +110,23 @@ def main() -> None:
             "backend": {"type": "str", "choices": ["vllm-cuda", "vllm-cpu"]},
             "serve_python": {"type": "path"},
             "stored_baseline": {"type": "bool", "default": False},
+            "inputs": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
 
     def action() -> dict:
         from modelgate.cpu_kernels import detect
-        from modelgate.variant_set import check_variant_set
+        from modelgate.variant_set import check_run_inputs, check_variant_set
 
         p = module.params
+        # the run's other inputs first: they need no probe of the serving host
+        inputs = check_run_inputs(p["inputs"])
         kernels = (detect(p["serve_python"])
                    if p["backend"] == "vllm-cpu" and p["serve_python"] else None)
         decided = check_variant_set(p["variants"], backend=p["backend"], kernels=kernels,
                                     stored_baseline=p["stored_baseline"])
-        return {"changed": False, "msg": decided.summary, **decided.to_dict()}
+        return {"changed": False, "msg": decided.summary, "inputs": inputs, **decided.to_dict()}
 
     run(module, action)
 

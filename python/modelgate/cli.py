@@ -62,9 +62,26 @@ def main(argv: Sequence[str] | None = None, modules: Sequence[str] = COMMAND_MOD
         return 2
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         # an input file that is missing or not what it should be: bad input, not a crash
-        emit({"error": f"cannot read an input file: {exc}", "field": None,
+        emit({"error": f"cannot read an input file: {exc}", "field": _field_of(exc, args),
               "fix": "check the path and that the file is the kind the option asks for"})
         return 2
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        # parsed, but not the shape the command reads (a JSON list where an object belongs,
+        # a missing key): the command's own checks name the usual cases; this names the rest
+        emit({"error": f"an input is not the shape {args.command} reads "
+                       f"({type(exc).__name__}: {exc})", "field": _field_of(exc, args),
+              "fix": f"see modelgate {args.command} --help for what each option takes"})
+        return 2
+
+
+def _field_of(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """The option whose file the error is about, when its path is in the error."""
+    text = str(exc)
+    for key, value in sorted(vars(args).items()):
+        # only path-like values: a short name (a variant "x") would match any message
+        if isinstance(value, str) and ("/" in value or "." in value) and value in text:
+            return "--" + key.replace("_", "-")
+    return None
 
 
 if __name__ == "__main__":

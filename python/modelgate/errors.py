@@ -27,3 +27,11 @@ class ModelGateError(Exception):
 
 class ToolError(ModelGateError):
     """An external tool (vLLM, GuideLLM, lm-eval, skopeo, ...) failed."""
+
+
+class InputError(ModelGateError):
+    """An input file that is missing, unreadable, empty, binary or of the wrong shape.
+
+    Every command exits 2 on it, whatever its exit 1 means (a regression for ``gate``, a recipe
+    that cannot work for ``preflight``).
+    """

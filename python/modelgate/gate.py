@@ -400,6 +400,11 @@ def load_policy(policy: GatePolicy | dict[str, Any] | str | Path | None = None) 
     path = Path(policy)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelGateError(
+            f"gate policy {path} is not text (byte {exc.start} is not UTF-8)", field="policy",
+            fix="pass a gate policy YAML file, or omit it to use the default policy",
+        ) from exc
     except OSError as exc:
         raise ModelGateError(
             f"cannot read gate policy {path}: {exc.strerror}",

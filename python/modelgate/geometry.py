@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelgate.errors import ModelGateError
+from modelgate.errors import InputError, ModelGateError
 
 # Bytes per element of each safetensors dtype (the header's "dtype" field).
 SAFETENSORS_DTYPE_BYTES: dict[str, float] = {
@@ -125,18 +125,22 @@ class ModelGeometry:
         path = Path(path)
         config_path = path if path.is_file() else path / "config.json"
         if not config_path.is_file():
-            raise ModelGateError(
+            raise InputError(
                 f"no config.json at {config_path}",
                 field="model_config",
                 fix="point at a Hugging Face model directory or its config.json",
             )
         try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelGateError(
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(
                 f"{config_path} is not valid JSON: {exc}", field="model_config",
                 fix="restore the model's config.json",
             ) from exc
+        if not isinstance(config, dict):
+            raise InputError(
+                f"{config_path} is a JSON {type(config).__name__}, not a config.json object",
+                field="model_config", fix="point at a Hugging Face model's config.json")
         model_dir = config_path.parent
         tensors = read_safetensors_shapes(model_dir)
         try:
@@ -728,13 +732,20 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     with path.open("rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
-            raise ModelGateError(f"{path} is too short to be safetensors", field="model",
+            raise InputError(f"{path} is too short to be safetensors", field="model",
                                  fix="re-download or regenerate the checkpoint")
         (length,) = struct.unpack("<Q", raw)
         if length > _MAX_HEADER:
-            raise ModelGateError(f"{path}: implausible safetensors header ({length} bytes)",
+            raise InputError(f"{path}: implausible safetensors header ({length} bytes)",
                                  field="model", fix="re-download or regenerate the checkpoint")
-        header = json.loads(f.read(length))
+        try:
+            header = json.loads(f.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: the safetensors header is not JSON ({exc})", field="model",
+                             fix="re-download or regenerate the checkpoint") from exc
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: the safetensors header is not a JSON object", field="model",
+                         fix="re-download or regenerate the checkpoint")
     header.pop("__metadata__", None)
     return header
 
@@ -887,3 +898,61 @@ def _geometry_from_tensors(config: dict[str, Any],
         config=config,
         family="safetensors",
     )
+
+
+def check_model_files(model_dir: Path | str) -> list[str]:
+    """Check every safetensors file of a model directory before any stage loads it.
+
+    Each file's header must parse and the file must be exactly as long as its header says
+    (8 bytes, the header, then the last tensor's end offset); with an index
+    (``model.safetensors.index.json``), every file it names must be there and hold the
+    tensors it maps to that file. Returns the files checked; raises ModelGateError naming the
+    first file at fault (a truncated download, a copy cut short).
+    """
+    model_dir = Path(model_dir)
+    index = read_safetensors_index(model_dir)
+    files = sorted(p.name for p in model_dir.glob("*.safetensors"))
+    expected: dict[str, set[str]] = {}
+    if index is not None:
+        for tensor, fname in index["weight_map"].items():
+            expected.setdefault(str(fname), set()).add(str(tensor))
+        missing = sorted(set(expected) - set(files))
+        if missing:
+            raise ModelGateError(
+                f"{model_dir}: the index names {missing[0]}, which is not there",
+                field="modelgate_model.path",
+                fix="restore the missing shard (re-download or copy the whole checkpoint)")
+    if not files:
+        raise ModelGateError(f"{model_dir} holds no *.safetensors file",
+                             field="modelgate_model.path",
+                             fix="point it at a checkpoint directory saved as safetensors")
+    for fname in files:
+        path = model_dir / fname
+        try:
+            with path.open("rb") as f:
+                raw = f.read(8)
+                length = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+                if length < 0 or length > _MAX_HEADER:
+                    raise ValueError("no valid header length")
+                header = json.loads(f.read(length))
+            header.pop("__metadata__", None)
+            end = max((int(info["data_offsets"][1]) for info in header.values()), default=0)
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ModelGateError(
+                f"{path} is not a readable safetensors file ({exc})",
+                field="modelgate_model.path",
+                fix="re-download or regenerate the checkpoint") from exc
+        size = path.stat().st_size
+        if size != 8 + length + end:
+            raise ModelGateError(
+                f"{path} is {size} bytes but its header describes {8 + length + end}"
+                f" ({'truncated' if size < 8 + length + end else 'trailing bytes'})",
+                field="modelgate_model.path",
+                fix="re-download or regenerate the checkpoint (the file was cut short)")
+        lacking = sorted(expected.get(fname, set()) - set(header))
+        if lacking:
+            raise ModelGateError(
+                f"{path} lacks {len(lacking)} tensors its index maps to it (e.g. {lacking[0]})",
+                field="modelgate_model.path",
+                fix="restore the checkpoint's shards and index from one copy")
+    return files

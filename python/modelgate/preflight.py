@@ -11,11 +11,12 @@ import argparse
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from modelgate.cpu_kernels import CpuKernelLibrary, servable
 from modelgate.errors import ModelGateError
-from modelgate.geometry import LinearLayer, ModelGeometry
+from modelgate.geometry import LinearLayer, ModelGeometry, check_model_files
 from modelgate.recipes import Recipe, build_recipe, default_ignore
 
 BACKENDS = ("vllm-cuda", "vllm-cpu")
@@ -367,10 +368,20 @@ def register_cli(subparsers: Any) -> None:
     p.set_defaults(func=_cli_preflight)
 
 
+def check_weight_files(model: Path | str) -> list[str]:
+    """Check a model directory's safetensors files against their headers and index (a
+    truncated shard fails here, naming it, not inside the quantize job); a bare config.json
+    or a directory without weights has none to check."""
+    path = Path(model)
+    folder = path.parent if path.is_file() else path
+    return check_model_files(folder) if any(folder.glob("*.safetensors")) else []
+
+
 def _cli_preflight(args: argparse.Namespace) -> int:
     from modelgate.cli import emit
 
     geometry = ModelGeometry.from_model_dir(args.model_config)
+    check_weight_files(args.model_config)
     ignore = default_ignore() + list(args.ignore or [])
     recipe = build_recipe(args.recipe, group_size=args.group_size, ignore=ignore)
     if recipe.source_file and (args.group_size or args.ignore):

@@ -192,11 +192,18 @@ def load_recipe_file(path: Path | str) -> Recipe:
         raise ModelGateError(f"recipe file {path} does not exist", field="recipe",
                              fix="give an existing recipe YAML or a preset name")
     try:
-        stages = yaml.safe_load(path.read_text())
+        stages = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelGateError(f"recipe file {path} is not text (byte {exc.start} is not UTF-8)",
+                             field="recipe",
+                             fix="give an LLM Compressor recipe YAML, or a preset name") from exc
+    except OSError as exc:
+        raise ModelGateError(f"cannot read recipe file {path}: {exc.strerror}", field="recipe",
+                             fix="give a readable recipe YAML, or a preset name") from exc
     except yaml.YAMLError as exc:
         raise ModelGateError(f"recipe file {path} is not valid YAML: {exc}", field="recipe",
                              fix="fix the YAML syntax") from exc
-    if not isinstance(stages, dict) or not any(k.endswith("_stage") for k in stages):
+    if not isinstance(stages, dict) or not any(str(k).endswith("_stage") for k in stages):
         raise ModelGateError(
             f"recipe file {path} has no '<name>_stage' mapping", field="recipe",
             fix="write it as <name>_stage: {<group>_modifiers: {GPTQModifier: {...}}}",

@@ -69,6 +69,37 @@ def _merged(data: dict[str, Any], sections: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def resolve_run_id(runs_dir: Path, run_id: str | None) -> str | None:
+    """The existing run ``run_id`` names (``latest``: the newest), or None for a new run.
+
+    Raises ModelGateError for an id that names no run, listing the runs there: a typo must
+    not start a run of its own (only a new run, no id, is created). Writes nothing.
+    """
+    if not run_id:
+        return None
+    if run_id == LATEST:
+        link = runs_dir / LATEST
+        if not link.exists():
+            raise ModelGateError(
+                f"there is no run in {runs_dir} to continue",
+                field="modelgate_run_id",
+                fix="run site.yml first, or leave modelgate_run_id unset to start a new run",
+            )
+        run_id = link.resolve().name
+    if "/" in run_id or run_id.startswith("."):
+        raise ModelGateError(f"invalid run id {run_id!r}", field="modelgate_run_id",
+                             fix="use letters, digits, '-' and '_' only")
+    if not (runs_dir / run_id / MANIFEST).is_file():
+        existing = sorted(p.parent.name for p in runs_dir.glob("*/" + MANIFEST))
+        raise ModelGateError(
+            f"there is no run {run_id!r} in {runs_dir}"
+            + (f" (runs there: {', '.join(existing[-5:])})" if existing else " (no runs yet)"),
+            field="modelgate_run_id",
+            fix="give an existing run id, latest for the newest, or leave modelgate_run_id "
+            "unset to start a new run")
+    return run_id
+
+
 class RunDir:
     """One run's directory and its manifest."""
 
@@ -84,26 +115,13 @@ class RunDir:
         Returns the run and whether it was (or, with ``dry_run``, would be) created. A dry run
         (check mode) writes nothing: no directory, no manifest, ``latest`` left where it is.
         """
-        if not dry_run:
-            runs_dir.mkdir(parents=True, exist_ok=True)
         created = False
-        if run_id == LATEST:
-            link = runs_dir / LATEST
-            if not link.exists():
-                raise ModelGateError(
-                    f"there is no run in {runs_dir} to continue",
-                    field="modelgate_run_id",
-                    fix="run site.yml first, or leave modelgate_run_id unset to start a new run",
-                )
-            run_id = link.resolve().name
-        if not run_id:
-            run_id = new_run_id()
-        if "/" in run_id or run_id.startswith("."):
-            raise ModelGateError(f"invalid run id {run_id!r}", field="modelgate_run_id",
-                                 fix="use letters, digits, '-' and '_' only")
+        given = resolve_run_id(runs_dir, run_id)
+        run_id = given or new_run_id()
         path = runs_dir / run_id
         if dry_run:
             return cls(path), not (path / MANIFEST).exists()
+        runs_dir.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             path.mkdir(parents=True)
             created = True

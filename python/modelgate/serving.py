@@ -31,7 +31,7 @@ from typing import Any
 
 from modelgate import geometry as geometry_mod
 from modelgate.digest import sha256_file, sha256_json, tree_files
-from modelgate.errors import ModelGateError, ToolError
+from modelgate.errors import InputError, ModelGateError, ToolError
 from modelgate.geometry import ModelGeometry, UnsupportedModelError
 from modelgate.memory_plan import (
     DEFAULT_MAX_NUM_BATCHED_TOKENS,
@@ -757,9 +757,9 @@ def _cmd_plan(ns: argparse.Namespace) -> int:
 
     try:
         args = _args_from_cli(ns)
-    except UnsupportedModelError as exc:
+    except (UnsupportedModelError, InputError) as exc:
         emit(exc.to_dict())
-        return 2  # refused: the family is not modelled (the fix names the way forward)
+        return 2  # refused: the family is not modelled, or the model cannot be read
     except ModelGateError as exc:
         emit(exc.to_dict())
         return 1

@@ -130,3 +130,154 @@ def check_variant_set(variants: Any, *, backend: str | None = None,
             + (f" ({'; '.join(d['reason'] for d in left_out)})" if left_out else ""),
             field="modelgate_variants", fix="add a candidate this host can serve")
     return VariantSet(kept, left_out, kernels.to_dict() if check_kernels and kernels else None)
+
+
+# --------------------------------------------------------------------- the run's other inputs
+
+# Where each stage can run; a target is a serve_<target> role, a runner a quantize runner.
+TARGETS = ("local", "rhaiis", "kserve")
+QUANTIZE_RUNNERS = ("local", "podman", "kubernetes")
+# Upper bounds that catch a slipped digit, not limits of any model: 2**20 tokens is beyond
+# every published context length; more calibration samples or rounds than these is hours.
+MAX_TOKENS = 1 << 20
+MAX_SAMPLES = 100_000
+MAX_ROUNDS = 100
+
+
+def _integer(value: Any, fld: str, low: int, high: int, fix: str) -> int:
+    """``value`` as an int in [low, high]: a digit string (an extra var) counts, ``two``,
+    ``1.5``, ``true`` or an empty value does not."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        number = int(value.strip())
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if number is None:
+        raise ModelGateError(f"{fld} must be a whole number, got {value!r}", field=fld, fix=fix)
+    if not low <= number <= high:
+        raise ModelGateError(f"{fld} must be between {low} and {high}, got {number}",
+                             field=fld, fix=fix)
+    return number
+
+
+def _mapping(value: Any, fld: str, example: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ModelGateError(f"{fld} must be a mapping, got {value!r}", field=fld,
+                             fix=f"e.g. {fld}: {example}")
+    return value
+
+
+def check_run_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Check the run's inputs other than the variants, before any stage does work.
+
+    ``inputs`` holds the pipeline's variables without the ``modelgate_`` prefix (``target``,
+    ``quantize_runner``, ``serving``, ``calibration``, ``validate_rounds``, ``load_profile``,
+    ``load_overrides``, ``gate_policy``, ``gate_tolerances``, ``model``, ``runs_dir`` with
+    ``run_id``: the run to continue must exist); a key left out is not checked. Ranges,
+    choices, the gate policy (parsed by the gate's own parser) and the load profile are
+    decided here, so a wrong value fails in the first seconds of the play rather
+    than after the variants were quantized and served. Returns what was decided (the policy's
+    source, the profile's name, the model files checked); raises ModelGateError naming the
+    input and the fix.
+    """
+    decided: dict[str, Any] = {}
+    if "target" in inputs and inputs["target"] not in TARGETS:
+        raise ModelGateError(f"modelgate_target {inputs['target']!r} is not built",
+                             field="modelgate_target", fix=f"use one of {', '.join(TARGETS)}")
+    runner = inputs.get("quantize_runner")
+    if runner is not None and runner not in QUANTIZE_RUNNERS:
+        raise ModelGateError(f"modelgate_quantize_runner {runner!r} is not built",
+                             field="modelgate_quantize_runner",
+                             fix=f"use one of {', '.join(QUANTIZE_RUNNERS)}")
+    if "serving" in inputs:
+        serving = _mapping(inputs["serving"], "modelgate_serving",
+                           "{port: 8000, max_model_len: 4096}")
+        if "port" in serving:
+            _integer(serving["port"], "modelgate_serving.port", 1, 65535,
+                     "a free TCP port, e.g. 8000 (each further variant takes the next one)")
+        if "max_model_len" in serving:
+            _integer(serving["max_model_len"], "modelgate_serving.max_model_len", 1, MAX_TOKENS,
+                     "the longest prompt plus output a request may have, e.g. 4096")
+        overrides = serving.get("overrides")
+        if overrides is not None:
+            _mapping(overrides, "modelgate_serving.overrides", "{enforce-eager: true}")
+    if "calibration" in inputs:
+        calib = _mapping(inputs["calibration"], "modelgate_calibration",
+                         "{num_samples: 256, max_seq_length: 1024}")
+        unknown = sorted(set(calib) - {"num_samples", "max_seq_length"})
+        if unknown:
+            raise ModelGateError(f"modelgate_calibration has an unknown key {unknown[0]!r}",
+                                 field=f"modelgate_calibration.{unknown[0]}",
+                                 fix="use num_samples and max_seq_length")
+        if "num_samples" in calib:
+            _integer(calib["num_samples"], "modelgate_calibration.num_samples", 1, MAX_SAMPLES,
+                     "e.g. num_samples: 256")
+        if "max_seq_length" in calib:
+            _integer(calib["max_seq_length"], "modelgate_calibration.max_seq_length", 1,
+                     MAX_TOKENS, "e.g. max_seq_length: 1024")
+    if "validate_rounds" in inputs:
+        _integer(inputs["validate_rounds"], "modelgate_validate_rounds", 1, MAX_ROUNDS,
+                 "measure at least one round (2, the default, lets the gate decide latency)")
+    if "load_profile" in inputs:
+        from modelgate.loadtest import get_profile
+
+        overrides = _mapping(inputs.get("load_overrides") or {}, "modelgate_load_overrides",
+                             "{max_seconds: 20}")
+        try:
+            profile = get_profile(str(inputs["load_profile"]))
+        except ModelGateError as exc:
+            raise ModelGateError(exc.message, field="modelgate_load_profile",
+                                 fix=exc.fix) from exc
+        known = set(vars(profile))
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ModelGateError(f"modelgate_load_overrides has an unknown field {unknown[0]!r}",
+                                 field=f"modelgate_load_overrides.{unknown[0]}",
+                                 fix=f"use some of {', '.join(sorted(known))}")
+        try:
+            get_profile(str(inputs["load_profile"]), **overrides)
+        except (TypeError, ValueError) as exc:
+            raise ModelGateError(f"modelgate_load_overrides: {exc}",
+                                 field="modelgate_load_overrides",
+                                 fix="give rates as a list of numbers, counts as integers") from exc
+        decided["load_profile"] = profile.name
+    if "gate_policy" in inputs or "gate_tolerances" in inputs:
+        from modelgate.gate import load_policy, with_tolerances
+
+        source = inputs.get("gate_policy") or None
+        try:
+            policy = with_tolerances(load_policy(source), dict(inputs.get("gate_tolerances") or {}))
+        except ModelGateError as exc:
+            fld = "modelgate_gate_policy" if exc.field in (None, "policy") or source else \
+                "modelgate_gate_tolerances"
+            if exc.field and exc.field.startswith("tolerances."):
+                fld = {"tolerances.latency": "modelgate_gate_latency_tolerance",
+                       "tolerances.accuracy": "modelgate_gate_accuracy_recovery"}.get(
+                           exc.field, exc.field)
+            elif exc.field and exc.field != "policy":
+                fld = f"modelgate_gate_policy ({exc.field})"
+            raise ModelGateError(exc.message, field=fld, fix=exc.fix) from exc
+        decided["gate_policy"] = policy.source
+    if inputs.get("runs_dir"):
+        from pathlib import Path
+
+        from modelgate.rundir import resolve_run_id
+
+        decided["run_id"] = resolve_run_id(Path(str(inputs["runs_dir"])),
+                                           inputs.get("run_id") or None)
+    model = inputs.get("model")
+    if isinstance(model, dict) and model.get("source") == "local" and model.get("path"):
+        from pathlib import Path
+
+        from modelgate.geometry import check_model_files
+
+        path = Path(str(model["path"]))
+        if not path.is_dir():
+            raise ModelGateError(f"model directory {path} does not exist",
+                                 field="modelgate_model.path",
+                                 fix="point it at a checkpoint directory (config.json and "
+                                 "*.safetensors)")
+        decided["model_files"] = check_model_files(path)
+    return decided

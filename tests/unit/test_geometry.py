@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 from modelgate.errors import ModelGateError
-from modelgate.geometry import ModelGeometry, read_safetensors_header, weight_bytes
+from modelgate.geometry import (
+    ModelGeometry,
+    check_model_files,
+    read_safetensors_header,
+    weight_bytes,
+)
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "nemotron_nano_9b_v2"
 
@@ -125,3 +130,32 @@ def test_generated_source_reads_a_config_transformers_5_saved(tmp_path):
     config = ConfigModelSpec(str(path)).config()
     assert config["time_step_limit"] == [0.0, float("inf")]
     assert config["nested"] == {"__float__": "-Infinity", "x": 1}  # not the encoding: kept
+
+
+def _st_file(path: Path, names: list[str], cut: int = 0) -> None:
+    header = {n: {"dtype": "F32", "shape": [4], "data_offsets": [16 * i, 16 * i + 16]}
+              for i, n in enumerate(names)}
+    raw = json.dumps(header).encode()
+    data = struct.pack("<Q", len(raw)) + raw + bytes(16 * len(names))
+    path.write_bytes(data[:len(data) - cut])
+
+
+def test_model_files_agree_with_their_headers_and_index(tmp_path: Path) -> None:
+    _st_file(tmp_path / "model-1.safetensors", ["a", "b"])
+    _st_file(tmp_path / "model-2.safetensors", ["c"])
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-1.safetensors", "b": "model-1.safetensors", "c": "model-2.safetensors"}}))
+    assert check_model_files(tmp_path) == ["model-1.safetensors", "model-2.safetensors"]
+    _st_file(tmp_path / "model-2.safetensors", ["c"], cut=5)
+    with pytest.raises(ModelGateError, match=r"model-2.safetensors is .*truncated"):
+        check_model_files(tmp_path)
+    _st_file(tmp_path / "model-2.safetensors", ["d"])
+    with pytest.raises(ModelGateError, match="lacks 1 tensors its index maps to it"):
+        check_model_files(tmp_path)
+    (tmp_path / "model-2.safetensors").unlink()
+    with pytest.raises(ModelGateError, match=r"the index names model-2.safetensors"):
+        check_model_files(tmp_path)
+    (tmp_path / "model-1.safetensors").write_bytes(b"\xff" * 4)
+    (tmp_path / "model.safetensors.index.json").unlink()
+    with pytest.raises(ModelGateError, match="not a readable safetensors file"):
+        check_model_files(tmp_path)

@@ -140,3 +140,16 @@ def test_workflow_artifacts_hold_what_the_next_workflow_node_reads(tmp_path: Pat
         "passed": False, "status": "fail", "message": "gate failed for run x",
         "gate": str(run.path / "gate.json"), "junit": str(run.path / "junit.xml"),
         "report": str(run.path / "report.html")}
+
+
+def test_an_unknown_run_id_creates_nothing_and_names_the_runs(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    run, _ = RunDir.open(runs)
+    with pytest.raises(ModelGateError) as err:
+        RunDir.open(runs, "20990101T000000Z-dead")
+    assert run.run_id in str(err.value)
+    assert not (runs / "20990101T000000Z-dead").exists()
+    assert (runs / "latest").resolve().name == run.run_id
+    with pytest.raises(ModelGateError, match="no runs yet"):
+        RunDir.open(tmp_path / "empty", "x")
+    assert not (tmp_path / "empty").exists()

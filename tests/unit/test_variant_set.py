@@ -10,7 +10,7 @@ from modelgate.errors import ModelGateError
 from modelgate.geometry import ModelGeometry
 from modelgate.preflight import run_preflight
 from modelgate.recipes import build_recipe
-from modelgate.variant_set import check_variant_set
+from modelgate.variant_set import check_run_inputs, check_variant_set
 
 DEFAULT = [  # the embedded default's list
     {"name": "bf16", "recipe": "none", "baseline": True},
@@ -105,3 +105,45 @@ def test_every_variant_left_out_is_an_error_even_with_a_stored_baseline(tmp_path
     with pytest.raises(ModelGateError, match="every variant was left out"):
         check_variant_set([DEFAULT[2]], backend="vllm-cpu", kernels=_kernels(tmp_path, False),
                           stored_baseline=True)
+
+
+GOOD_INPUTS = {"target": "local", "quantize_runner": "local",
+               "serving": {"port": 8000, "max_model_len": 1024, "overrides": {}},
+               "calibration": {"num_samples": 32, "max_seq_length": 128},
+               "validate_rounds": 2, "load_profile": "ci", "load_overrides": {},
+               "gate_policy": "", "gate_tolerances": {}}
+
+
+def test_good_inputs_pass_and_say_what_was_decided() -> None:
+    decided = check_run_inputs(GOOD_INPUTS)
+    assert decided["load_profile"] == "ci"
+    assert decided["gate_policy"].endswith("gate_policy_default.yaml")
+    assert check_run_inputs({"validate_rounds": "3"}) == {}  # an extra var's digits count
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    ({"validate_rounds": 0}, "modelgate_validate_rounds must be between 1"),
+    ({"validate_rounds": "two"}, "modelgate_validate_rounds must be a whole number"),
+    ({"validate_rounds": True}, "modelgate_validate_rounds must be a whole number"),
+    ({"serving": {"port": 65536}}, "modelgate_serving.port must be between 1 and 65535"),
+    ({"serving": {"max_model_len": 0}}, "modelgate_serving.max_model_len"),
+    ({"calibration": {"max_seq_length": 10**9}}, "modelgate_calibration.max_seq_length"),
+    ({"target": "triton"}, "modelgate_target 'triton' is not built"),
+    ({"load_profile": "heavy"}, "unknown load profile 'heavy'"),
+    ({"load_overrides": {"rate": [1]}}, "modelgate_load_overrides.rate"),
+    ({"gate_tolerances": {"latency": -0.5}}, "modelgate_gate_latency_tolerance"),
+])
+def test_a_bad_input_is_named_with_its_fix(change: dict, fragment: str) -> None:
+    with pytest.raises(ModelGateError) as err:
+        check_run_inputs({**GOOD_INPUTS, **change})
+    assert fragment in str(err.value)
+    assert err.value.fix
+
+
+def test_a_gate_policy_file_is_parsed_by_the_gates_own_parser(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("checks:\n  - {metric: ttft_fast, statistic: p50, tolerance: 0.1}\n")
+    with pytest.raises(ModelGateError) as err:
+        check_run_inputs({"gate_policy": str(policy)})
+    assert "ttft_fast" in str(err.value)
+    assert err.value.field and err.value.field.startswith("modelgate_gate_policy")
