@@ -107,6 +107,24 @@ def run_play(tmp: Path, name: str, store: Path,
     return stage_times(runner), total, module_time(runner)
 
 
+def variant_figures(run_dir: Path, store: Path) -> dict[str, Any]:
+    """What the first run measured: the generated model's training (seconds, held-out accuracy)
+    and, per variant, its accuracy on each task and its flip rate / KL against the baseline."""
+    out: dict[str, Any] = {"training": None, "variants": {}}
+    trained = sorted((store / "models").glob("generated-*/modelgate-generated.json"))
+    if trained:
+        out["training"] = json.loads(trained[-1].read_text()).get("training")
+    for vdir in sorted(p for p in run_dir.iterdir() if (p / "accuracy").is_dir()):
+        acc = json.loads((vdir / "accuracy" / "results.json").read_text())
+        row: dict[str, Any] = {t: round(r["score"], 4) for t, r in acc["tasks"].items()}
+        if (vdir / "fidelity.json").is_file():
+            fid = json.loads((vdir / "fidelity.json").read_text())
+            row["flip_rate"] = round(fid["flip_rate"], 4)
+            row["kl_mean"] = round(fid["kl_mean"], 4)
+        out["variants"][vdir.name] = row
+    return out
+
+
 def by_hand(tmp: Path, store: Path, repository: str) -> dict[str, float]:
     """The same stages, called directly (no Ansible): the stage functions the modules call."""
     from modelgate import measure, modelcar
@@ -216,6 +234,14 @@ def main() -> int:
             "quantize_modelcar_second_over_first": round(qm_second / qm_first, 4),
         }
         summary["first_inside_modules_s"] = round(first_modules, 1)
+        figures = variant_figures((tmp / "first" / "runs" / "latest").resolve(), store)
+        summary["model"] = figures
+        if figures["training"]:
+            tr = figures["training"]
+            print(f"\nmodel: trained in {tr['seconds']:.1f} s, held-out {tr['task']} accuracy "
+                  f"{tr['heldout_accuracy']:.3f} (chance {tr['chance']})")
+        for variant, row in figures["variants"].items():
+            print(f"{variant:14} " + " ".join(f"{k} {v}" for k, v in row.items()))
         summary["play_over_modules"] = round(first_total / first_modules, 3)
         print(f"\nfirst run: {first_total:.1f} s in all, {first_modules:.1f} s inside modelgate's "
               f"modules: the play adds {100 * (first_total / first_modules - 1):.1f}% "

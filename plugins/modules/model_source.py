@@ -7,8 +7,11 @@ DOCUMENTATION = r"""
 module: model_source
 short_description: Make a run's source model available and digest it
 description:
-  - C(generated) builds the tiny Nemotron-H hybrid model (random weights from a fixed seed and a
-    tokenizer trained on local text) once, content-addressed, in the store.
+  - C(generated) builds the tiny Nemotron-H hybrid model once, content-addressed, in the store
+    - its last block and output head trained (fixed seeds, deterministic) on the local
+    C(modelgate_choice) task, so accuracy and fidelity checks measure something - and a
+    tokenizer trained on local text. The content key is the spec and training recipe and the
+    generator's tool versions, computed without training (check mode).
   - With O(config), C(generated) builds random weights with the exact geometry of a published
     config.json instead (a WordLevel tokenizer covering its vocabulary), content-addressed by
     the config's digest, O(seed) and the generator's tool versions.
@@ -127,6 +130,7 @@ def main() -> None:
             TinyHybridSpec,
             probe_generator_versions,
             resolve_model,
+            tiny_hybrid_key,
         )
 
         p = module.params
@@ -135,7 +139,7 @@ def main() -> None:
         if module.check_mode and p["source"] == "generated":
             key = (ConfigModelSpec(str(Path(p["config"]).resolve()), p["seed"]).key(
                 probe_generator_versions(p["python"])) if p["config"] and p["python"]
-                else TinyHybridSpec().key())
+                else tiny_hybrid_key(TinyHybridSpec(), p["python"]))
             dest = Path(p["store_dir"]) / "models" / f"generated-{key}"
             if not (dest / "modelgate-generated.json").is_file():
                 return {"changed": True, "path": str(dest), "digest": ""}

@@ -3,8 +3,13 @@
 Three kinds plug into one interface, :func:`resolve_model`, which returns a :class:`SourceModel`
 (a local directory and its content digest):
 
-- ``generated``: a tiny Nemotron-H hybrid (Mamba-2 + attention + MLP blocks) with random weights
-  from a fixed seed and a byte-level BPE tokenizer trained on local text. Deterministic, offline,
+- ``generated``: a tiny Nemotron-H hybrid (Mamba-2 + attention + MLP blocks) that has learned
+  the ``modelgate_choice`` task (see :func:`choice_questions`), and a byte-level BPE tokenizer
+  trained on local text. Its body (Mamba, attention, the first MLPs) keeps random weights from
+  a fixed seed; the last MLP block, the final norm and the output head are trained with AdamW
+  on features the body computes once, because transformers' reference Mamba scan (no
+  ``mamba_ssm`` on a CPU) makes back-propagating through the body cost seconds per step on 2
+  cores. Deterministic (fixed seeds, deterministic algorithms, a fixed thread count), offline,
   and shaped so that vLLM CPU's W4A16 kernel accepts every quantized layer (field notes: output
   sizes a multiple of 32; input sizes divisible by the group size). Given a published
   ``config.json`` instead (``config``), it builds random weights with exactly that geometry
@@ -34,7 +39,7 @@ from modelgate.errors import ModelGateError
 from modelgate.process import run_tool
 
 SOURCE_KINDS = ("generated", "local", "hub")
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 # Version of the from-config generator (part of its content key)
 CONFIG_GENERATOR_VERSION = 1
 # What the from-config generator's output depends on besides the config and the seed
@@ -61,15 +66,23 @@ class TinyHybridSpec:
     vocab_size: int = 4096
     max_position_embeddings: int = 4096
     initializer_range: float = 0.02
-    # Random weights give near-uniform next-token distributions, where any perturbation flips
-    # the argmax. A larger output projection makes them peaked, as a trained model's are, so
-    # fidelity metrics (flip rate, KL) measure quantization error rather than argmax ties.
-    # lm_head stays unquantized (every recipe ignores it), so this changes no quantized layer.
-    lm_head_std: float = 0.5
+    # The training recipe (part of the content key): how many generated task questions, their
+    # seed, AdamW steps, learning rate, batch size and torch's thread count (the order of float
+    # reductions depends on it, so it is fixed for a reproducible digest).
+    train_examples: int = 2000
+    train_seed: int = 99
+    train_steps: int = 600
+    train_lr: float = 3e-3
+    train_batch: int = 256
+    train_threads: int = 2
 
-    def key(self) -> str:
-        """Content address of the generated model: its spec and the generator's version."""
-        return sha256_json({"spec": asdict(self), "generator": GENERATOR_VERSION})[:16]
+    def key(self, tool_versions: dict[str, str] | None = None) -> str:
+        """Content address of the generated model: its spec (geometry and training recipe), the
+        generator's version and, when known, the versions of the tools that train it."""
+        data: dict[str, Any] = {"spec": asdict(self), "generator": GENERATOR_VERSION}
+        if tool_versions:
+            data["tools"] = dict(sorted(tool_versions.items()))
+        return sha256_json(data)[:16]
 
 
 @dataclass
@@ -134,6 +147,53 @@ def write_corpus(path: Path, n: int = 4000, seed: int = 7) -> Path:
     return path
 
 
+# --- the task the generated model learns (standard library only) ------------------------------
+
+# Seed of the questions in data/tasks/modelgate_choice/choice.jsonl (the training set uses
+# TinyHybridSpec.train_seed, another stream of the same generator).
+CHOICE_TASK_SEED = 7
+CHOICE_TASK_SIZE = 200
+
+
+def choice_questions(n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` multiple-choice questions with exact answers, alternating two kinds: the next term
+    of an arithmetic progression, and the larger of two numbers. Each has four choices (the
+    answer and three near misses; for "larger", the smaller number is always one of them)."""
+    import random
+
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        if i % 2 == 0:
+            start, step = rng.randint(1, 20), rng.randint(2, 9)
+            answer = start + 4 * step
+            question = ("What comes next: " + ", ".join(str(start + k * step) for k in range(4))
+                        + ",")
+            pool = sorted(p for p in {answer + d for d in (-step, -2, -1, 1, 2, 3, step)}
+                          if 0 < p != answer)
+            distract = rng.sample(pool, 3)
+        else:
+            a, b = rng.sample(range(10, 100), 2)
+            answer, smaller = max(a, b), min(a, b)
+            question = f"Which number is larger, {a} or {b}?"
+            pool = sorted(p for p in {answer + d for d in (-10, -9, -1, 1, 9, 10, 11)}
+                          if 0 < p != answer and p != smaller)
+            distract = [smaller, *rng.sample(pool, 2)]
+        choices = [str(c) for c in (*distract, answer)]
+        rng.shuffle(choices)
+        out.append({"id": i, "question": question, "choices": choices,
+                    "label": choices.index(str(answer))})
+    return out
+
+
+def write_choice_task(path: Path, n: int = CHOICE_TASK_SIZE, seed: int = CHOICE_TASK_SEED) -> Path:
+    """Write the ``modelgate_choice`` task's questions as JSONL."""
+    with path.open("w") as f:
+        for q in choice_questions(n, seed):
+            f.write(json.dumps(q) + "\n")
+    return path
+
+
 # --- generation (runs in a virtualenv with torch + transformers + tokenizers) -----------------
 
 _CHAT_TEMPLATE = (
@@ -157,7 +217,9 @@ def _train_tokenizer(out_dir: Path, spec: TinyHybridSpec) -> int:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus_lines(), trainer=trainer)
+    task = [f"{q['question']}\nAnswer: {q['choices'][q['label']]}"
+            for q in choice_questions(1000, spec.train_seed)]
+    tok.train_from_iterator([*corpus_lines(), *task], trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
@@ -171,14 +233,95 @@ def _train_tokenizer(out_dir: Path, spec: TinyHybridSpec) -> int:
     return tok.get_vocab_size()
 
 
-def generate_tiny_hybrid(out_dir: Path, spec: TinyHybridSpec) -> None:
-    """Build the tiny Nemotron-H model and its tokenizer into ``out_dir`` (BF16 safetensors)."""
+def _answer_features(model: Any, tok: Any, questions: list[dict[str, Any]]) -> Any:
+    """The residual stream entering the model's last block at the position that predicts each
+    question's answer (after ``"\nAnswer:"``), computed once with the body frozen."""
     import torch
-    from transformers import NemotronHConfig, NemotronHForCausalLM
+
+    grabbed: list[Any] = []
+    hook = model.model.layers[-1].register_forward_pre_hook(
+        lambda mod, args, kwargs: grabbed.append(args[0] if args else kwargs["hidden_states"]),
+        with_kwargs=True)
+    feats = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(questions), 64):
+                ctxs = [tok(q["question"] + "\nAnswer:")["input_ids"]
+                        for q in questions[start:start + 64]]
+                width = max(map(len, ctxs))
+                # left-padded, so the last position of every row is the one that answers
+                ids = torch.zeros(len(ctxs), width, dtype=torch.long)
+                mask = torch.zeros(len(ctxs), width, dtype=torch.long)
+                for row, ctx in enumerate(ctxs):
+                    ids[row, width - len(ctx):] = torch.tensor(ctx)
+                    mask[row, width - len(ctx):] = 1
+                grabbed.clear()
+                model(input_ids=ids, attention_mask=mask)
+                feats.append(grabbed[0][:, -1])
+    finally:
+        hook.remove()
+    return torch.cat(feats)
+
+
+def _train_head(model: Any, tok: Any, spec: TinyHybridSpec) -> dict[str, Any]:
+    """Train the last block, the final norm and the output head on the choice task; return the
+    training record (seconds, final loss, held-out accuracy on the task's own questions)."""
+    import torch
+
+    t0 = time.monotonic()
+    train = choice_questions(spec.train_examples, spec.train_seed)
+    feats = _answer_features(model, tok, train)
+    feature_s = time.monotonic() - t0
+    targets = torch.tensor([tok(" " + q["choices"][q["label"]])["input_ids"][0] for q in train])
+    last, norm, head = model.model.layers[-1], model.model.norm_f, model.lm_head
+    trained = [*last.parameters(), *norm.parameters(), *head.parameters()]
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for param in trained:
+        param.requires_grad_(True)
+
+    def logits(x: Any) -> Any:
+        out = last(x[:, None])
+        return head(norm(out[0] if isinstance(out, tuple) else out))[:, 0]
+
+    opt = torch.optim.AdamW(trained, lr=spec.train_lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(spec.train_seed)
+    loss = torch.zeros(())
+    for __step in range(spec.train_steps):
+        idx = torch.randint(0, len(train), (spec.train_batch,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(logits(feats[idx]), targets[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for param in model.parameters():
+        param.requires_grad_(True)
+    # Held-out check on the lm-eval task's questions, by the first token of each choice
+    # (every choice is one token with this tokenizer): what the served model should reach.
+    test = choice_questions(CHOICE_TASK_SIZE, CHOICE_TASK_SEED)
+    with torch.no_grad():
+        test_logits = logits(_answer_features(model, tok, test))
+    correct = 0
+    for q, row in zip(test, test_logits, strict=True):
+        firsts = [tok(" " + c)["input_ids"][0] for c in q["choices"]]
+        best = max(range(len(firsts)), key=lambda k: float(row[firsts[k]]))
+        correct += int(best == q["label"])
+    return {"task": "modelgate_choice", "examples": spec.train_examples,
+            "steps": spec.train_steps, "final_loss": round(float(loss), 4),
+            "heldout_accuracy": round(correct / len(test), 4), "chance": 0.25,
+            "feature_s": round(feature_s, 2), "seconds": round(time.monotonic() - t0, 2)}
+
+
+def generate_tiny_hybrid(out_dir: Path, spec: TinyHybridSpec) -> dict[str, Any]:
+    """Build the tiny Nemotron-H model, teach it the choice task, and write it with its
+    tokenizer into ``out_dir`` (BF16 safetensors). Returns the training record."""
+    import torch
+    from transformers import AutoTokenizer, NemotronHConfig, NemotronHForCausalLM
 
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab = _train_tokenizer(out_dir, spec)
     vocab = -(-vocab // 64) * 64  # pad the embedding to a multiple of 64, as real models do
+    torch.set_num_threads(spec.train_threads)
+    torch.use_deterministic_algorithms(True)
     torch.manual_seed(spec.seed)
     config = NemotronHConfig(
         vocab_size=vocab,
@@ -195,6 +338,9 @@ def generate_tiny_hybrid(out_dir: Path, spec: TinyHybridSpec) -> None:
         conv_kernel=spec.conv_kernel,
         max_position_embeddings=spec.max_position_embeddings,
         initializer_range=spec.initializer_range,
+        # The reference scan materialises chunk x chunk x state tensors: short chunks make the
+        # feature pass several times faster (the result does not depend on the chunk size).
+        chunk_size=8,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
@@ -202,9 +348,10 @@ def generate_tiny_hybrid(out_dir: Path, spec: TinyHybridSpec) -> None:
         use_mamba_kernels=False,
         torch_dtype="bfloat16",
     )
-    model = NemotronHForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0.0, spec.lm_head_std)
+    model = NemotronHForCausalLM(config).eval()
+    tok = AutoTokenizer.from_pretrained(str(out_dir))
+    training = _train_head(model, tok, spec)
+    model.config.chunk_size = 128  # what the served model's config says (vLLM's default)
     model = model.to(torch.bfloat16)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     # vLLM reads the block layout from hybrid_override_pattern; write it explicitly.
@@ -214,9 +361,10 @@ def generate_tiny_hybrid(out_dir: Path, spec: TinyHybridSpec) -> None:
     cfg["num_hidden_layers"] = len(spec.hybrid_override_pattern)
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     (out_dir / "modelgate-generated.json").write_text(
-        json.dumps({"generator": GENERATOR_VERSION, "spec": asdict(spec)}, indent=2,
-                   sort_keys=True) + "\n"
+        json.dumps({"generator": GENERATOR_VERSION, "spec": asdict(spec), "training": training},
+                   indent=2, sort_keys=True) + "\n"
     )
+    return training
 
 
 # --- generation from a published config.json (random weights, exact geometry) -----------------
@@ -277,6 +425,12 @@ def probe_generator_versions(python: str) -> dict[str, str]:
             "print(json.dumps({n: v(n) for n in sys.argv[1:]}))")
     proc = run_tool([python, "-c", code, *GENERATOR_TOOLS])
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def tiny_hybrid_key(spec: TinyHybridSpec, python: str = "") -> str:
+    """The tiny hybrid's content key; with ``python`` (the generator's environment) it covers
+    the versions of the tools that train it. Cheap: no training, no torch import (check mode)."""
+    return spec.key(probe_generator_versions(python) if python else None)
 
 
 def _wordlevel_tokenizer(out_dir: Path, vocab_size: int, bos: int, eos: int, pad: int) -> None:
@@ -422,7 +576,7 @@ def resolve_model(
             argv_tail = ["--config", cspec.config_path, "--seed", str(seed)]
         else:
             spec = spec or TinyHybridSpec()
-            dest = store_dir / "models" / f"generated-{spec.key()}"
+            dest = store_dir / "models" / f"generated-{tiny_hybrid_key(spec, generator_python)}"
             argv_tail = ["--spec-json", json.dumps(asdict(spec))]
         if (dest / "modelgate-generated.json").is_file():
             return _finish("generated", name or dest.name, dest, changed=False)
@@ -475,8 +629,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         emit({"path": args.out, **built})
         return 0
     spec = TinyHybridSpec(**json.loads(args.spec_json)) if args.spec_json else TinyHybridSpec()
-    generate_tiny_hybrid(Path(args.out), spec)
-    emit({"path": args.out, "seconds": round(time.monotonic() - t0, 2)})
+    training = generate_tiny_hybrid(Path(args.out), spec)
+    emit({"path": args.out, "training": training, "seconds": round(time.monotonic() - t0, 2)})
     return 0
 
 

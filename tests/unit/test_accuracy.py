@@ -115,7 +115,7 @@ def test_read_lm_eval_output_layout(tmp_path):
 def test_offline_tasks_are_complete():
     root = local_tasks_dir()
     for name, count, metric in (("modelgate_arith", 50, "exact_match"),
-                                ("modelgate_choice", 40, "acc")):
+                                ("modelgate_choice", 200, "acc")):
         cfg = yaml.safe_load((root / name / f"{name}.yaml").read_text())
         assert cfg["task"] == name == get_task(name).lm_eval_task
         assert cfg["metric_list"][0]["metric"] == metric == get_task(name).metric
