@@ -733,11 +733,11 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
         raw = f.read(8)
         if len(raw) != 8:
             raise InputError(f"{path} is too short to be safetensors", field="model",
-                                 fix="re-download or regenerate the checkpoint")
+                             fix="re-download or regenerate the checkpoint")
         (length,) = struct.unpack("<Q", raw)
         if length > _MAX_HEADER:
             raise InputError(f"{path}: implausible safetensors header ({length} bytes)",
-                                 field="model", fix="re-download or regenerate the checkpoint")
+                             field="model", fix="re-download or regenerate the checkpoint")
         try:
             header = json.loads(f.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -291,6 +291,7 @@ SRC_PAGING = ("vllm/v1/core/kv_cache_utils.py _get_kv_cache_groups_uniform_page_
 # vllm/engine/arg_utils.py), times the 2 batches in flight under async scheduling
 # (VllmConfig.max_concurrent_batches): what a sliding-window layer holds beyond its window.
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+DEFAULT_IN_FLIGHT_TOKENS = 2 * DEFAULT_MAX_NUM_BATCHED_TOKENS
 
 # vLLM's CacheConfig.gpu_memory_utilization default (vllm/config/cache.py: 0.92 in 0.25 and 0.32)
 VLLM_DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
@@ -341,7 +342,6 @@ def engine_defaults(version: str | None, geometry: ModelGeometry) -> EngineDefau
         f"vLLM {version}: prefix caching {'on' if on else 'off'} by default for hybrid and "
         f"attention-free models ({'from' if on else 'before'} {first}, vllm-project/vllm#50991), "
         f"so {'three Mamba states' if on else 'one Mamba state'} per sequence"))
-DEFAULT_IN_FLIGHT_TOKENS = 2 * DEFAULT_MAX_NUM_BATCHED_TOKENS
 
 
 def require_modelled(geometry: ModelGeometry) -> None:

@@ -144,7 +144,7 @@ def test_workflow_artifacts_hold_what_the_next_workflow_node_reads(tmp_path: Pat
 
 def test_an_unknown_run_id_creates_nothing_and_names_the_runs(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    run, _ = RunDir.open(runs)
+    run, __ = RunDir.open(runs)
     with pytest.raises(ModelGateError) as err:
         RunDir.open(runs, "20990101T000000Z-dead")
     assert run.run_id in str(err.value)
