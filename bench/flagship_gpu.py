@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     store = work / "store"
-    run, __ = RunDir.open(work / "runs", args.run_id)
+    run, __ = RunDir.open(work / "runs", args.run_id, create=True)
     run_path = run.path
     steps = Steps(run_path / "timings.json")
     pkg = str(Path(__file__).resolve().parents[1] / "python")

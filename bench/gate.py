@@ -74,6 +74,7 @@ from modelgate.loadtest import (  # noqa: E402
     run_interleaved_load,
     run_load,
 )
+from modelgate.rundir import RunDir  # noqa: E402
 from modelgate.serving import (  # noqa: E402
     derive_serving_args,
     local_server_spec,
@@ -312,6 +313,7 @@ class PlayBench:
 
     def prepare(self) -> None:
         """The run every trial starts from: both variants built and pushed as modelcars."""
+        RunDir.open(self.runs, "base", create=True)  # the play continues only existing runs
         rc, wall = self.play("base", "provision,model,quantize,modelcar")
         if rc != 0:
             raise SystemExit(f"preparing the run failed (rc {rc}): see {self.out / 'base.log'}")

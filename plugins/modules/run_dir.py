@@ -29,7 +29,15 @@ options:
   run_id:
     description:
       - Run to open. C(latest) continues the newest run. Omitted, a new run is created.
+      - An id that names no run is an error (naming the runs there), unless I(create).
     type: str
+  create:
+    description:
+      - Create the run I(run_id) when there is none by that id (a caller that names its own
+        runs, such as a Molecule scenario). The pipeline never sets it, so a mistyped
+        C(modelgate_run_id) cannot start a run.
+    type: bool
+    default: false
   inputs:
     description: Inputs to merge into the manifest (secrets must not be passed here).
     type: dict
@@ -116,6 +124,7 @@ def main() -> None:
             "runs_dir": {"type": "path"},
             "path": {"type": "path"},
             "run_id": {"type": "str"},
+            "create": {"type": "bool", "default": False},
             "inputs": {"type": "dict"},
             "variants": {"type": "list", "elements": "dict"},
             "records": {"type": "list", "elements": "dict", "default": []},
@@ -137,7 +146,8 @@ def main() -> None:
             run_dir = RunDir.existing(Path(p["path"]), dry_run=check)
             created = False
         else:
-            run_dir, created = RunDir.open(Path(p["runs_dir"]), p["run_id"], dry_run=check)
+            run_dir, created = RunDir.open(Path(p["runs_dir"]), p["run_id"], dry_run=check,
+                                           create=p["create"])
         sections = {k: p[k] for k in ("inputs", "variants") if p[k] is not None}
         changed = created
         if sections:

@@ -69,11 +69,13 @@ def _merged(data: dict[str, Any], sections: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def resolve_run_id(runs_dir: Path, run_id: str | None) -> str | None:
+def resolve_run_id(runs_dir: Path, run_id: str | None, create: bool = False) -> str | None:
     """The existing run ``run_id`` names (``latest``: the newest), or None for a new run.
 
     Raises ModelGateError for an id that names no run, listing the runs there: a typo must
-    not start a run of its own (only a new run, no id, is created). Writes nothing.
+    not start a run of its own (only a new run, no id, is created), unless ``create`` says
+    that a new run gets this name (tools that name their runs: Molecule, the benches).
+    Writes nothing.
     """
     if not run_id:
         return None
@@ -89,7 +91,7 @@ def resolve_run_id(runs_dir: Path, run_id: str | None) -> str | None:
     if "/" in run_id or run_id.startswith("."):
         raise ModelGateError(f"invalid run id {run_id!r}", field="modelgate_run_id",
                              fix="use letters, digits, '-' and '_' only")
-    if not (runs_dir / run_id / MANIFEST).is_file():
+    if not (runs_dir / run_id / MANIFEST).is_file() and not (create and run_id != LATEST):
         existing = sorted(p.parent.name for p in runs_dir.glob("*/" + MANIFEST))
         raise ModelGateError(
             f"there is no run {run_id!r} in {runs_dir}"
@@ -109,14 +111,15 @@ class RunDir:
 
     @classmethod
     def open(cls, runs_dir: Path, run_id: str | None = None,
-             dry_run: bool = False) -> tuple[RunDir, bool]:
-        """Open ``run_id`` (``latest`` = the newest run), or create a new run when None.
+             dry_run: bool = False, create: bool = False) -> tuple[RunDir, bool]:
+        """Open ``run_id`` (``latest`` = the newest run), or create a new run when None (or,
+        with ``create``, when no run has that id).
 
         Returns the run and whether it was (or, with ``dry_run``, would be) created. A dry run
         (check mode) writes nothing: no directory, no manifest, ``latest`` left where it is.
         """
         created = False
-        given = resolve_run_id(runs_dir, run_id)
+        given = resolve_run_id(runs_dir, run_id, create=create)
         run_id = given or new_run_id()
         path = runs_dir / run_id
         if dry_run:

@@ -153,3 +153,17 @@ def test_an_unknown_run_id_creates_nothing_and_names_the_runs(tmp_path: Path) ->
     with pytest.raises(ModelGateError, match="no runs yet"):
         RunDir.open(tmp_path / "empty", "x")
     assert not (tmp_path / "empty").exists()
+
+
+def test_create_names_a_new_run_and_still_refuses_latest_without_runs(tmp_path: Path) -> None:
+    """A caller that names its runs (Molecule's scenario, the benches) asks for it; the
+    pipeline never does, so a mistyped modelgate_run_id still creates nothing."""
+    runs = tmp_path / "runs"
+    run, created = RunDir.open(runs, "molecule", create=True)
+    assert created and run.run_id == "molecule" and (runs / "latest").resolve() == run.path
+    again, created = RunDir.open(runs, "molecule", create=True)
+    assert not created and again.path == run.path
+    with pytest.raises(ModelGateError):
+        RunDir.open(runs, "molecules")  # without create: refused, naming the runs
+    with pytest.raises(ModelGateError):
+        RunDir.open(tmp_path / "empty", "latest", create=True)
