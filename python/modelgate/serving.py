@@ -363,7 +363,7 @@ def startup_timeout_s(weight_bytes: int | None, device: str = "cuda",
     """
     cpu = device == "cpu"
     base = base_s if base_s is not None else (180.0 if cpu else 420.0)
-    gib = (weight_bytes or 0) / GiB
+    gib = (weight_bytes or 0) // GiB  # whole GiB: a few MiB of sizing noise moves no bound
     return round(base + (30.0 if cpu else 10.0) * gib, 1)
 
 

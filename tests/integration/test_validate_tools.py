@@ -194,7 +194,7 @@ def test_accuracy_local_tasks(server, bench_bin, model_dir, tmp_path):
     written = json.loads((tmp_path / "bf16" / "accuracy" / "results.json").read_text())
     assert written == {"tasks": res["tasks"]}
     for name, n, metric in (("modelgate_arith", 50, "exact_match"),
-                            ("modelgate_choice", 40, "acc")):
+                            ("modelgate_choice", 200, "acc")):
         t = written["tasks"][name]
         assert (t["metric"], t["n"]) == (metric, n)
         assert set(t["samples"]) == {str(i) for i in range(n)}
