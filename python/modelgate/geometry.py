@@ -729,6 +729,11 @@ FAMILIES: dict[str, Any] = {
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
     """Parse one safetensors file's header: 8-byte little-endian length, then JSON."""
+    return _header_and_length(path)[0]
+
+
+def _header_and_length(path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's header (without ``__metadata__``) and its length in bytes."""
     with path.open("rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
@@ -747,7 +752,7 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: the safetensors header is not a JSON object", field="model",
                          fix="re-download or regenerate the checkpoint")
     header.pop("__metadata__", None)
-    return header
+    return header, length
 
 
 def read_safetensors_shapes(model_dir: Path) -> dict[str, dict[str, Any]]:
@@ -929,17 +934,13 @@ def check_model_files(model_dir: Path | str) -> list[str]:
     for fname in files:
         path = model_dir / fname
         try:
-            with path.open("rb") as f:
-                raw = f.read(8)
-                length = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
-                if length < 0 or length > _MAX_HEADER:
-                    raise ValueError("no valid header length")
-                header = json.loads(f.read(length))
-            header.pop("__metadata__", None)
+            header, length = _header_and_length(path)
             end = max((int(info["data_offsets"][1]) for info in header.values()), default=0)
-        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        except (OSError, InputError, ValueError, KeyError, TypeError, IndexError,
+                AttributeError) as exc:
+            why = exc.message if isinstance(exc, InputError) else str(exc)
             raise ModelGateError(
-                f"{path} is not a readable safetensors file ({exc})",
+                f"{path} is not a readable safetensors file ({why})",
                 field="modelgate_model.path",
                 fix="re-download or regenerate the checkpoint") from exc
         size = path.stat().st_size
