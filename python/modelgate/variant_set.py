@@ -10,6 +10,7 @@ variant stops the run here, before a minute of quantizing is spent on it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from modelgate.cpu_kernels import CpuKernelLibrary, servable
@@ -261,16 +262,12 @@ def check_run_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
             raise ModelGateError(exc.message, field=fld, fix=exc.fix) from exc
         decided["gate_policy"] = policy.source
     if inputs.get("runs_dir"):
-        from pathlib import Path
-
         from modelgate.rundir import resolve_run_id
 
         decided["run_id"] = resolve_run_id(Path(str(inputs["runs_dir"])),
                                            inputs.get("run_id") or None)
     model = inputs.get("model")
     if isinstance(model, dict) and model.get("source") == "local" and model.get("path"):
-        from pathlib import Path
-
         from modelgate.geometry import check_model_files
 
         path = Path(str(model["path"]))
