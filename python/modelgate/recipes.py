@@ -39,6 +39,9 @@ HYBRID_IGNORE = (
     "re:.*shared_expert_gate$",  # Qwen-MoE / Qwen3-Next shared-expert gate (hidden -> 1)
 )
 
+# The LLM Compressor modifiers that need no calibration data (weights rounded as they are).
+NO_CALIBRATION_MODIFIERS = ("QuantizationModifier",)
+
 # LLM Compressor 0.14 swaps the weight observer "mse" for "memoryless_mse" with a warning
 # (llmcompressor/modifiers/quantization/calibration.py); name the one that actually runs.
 MSE_WEIGHT_OBSERVER = "memoryless_mse"
@@ -209,10 +212,13 @@ def load_recipe_file(path: Path | str) -> Recipe:
             fix="write it as <name>_stage: {<group>_modifiers: {GPTQModifier: {...}}}",
         )
     recipe = Recipe(name=f"file:{path.name}", stages=stages, source_file=str(path.resolve()))
-    for modifier_cls, args in _modifiers(stages):
+    # Every modifier but round-to-nearest quantization learns from activations: GPTQ, AWQ,
+    # SmoothQuant, and the pruning ones (SparseGPT, Wanda) as well.
+    recipe.needs_calibration = any(cls not in NO_CALIBRATION_MODIFIERS
+                                   for cls, __ in _modifiers(stages))
+    for __, args in _modifiers(stages):
         if not isinstance(args, dict) or not ("config_groups" in args or "scheme" in args):
             continue
-        recipe.needs_calibration = modifier_cls != "QuantizationModifier"
         recipe.ignore = list(args.get("ignore") or [])
         targets = args.get("targets") or list(DEFAULT_TARGETS)
         recipe.targets = [targets] if isinstance(targets, str) else list(targets)

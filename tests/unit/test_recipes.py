@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from modelgate.errors import ModelGateError
@@ -65,6 +67,23 @@ def test_user_recipe_file_is_summarised(tmp_path):
     assert (r.group_size, r.weight_bits, r.weight_strategy) == (32, 4, "group")
     assert r.ignore == ["lm_head"] and r.is_weight_only_int4
     assert r.digest == build_recipe("w4a16", group_size=32, ignore=["lm_head"]).digest
+
+
+@pytest.mark.parametrize(("modifier", "calib"), [
+    ("SparseGPTModifier", True), ("WandaPruningModifier", True),
+    ("SmoothQuantModifier", True), ("QuantizationModifier", False)])
+def test_a_recipe_file_calibrates_unless_it_only_rounds(tmp_path, modifier, calib):
+    # the negative end-to-end test's pruned candidate is a SparseGPT file with no quant scheme
+    path = tmp_path / "r.yaml"
+    path.write_text(f"prune_stage:\n  prune_modifiers:\n    {modifier}: {{targets: [Linear]}}\n")
+    r = load_recipe_file(path)
+    assert r.needs_calibration is calib and r.weight_bits is None and not r.is_baseline
+
+
+def test_the_pruned_test_candidate_is_a_calibrated_sparsegpt_recipe():
+    r = load_recipe_file(Path(__file__).parents[1] / "integration/data/recipes/sparsegpt-70.yaml")
+    assert r.needs_calibration and r.weight_bits is None
+    assert "SparseGPTModifier" in r.to_yaml()
 
 
 def test_user_recipe_file_errors(tmp_path):
