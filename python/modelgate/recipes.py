@@ -214,9 +214,9 @@ def load_recipe_file(path: Path | str) -> Recipe:
     recipe = Recipe(name=f"file:{path.name}", stages=stages, source_file=str(path.resolve()))
     # Every modifier but round-to-nearest quantization learns from activations: GPTQ, AWQ,
     # SmoothQuant, and the pruning ones (SparseGPT, Wanda) as well.
-    recipe.needs_calibration = any(cls not in NO_CALIBRATION_MODIFIERS
-                                   for cls, __ in _modifiers(stages))
-    for __, args in _modifiers(stages):
+    modifiers = _modifiers(stages)
+    recipe.needs_calibration = any(cls not in NO_CALIBRATION_MODIFIERS for cls, __ in modifiers)
+    for __, args in modifiers:
         if not isinstance(args, dict) or not ("config_groups" in args or "scheme" in args):
             continue
         recipe.ignore = list(args.get("ignore") or [])

@@ -239,7 +239,6 @@ def test_degraded_candidate_fails_the_play_on_accuracy_and_latency(tmp_path: Pat
     gate = _run_file(runner, run_dir / "gate.json")
     assert gate["passed"] is False
     checks = [c for v in gate["verdicts"] for c in v["checks"]]
-    failed = {c["metric"]: c for c in checks if c["status"] == "fail"}
     # accuracy: the task's 200 questions, paired, the whole interval below the 0.99 minimum
     # (the inventory accepts an inconclusive accuracy check; this one is decided)
     accuracy = [c for c in checks if c["metric"].startswith("accuracy:")]
@@ -251,7 +250,7 @@ def test_degraded_candidate_fails_the_play_on_accuracy_and_latency(tmp_path: Pat
             < base["tasks"]["modelgate_choice"]["score"] - 0.1)
     # latency, failed with the drift allowed for one round, not on a within-run interval alone
     load_metrics = ("request_latency_s", "ttft_ms", "itl_ms", "tpot_ms")
-    load_failed = [c for m, c in failed.items() if m in load_metrics]
+    load_failed = [c for c in checks if c["status"] == "fail" and c["metric"] in load_metrics]
     assert load_failed, [(c["name"], c["rate"], c["status"], c.get("reason")) for c in checks
                          if c["metric"] in load_metrics]
     assert all(c["one_round"] and c["drift_allowance"] == 1.5 for c in load_failed)
